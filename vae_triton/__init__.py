@@ -1,0 +1,3 @@
+"""vae-triton: a Variational Auto-Encoder toolkit with fused Triton ELBO kernels."""
+
+__version__ = "0.1.0"

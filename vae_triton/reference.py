@@ -1,0 +1,83 @@
+"""Pure-torch versions of every fused op: the CPU path and the test oracle.
+
+Conventions (DESIGN §2): every loss term is a per-image sum in nats, shape (B,), float32, computed in
+float32 (float64 stays float64, so `gradcheck` can use these functions directly).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+DEFAULT_LOGVAR_CLAMP = (-30.0, 20.0)
+
+
+def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _row_sum(t: torch.Tensor) -> torch.Tensor:
+    return t.flatten(1).sum(dim=1)
+
+
+def reparameterize_kl(
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    *,
+    eps: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    logvar_clamp: tuple[float, float] | None = DEFAULT_LOGVAR_CLAMP,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """z = mu + exp(½·logvar)·eps and KL[N(mu, diag exp(logvar)) ‖ N(0, I)] per row.
+
+    `eps` defaults to fresh N(0, I) noise (from `generator` when given). z has mu's dtype; kl is (B,)
+    float32 (float64 for float64 input). logvar is clamped with `torch.clamp` (zero gradient outside).
+    """
+    cdt = _compute_dtype(mu)
+    if eps is None:
+        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=cdt)
+    lv = logvar.to(cdt)
+    if logvar_clamp is not None:
+        lv = lv.clamp(*logvar_clamp)
+    m = mu.to(cdt)
+    z = m + torch.exp(0.5 * lv) * eps.to(cdt)
+    kl = 0.5 * _row_sum(torch.exp(lv) + m * m - 1.0 - lv)
+    return z.to(mu.dtype), kl
+
+
+def _broadcast_log_sigma(log_sigma, like: torch.Tensor) -> torch.Tensor | float:
+    """A float stays a float; a tensor is a scalar or per-channel (C,) over dim 1 of `like`."""
+    if not isinstance(log_sigma, torch.Tensor):
+        return float(log_sigma)
+    ls = log_sigma.to(_compute_dtype(like))
+    if ls.numel() == 1:
+        return ls.reshape(())
+    return ls.reshape((1, -1) + (1,) * (like.dim() - 2))
+
+
+def gaussian_nll(mean: torch.Tensor, x: torch.Tensor, log_sigma=0.0) -> torch.Tensor:
+    """Σ_i [(x_i − m_i)² / (2σ²) + log σ + ½ log 2π] per image, in nats, (B,).
+
+    `log_sigma` is a float (fixed σ) or a tensor: a scalar or one value per channel (dim 1).
+    """
+    cdt = _compute_dtype(mean)
+    diff = x.to(cdt) - mean.to(cdt)
+    ls = _broadcast_log_sigma(log_sigma, mean)
+    if isinstance(ls, float):
+        nll = 0.5 * diff * diff * math.exp(-2.0 * ls) + (ls + HALF_LOG_2PI)
+    else:
+        nll = 0.5 * diff * diff * torch.exp(-2.0 * ls) + (ls + HALF_LOG_2PI)
+    return _row_sum(nll)
+
+
+def bernoulli_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """−Σ_i [x_i log p_i + (1 − x_i) log(1 − p_i)], p = sigmoid(logits), per image, in nats, (B,).
+
+    x may be any value in [0, 1] (the continuous "binary cross-entropy" used on grey images).
+    """
+    cdt = _compute_dtype(logits)
+    bce = F.binary_cross_entropy_with_logits(logits.to(cdt), x.to(cdt), reduction="none")
+    return _row_sum(bce)
