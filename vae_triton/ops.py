@@ -1,27 +1,386 @@
-"""Public ops (DESIGN §3). PROVISIONAL: dispatches to the torch reference only.
+"""Public fused ops (DESIGN §3): the reparameterization with its KL, and the two reconstruction NLLs.
 
-The Triton kernels, torch.library registration and autograd wiring replace the bodies below; the
-signatures are the public API and stay.
+    reparameterize_kl(mu, logvar, *, seed=None, eps=None, logvar_clamp=(-30., 20.)) -> (z, kl)
+    gaussian_nll(mean, x, log_sigma=0.0) -> (B,) float32 nats
+    bernoulli_nll(logits, x) -> (B,) float32 nats
+
+Dispatch (`backend_for`): CUDA tensors run the Triton kernels; CPU tensors run `vae_triton.reference`,
+except when the kernels were defined under TRITON_INTERPRET=1 (then Triton's interpreter runs them, which
+is how CPU CI tests the real kernels). `VAE_TRITON_BACKEND=triton|torch` forces one. float64 always runs
+the reference: the kernels compute in fp32 and would silently drop the precision asked for. Under
+`torch.compile` the choice is made once, while tracing.
+
+The Triton path goes through `torch.library.custom_op`s (namespace `vae_triton`) with fake kernels and
+registered autograd, so `torch.compile(fullgraph=True)` traces them and `torch.library.opcheck` passes.
+The random seed travels as a 1-element int64 tensor on the device (drawn there with `torch.randint`
+when `seed=None`), so there is no host sync and no recompilation per seed.
 """
 
 from __future__ import annotations
+
+import contextlib
+import math
+import numbers
+import os
 
 import torch
 
 from . import reference
 
+try:  # Triton missing or broken (no driver, bad install) must not break the torch path.
+    from .kernels import bernoulli_nll as _bernoulli_kernels
+    from .kernels import gaussian_nll as _gaussian_kernels
+    from .kernels import reparameterize_kl as _reparameterize_kernels
+    from .kernels.common import INTERPRETED
+
+    TRITON_IMPORT_ERROR: Exception | None = None
+except Exception as err:  # noqa: BLE001 — any import failure means "no Triton here"
+    TRITON_IMPORT_ERROR = err
+    INTERPRETED = False
+
+TRITON_AVAILABLE = TRITON_IMPORT_ERROR is None
+BACKEND_ENV = "VAE_TRITON_BACKEND"
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_SEED_HIGH = 2**62  # exclusive bound of drawn seeds; any int64 ≥ 0 is accepted from the caller
+
+
+# --------------------------------------------------------------------------------------- dispatch
+
+
+def backend_for(*tensors: torch.Tensor) -> str:
+    """'triton' or 'torch': which implementation an op would run on these (already validated) tensors."""
+    choice = os.environ.get(BACKEND_ENV, "").strip().lower() or "auto"
+    if choice not in ("auto", "triton", "torch"):
+        raise ValueError(f"{BACKEND_ENV}={choice!r} is not a backend; use 'triton', 'torch' or unset it")
+    if choice == "torch" or any(t.dtype == torch.float64 for t in tensors):
+        return "torch"
+    device = tensors[0].device
+    runs_here = TRITON_AVAILABLE and (device.type == "cuda" or (device.type == "cpu" and INTERPRETED))
+    if choice == "triton" and not runs_here:
+        if not TRITON_AVAILABLE:
+            why = f"Triton failed to import ({TRITON_IMPORT_ERROR!r})"
+        else:
+            why = f"Triton kernels need a CUDA device, or TRITON_INTERPRET=1 set before import (got {device})"
+        raise RuntimeError(f"{BACKEND_ENV}=triton, but {why}; unset it to use the torch reference")
+    return "triton" if runs_here else "torch"
+
+
+def _launching_on(t: torch.Tensor):
+    """Triton launches on torch's current CUDA device, so make it the tensor's (multi-GPU, DDP)."""
+    if not TRITON_AVAILABLE:
+        raise RuntimeError(f"the vae_triton Triton kernels are unavailable: {TRITON_IMPORT_ERROR!r}")
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+
+
+# ------------------------------------------------------------------------------------- validation
+
+
+def _check_float(op: str, name: str, t, *, like: torch.Tensor | None = None, like_name: str = "") -> None:
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{op}: `{name}` must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in _FLOAT_DTYPES:
+        raise ValueError(
+            f"{op}: `{name}` has dtype {t.dtype}; expected float16, bfloat16, float32 or float64 "
+            f"(convert images with x.float() / 255)"
+        )
+    if like is not None:
+        if t.device != like.device:
+            raise ValueError(f"{op}: `{name}` is on {t.device} but `{like_name}` is on {like.device}")
+        if t.shape != like.shape:
+            raise ValueError(
+                f"{op}: `{name}` has shape {tuple(t.shape)} but `{like_name}` has {tuple(like.shape)}; "
+                f"they must match"
+            )
+
+
+def _check_clamp(op: str, logvar_clamp) -> tuple[float, float]:
+    if logvar_clamp is None:
+        return -math.inf, math.inf
+    try:
+        lo, hi = (float(v) for v in logvar_clamp)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{op}: `logvar_clamp` must be None or a (low, high) pair, got {logvar_clamp!r}"
+        ) from None
+    if not lo <= hi:  # also rejects NaN
+        raise ValueError(f"{op}: `logvar_clamp` needs low ≤ high, got ({lo}, {hi})")
+    return lo, hi
+
+
+def _check_seed(op: str, seed, device: torch.device):
+    """None, a Python int in [0, 2⁶³), or a 1-element integer tensor on `device` (returned as int64 (1,))."""
+    if seed is None:
+        return None
+    if isinstance(seed, torch.Tensor):
+        if (
+            seed.numel() != 1
+            or seed.dtype.is_floating_point
+            or seed.dtype.is_complex
+            or seed.dtype == torch.bool
+        ):
+            raise ValueError(
+                f"{op}: a tensor `seed` must hold one integer, got shape {tuple(seed.shape)}, {seed.dtype}"
+            )
+        if seed.device != device:
+            raise ValueError(f"{op}: `seed` is on {seed.device} but `mu` is on {device}; draw it on {device}")
+        return seed.reshape(1).to(torch.int64)
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise ValueError(
+            f"{op}: `seed` must be None, an int or a 1-element int64 tensor, got {type(seed).__name__}"
+        )
+    if not 0 <= int(seed) < 2**63:
+        raise ValueError(f"{op}: `seed` must be in [0, 2**63), got {seed}")
+    return int(seed)
+
+
+def _check_images(op: str, first: str, a, second: str, b) -> None:
+    _check_float(op, first, a)
+    _check_float(op, second, b, like=a, like_name=first)
+    if a.dim() < 2:
+        raise ValueError(
+            f"{op}: `{first}` must be a batch (B, ...) with at least 2 dims, got {tuple(a.shape)}"
+        )
+
+
+def _check_log_sigma(mean: torch.Tensor, log_sigma):
+    """A finite float, or a float tensor holding one value or one per channel (dim 1 of `mean`)."""
+    op = "gaussian_nll"
+    if isinstance(log_sigma, torch.Tensor):
+        _check_float(op, "log_sigma", log_sigma)
+        if log_sigma.device != mean.device:
+            raise ValueError(f"{op}: `log_sigma` is on {log_sigma.device} but `mean` is on {mean.device}")
+        channels = mean.shape[1]
+        if log_sigma.numel() != 1 and tuple(log_sigma.shape) != (channels,):
+            raise ValueError(
+                f"{op}: `log_sigma` must be a float, a one-element tensor or shape ({channels},) — one per "
+                f"channel of `mean` {tuple(mean.shape)} — got shape {tuple(log_sigma.shape)}"
+            )
+        return log_sigma
+    if isinstance(log_sigma, bool) or not isinstance(log_sigma, numbers.Real):
+        raise ValueError(f"{op}: `log_sigma` must be a float or a tensor, got {type(log_sigma).__name__}")
+    if not math.isfinite(float(log_sigma)):
+        raise ValueError(f"{op}: `log_sigma` must be finite, got {log_sigma}")
+    return float(log_sigma)
+
+
+# ------------------------------------------------------------------------ custom ops: reparam + KL
+
+Tensor = torch.Tensor
+
+
+@torch.library.custom_op("vae_triton::reparameterize_kl", mutates_args=())
+def _reparameterize_kl_op(
+    mu: Tensor, logvar: Tensor, seed: Tensor | None, eps: Tensor | None, lo: float, hi: float
+) -> tuple[Tensor, Tensor]:
+    with _launching_on(mu):
+        return _reparameterize_kernels.reparameterize_kl_fwd(mu, logvar, seed, eps, lo, hi)
+
+
+@_reparameterize_kl_op.register_fake
+def _(mu, logvar, seed, eps, lo, hi):
+    return mu.new_empty(mu.shape), mu.new_empty(mu.shape[0], dtype=torch.float32)
+
+
+@torch.library.custom_op("vae_triton::reparameterize_kl_backward", mutates_args=())
+def _reparameterize_kl_backward_op(
+    grad_z: Tensor, grad_kl: Tensor, mu: Tensor, logvar: Tensor, seed: Tensor | None, eps: Tensor | None,
+    lo: float, hi: float,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    with _launching_on(grad_z):
+        return _reparameterize_kernels.reparameterize_kl_bwd(grad_z, grad_kl, mu, logvar, seed, eps, lo, hi)
+
+
+@_reparameterize_kl_backward_op.register_fake
+def _(grad_z, grad_kl, mu, logvar, seed, eps, lo, hi):
+    return mu.new_empty(mu.shape), logvar.new_empty(logvar.shape)
+
+
+def _reparameterize_kl_setup(ctx, inputs, output):
+    mu, logvar, seed, eps, lo, hi = inputs
+    ctx.save_for_backward(mu, logvar, seed, eps)
+    ctx.clamp = (lo, hi)
+
+
+def _reparameterize_kl_grad(ctx, grad_z, grad_kl):
+    mu, logvar, seed, eps = ctx.saved_tensors
+    lo, hi = ctx.clamp
+    grad_mu, grad_logvar = _reparameterize_kl_backward_op(grad_z, grad_kl, mu, logvar, seed, eps, lo, hi)
+    grad_eps = None
+    if eps is not None and ctx.needs_input_grad[3]:  # rare (ε is noise): plain torch is fine here
+        grad_eps = (grad_z.float() * torch.exp(0.5 * logvar.float().clamp(lo, hi))).to(eps.dtype)
+    return grad_mu, grad_logvar, None, grad_eps, None, None
+
+
+_reparameterize_kl_op.register_autograd(_reparameterize_kl_grad, setup_context=_reparameterize_kl_setup)
+
+
+# ----------------------------------------------------------------- custom ops: squared-error sums
+
+
+@torch.library.custom_op("vae_triton::squared_error_sums", mutates_args=())
+def _squared_error_sums_op(mean: Tensor, x: Tensor, groups: int) -> Tensor:
+    with _launching_on(mean):
+        return _gaussian_kernels.squared_error_sums(mean, x, groups)
+
+
+@_squared_error_sums_op.register_fake
+def _(mean, x, groups):
+    return mean.new_empty((mean.shape[0], groups), dtype=torch.float32)
+
+
+@torch.library.custom_op("vae_triton::squared_error_sums_backward", mutates_args=())
+def _squared_error_sums_backward_op(
+    grad_sums: Tensor, mean: Tensor, x: Tensor, need_mean: bool, need_x: bool
+) -> tuple[Tensor, Tensor]:
+    with _launching_on(grad_sums):
+        return _gaussian_kernels.squared_error_sums_bwd(grad_sums, mean, x, need_mean, need_x)
+
+
+@_squared_error_sums_backward_op.register_fake
+def _(grad_sums, mean, x, need_mean, need_x):
+    return (
+        torch.empty_like(mean) if need_mean else mean.new_empty(0),
+        torch.empty_like(x) if need_x else x.new_empty(0),
+    )
+
+
+def _pair_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0], inputs[1])
+
+
+def _squared_error_sums_grad(ctx, grad_sums):
+    mean, x = ctx.saved_tensors
+    need_mean, need_x = ctx.needs_input_grad[:2]
+    grad_mean, grad_x = _squared_error_sums_backward_op(grad_sums, mean, x, need_mean, need_x)
+    return (grad_mean if need_mean else None), (grad_x if need_x else None), None
+
+
+_squared_error_sums_op.register_autograd(_squared_error_sums_grad, setup_context=_pair_setup)
+
+
+# ------------------------------------------------------------------------ custom ops: Bernoulli
+
+
+@torch.library.custom_op("vae_triton::bernoulli_nll", mutates_args=())
+def _bernoulli_nll_op(logits: Tensor, x: Tensor) -> Tensor:
+    with _launching_on(logits):
+        return _bernoulli_kernels.bernoulli_nll_fwd(logits, x)
+
+
+@_bernoulli_nll_op.register_fake
+def _(logits, x):
+    return logits.new_empty(logits.shape[0], dtype=torch.float32)
+
+
+@torch.library.custom_op("vae_triton::bernoulli_nll_backward", mutates_args=())
+def _bernoulli_nll_backward_op(
+    grad: Tensor, logits: Tensor, x: Tensor, need_logits: bool, need_x: bool
+) -> tuple[Tensor, Tensor]:
+    with _launching_on(grad):
+        return _bernoulli_kernels.bernoulli_nll_bwd(grad, logits, x, need_logits, need_x)
+
+
+@_bernoulli_nll_backward_op.register_fake
+def _(grad, logits, x, need_logits, need_x):
+    return (
+        torch.empty_like(logits) if need_logits else logits.new_empty(0),
+        torch.empty_like(x) if need_x else x.new_empty(0),
+    )
+
+
+def _bernoulli_nll_grad(ctx, grad):
+    logits, x = ctx.saved_tensors
+    need_logits, need_x = ctx.needs_input_grad[:2]
+    grad_logits, grad_x = _bernoulli_nll_backward_op(grad, logits, x, need_logits, need_x)
+    return (grad_logits if need_logits else None), (grad_x if need_x else None)
+
+
+_bernoulli_nll_op.register_autograd(_bernoulli_nll_grad, setup_context=_pair_setup)
+
+
+# ------------------------------------------------------------------------------------ public API
+
 
 def reparameterize_kl(mu, logvar, *, seed=None, eps=None, logvar_clamp=reference.DEFAULT_LOGVAR_CLAMP):
-    gen = None
-    if seed is not None and eps is None:
-        gen = torch.Generator(device=mu.device)
-        gen.manual_seed(int(seed))
-    return reference.reparameterize_kl(mu, logvar, eps=eps, generator=gen, logvar_clamp=logvar_clamp)
+    """z = mu + exp(½·lv)·ε and KL[N(mu, diag exp(lv)) ‖ N(0, I)] per row, lv = clamp(logvar, *logvar_clamp).
+
+    mu, logvar: (B, D) float tensors (row-strided views such as `params.chunk(2, dim=1)` are fine).
+    seed: None (a fresh seed drawn on the device from torch's RNG, so `torch.manual_seed` reproduces it),
+        an int, or a 1-element integer tensor on mu's device — pass a tensor under `torch.compile` to avoid
+        a recompilation per value. Same inputs and seed → bitwise-equal outputs. The Triton stream
+        (Philox, `tl.randn`) differs from `torch.randn`'s, which the torch path uses.
+    eps: inject the noise instead (same shape as mu); then `seed` must be None.
+    logvar_clamp: (low, high) or None; the gradient is `torch.clamp`'s (zero outside the range).
+    Returns z (B, D) in mu's dtype and kl (B,) float32. In float16, z overflows to ±inf where
+    |mu + std·ε| > 65504 (std reaches e¹⁰ at the default upper clamp), as the reference does.
+    """
+    op = "reparameterize_kl"
+    _check_float(op, "mu", mu)
+    if mu.dim() != 2:
+        raise ValueError(f"{op}: `mu` must be 2-D (batch, latent_dim), got shape {tuple(mu.shape)}")
+    _check_float(op, "logvar", logvar, like=mu, like_name="mu")
+    if eps is not None:
+        _check_float(op, "eps", eps, like=mu, like_name="mu")
+        if seed is not None:
+            raise ValueError(f"{op}: pass `seed` or `eps`, not both (`eps` fixes the noise, `seed` draws it)")
+    lo, hi = _check_clamp(op, logvar_clamp)
+    seed = _check_seed(op, seed, mu.device)
+
+    tensors = (mu, logvar) if eps is None else (mu, logvar, eps)
+    if backend_for(*tensors) == "torch":
+        generator = None
+        if seed is not None:
+            generator = torch.Generator(device=mu.device)
+            generator.manual_seed(int(seed.item()) if isinstance(seed, torch.Tensor) else seed)
+        return reference.reparameterize_kl(
+            mu, logvar, eps=eps, generator=generator, logvar_clamp=logvar_clamp
+        )
+
+    if eps is None:
+        if seed is None:
+            seed = torch.randint(0, _SEED_HIGH, (1,), dtype=torch.int64, device=mu.device)
+        elif not isinstance(seed, torch.Tensor):
+            seed = torch.full((1,), seed, dtype=torch.int64, device=mu.device)  # a fill: no host sync
+    return _reparameterize_kl_op(mu, logvar, seed, eps, lo, hi)
 
 
 def gaussian_nll(mean, x, log_sigma=0.0):
-    return reference.gaussian_nll(mean, x, log_sigma)
+    """Σ_i [(x_i − m_i)²/(2σ²) + log σ + ½ log 2π] per image, (B,) float32 nats (constant included).
+
+    mean, x: (B, ...) float tensors of one shape (NCHW images: contiguous, channels_last or strided).
+    log_sigma: a float (fixed σ), or a tensor with one element (learned scalar σ) or shape (C,) (one σ per
+    channel, dim 1 of `mean`); a tensor gets its gradient.
+    """
+    op = "gaussian_nll"
+    _check_images(op, "mean", mean, "x", x)
+    log_sigma = _check_log_sigma(mean, log_sigma)
+    tensors = (mean, x) if not isinstance(log_sigma, torch.Tensor) else (mean, x, log_sigma)
+    if backend_for(*tensors) == "torch":
+        return reference.gaussian_nll(mean, x, log_sigma)
+
+    per_channel = isinstance(log_sigma, torch.Tensor) and log_sigma.numel() > 1
+    groups = mean.shape[1] if per_channel else 1
+    sums = _squared_error_sums_op(mean, x, groups)  # (B, G) fp32
+    per_image = math.prod(mean.shape[1:])
+    if not isinstance(log_sigma, torch.Tensor):
+        return sums[:, 0] * (0.5 * math.exp(-2.0 * log_sigma)) + per_image * (
+            log_sigma + reference.HALF_LOG_2PI
+        )
+    ls = log_sigma.float().reshape(-1)  # (G,)
+    per_group = per_image // groups
+    return 0.5 * (sums * torch.exp(-2.0 * ls)).sum(dim=1) + per_group * (
+        ls.sum() + groups * reference.HALF_LOG_2PI
+    )
 
 
 def bernoulli_nll(logits, x):
-    return reference.bernoulli_nll(logits, x)
+    """−Σ_i [x_i log p_i + (1 − x_i) log(1 − p_i)], p = sigmoid(logits), per image, (B,) float32 nats.
+
+    x may be any value in [0, 1] (continuous binary cross-entropy on grey images); x gets a gradient
+    when it requires one.
+    """
+    op = "bernoulli_nll"
+    _check_images(op, "logits", logits, "x", x)
+    if backend_for(logits, x) == "torch":
+        return reference.bernoulli_nll(logits, x)
+    return _bernoulli_nll_op(logits, x)

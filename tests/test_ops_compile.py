@@ -1,0 +1,251 @@
+"""torch.compile, torch.library.opcheck, backend dispatch and every bad-input path of vae_triton.ops."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch._dynamo.testing import CompileCounterWithBackend
+
+from vae_triton import ops, reference
+
+TRITON_ACTIVE = ops.backend_for(torch.zeros(1)) == "triton"
+needs_triton = pytest.mark.skipif(not TRITON_ACTIVE, reason="Triton kernels not active")
+
+
+def elbo_terms(params, x, log_sigma, seed):
+    """A VAE loss in miniature: encoder output chunked into (mu, logvar), all three fused ops."""
+    mu, logvar = params.chunk(2, dim=1)
+    z, kl = ops.reparameterize_kl(mu, logvar, seed=seed)
+    decoded = z[:, : x.shape[1], None, None] + x.flip(-1)  # something image-shaped that depends on z
+    gauss = ops.gaussian_nll(torch.sigmoid(decoded), x, log_sigma)
+    bern = ops.bernoulli_nll(decoded, x)
+    return (gauss + bern + kl).mean(), z
+
+
+def run_with_grads(fn, params, x, log_sigma, seed):
+    params = params.detach().requires_grad_()
+    log_sigma = log_sigma.detach().requires_grad_()
+    loss, z = fn(params, x, log_sigma, seed)
+    loss.backward()
+    return loss.detach(), z.detach(), params.grad, log_sigma.grad
+
+
+def inputs():
+    return torch.randn(3, 10), torch.rand(3, 2, 4, 5), 0.3 * torch.randn(2), torch.randint(0, 2**62, (1,))
+
+
+@needs_triton
+def test_compile_fullgraph_aot_eager_matches_eager_and_does_not_recompile_per_seed():
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(elbo_terms, fullgraph=True, backend=counter)
+    params, x, log_sigma, seed = inputs()
+    eager = run_with_grads(elbo_terms, params, x, log_sigma, seed)
+    traced = run_with_grads(compiled, params, x, log_sigma, seed)
+    for a, b in zip(eager, traced, strict=True):
+        assert torch.equal(a, b)
+    z_other = run_with_grads(compiled, params, x, log_sigma, seed + 1)[1]
+    assert not torch.equal(z_other, eager[1])
+    assert counter.frame_count == 1
+
+
+@needs_triton
+@pytest.mark.slow  # ~20 s with a cold inductor cache (C++ codegen), ~3 s warm
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+def test_compile_fullgraph_inductor_matches_eager():
+    """Inductor re-fuses the torch ops around the custom ops, so equality is up to fp32 rounding."""
+    torch._dynamo.reset()
+    compiled = torch.compile(elbo_terms, fullgraph=True, backend="inductor")
+    params, x, log_sigma, seed = inputs()
+    eager = run_with_grads(elbo_terms, params, x, log_sigma, seed)
+    traced = run_with_grads(compiled, params, x, log_sigma, seed)
+    for a, b in zip(eager, traced, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert torch.equal(eager[1], traced[1])  # z comes straight from the kernel: same seed, same bits
+
+
+@needs_triton
+@pytest.mark.parametrize("seed", [None, 3])
+def test_compile_seed_none_and_int(seed):
+    torch._dynamo.reset()
+    compiled = torch.compile(
+        lambda m, lv: ops.reparameterize_kl(m, lv, seed=seed), fullgraph=True, backend="aot_eager"
+    )
+    mu, logvar = torch.randn(2, 6), torch.randn(2, 6)
+    z, kl = compiled(mu, logvar)
+    torch.testing.assert_close(kl, reference.reparameterize_kl(mu, logvar, eps=torch.zeros(2, 6))[1])
+    if seed is not None:
+        assert torch.equal(z, ops.reparameterize_kl(mu, logvar, seed=seed)[0])
+
+
+@needs_triton
+def test_opcheck_every_custom_op():
+    mu, logvar = torch.randn(3, 5, requires_grad=True), torch.randn(3, 5, requires_grad=True)
+    seed = torch.tensor([11])
+    mean = torch.rand(2, 3, 4, 5, requires_grad=True)
+    x = torch.rand(2, 3, 4, 5, requires_grad=True)
+    grad_sums, grad_nll = torch.randn(2, 3), torch.randn(2)
+    vt = torch.ops.vae_triton
+    cases = [
+        (vt.reparameterize_kl, (mu, logvar, seed, None, -30.0, 20.0)),
+        (vt.reparameterize_kl, (mu, logvar, None, torch.randn(3, 5), -1.0, 1.0)),
+        (vt.reparameterize_kl_backward,
+         (torch.randn(3, 5), torch.randn(3), mu.detach(), logvar.detach(), seed, None, -30.0, 20.0)),
+        (vt.squared_error_sums, (mean, x, 3)),
+        (vt.squared_error_sums, (mean.contiguous(memory_format=torch.channels_last), x, 1)),
+        (vt.squared_error_sums_backward, (grad_sums, mean.detach(), x.detach(), True, True)),
+        (vt.bernoulli_nll, (mean, x)),
+        (vt.bernoulli_nll_backward, (grad_nll, mean.detach(), x.detach(), True, False)),
+    ]  # fmt: skip
+    for op, args in cases:
+        torch.library.opcheck(op, args)
+
+
+# ------------------------------------------------------------------------------------------ dispatch
+
+
+def _is_custom_op(t: torch.Tensor) -> bool:
+    """Whether a vae_triton custom op appears anywhere in t's autograd graph."""
+    stack, seen = [t.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if "vae_triton" in type(node).__name__:
+            return True
+        stack.extend(fn for fn, _ in node.next_functions)
+    return False
+
+
+def test_env_var_forces_the_torch_reference(monkeypatch):
+    monkeypatch.setenv("VAE_TRITON_BACKEND", "torch")
+    mu = torch.randn(3, 4, requires_grad=True)
+    logvar = torch.randn(3, 4)
+    z, _ = ops.reparameterize_kl(mu, logvar, seed=5)
+    generator = torch.Generator().manual_seed(5)
+    assert torch.equal(z, reference.reparameterize_kl(mu, logvar, generator=generator)[0])
+    assert not _is_custom_op(z)
+    assert not _is_custom_op(ops.bernoulli_nll(mu, torch.rand(3, 4)))
+    assert ops.backend_for(mu) == "torch"
+
+
+@needs_triton
+def test_env_var_forces_triton_and_auto_picks_it_when_interpreting(monkeypatch):
+    mu = torch.randn(3, 4, requires_grad=True)
+    for value in ["triton", "", "auto", " Triton "]:
+        monkeypatch.setenv("VAE_TRITON_BACKEND", value)
+        assert ops.backend_for(mu) == "triton"
+        assert _is_custom_op(ops.reparameterize_kl(mu, torch.zeros(3, 4))[0])
+        assert _is_custom_op(ops.gaussian_nll(mu, torch.rand(3, 4)))
+
+
+def test_float64_always_runs_the_reference(monkeypatch):
+    monkeypatch.delenv("VAE_TRITON_BACKEND", raising=False)
+    mu = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    assert ops.backend_for(mu) == "torch"
+    assert not _is_custom_op(ops.gaussian_nll(mu, torch.rand(3, 4, dtype=torch.float64)))
+
+
+def test_cpu_without_interpreter_or_without_triton_uses_torch(monkeypatch):
+    monkeypatch.delenv("VAE_TRITON_BACKEND", raising=False)
+    cpu = torch.zeros(2, 2)
+    monkeypatch.setattr(ops, "INTERPRETED", False)
+    assert ops.backend_for(cpu) == "torch"
+    monkeypatch.setenv("VAE_TRITON_BACKEND", "triton")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+        ops.backend_for(cpu)
+    monkeypatch.setattr(ops, "INTERPRETED", True)
+    monkeypatch.setattr(ops, "TRITON_AVAILABLE", False)
+    with pytest.raises(RuntimeError, match="failed to import"):
+        ops.backend_for(cpu)
+    monkeypatch.delenv("VAE_TRITON_BACKEND")
+    assert ops.backend_for(cpu) == "torch"
+    z, kl = ops.reparameterize_kl(cpu, cpu)
+    assert z.shape == (2, 2) and torch.equal(kl, torch.zeros(2))
+
+
+def test_unknown_backend_value_is_rejected(monkeypatch):
+    monkeypatch.setenv("VAE_TRITON_BACKEND", "cuda")
+    with pytest.raises(ValueError, match="VAE_TRITON_BACKEND"):
+        ops.gaussian_nll(torch.rand(2, 3), torch.rand(2, 3))
+
+
+def test_package_imports_and_works_when_triton_is_broken():
+    """A machine whose Triton cannot import still gets the whole torch path."""
+    code = (
+        "import sys; sys.modules['triton'] = None\n"  # makes `import triton` raise ImportError
+        "import torch\n"
+        "from vae_triton import ops\n"
+        "assert not ops.TRITON_AVAILABLE and ops.backend_for(torch.zeros(1)) == 'torch'\n"
+        "z, kl = ops.reparameterize_kl(torch.zeros(2, 3), torch.zeros(2, 3), seed=1)\n"
+        "assert kl.tolist() == [0.0, 0.0]\n"
+        "print(float(ops.bernoulli_nll(torch.zeros(1, 4), torch.ones(1, 4))))\n"
+    )
+    env = {**os.environ, "TRITON_INTERPRET": "1", "VAE_TRITON_BACKEND": ""}
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert abs(float(out.stdout) - 4 * 0.6931471805599453) < 1e-5  # 4·log 2
+
+
+# ---------------------------------------------------------------------------------------- bad input
+
+M = torch.zeros(2, 3)
+IMG = torch.zeros(2, 3, 4, 4)
+META = torch.zeros(2, 3, device="meta")
+
+BAD_INPUTS = [
+    (lambda: ops.reparameterize_kl([[0.0]], M), "`mu` must be a torch.Tensor"),
+    (lambda: ops.reparameterize_kl(M.long(), M), "`mu` has dtype torch.int64"),
+    (lambda: ops.reparameterize_kl(torch.zeros(2, 3, 1), torch.zeros(2, 3, 1)), "`mu` must be 2-D"),
+    (lambda: ops.reparameterize_kl(torch.zeros(3), torch.zeros(3)), "`mu` must be 2-D"),
+    (lambda: ops.reparameterize_kl(M, torch.zeros(2, 4)), "`logvar` has shape"),
+    (lambda: ops.reparameterize_kl(M, M.int()), "`logvar` has dtype"),
+    (lambda: ops.reparameterize_kl(M, META), "`logvar` is on meta"),
+    (lambda: ops.reparameterize_kl(M, M, eps=torch.zeros(3, 2)), "`eps` has shape"),
+    (lambda: ops.reparameterize_kl(M, M, eps=M.bool()), "`eps` has dtype"),
+    (lambda: ops.reparameterize_kl(M, M, eps=M, seed=1), "`seed` or `eps`"),
+    (lambda: ops.reparameterize_kl(M, M, seed=1.5), "`seed` must be"),
+    (lambda: ops.reparameterize_kl(M, M, seed=True), "`seed` must be"),
+    (lambda: ops.reparameterize_kl(M, M, seed=-1), "`seed` must be in"),
+    (lambda: ops.reparameterize_kl(M, M, seed=2**63), "`seed` must be in"),
+    (lambda: ops.reparameterize_kl(M, M, seed=torch.tensor([1, 2])), "tensor `seed` must hold one integer"),
+    (lambda: ops.reparameterize_kl(M, M, seed=torch.tensor([1.0])), "tensor `seed` must hold one integer"),
+    (lambda: ops.reparameterize_kl(M, M, seed=torch.tensor([1], device="meta")), "`seed` is on meta"),
+    (lambda: ops.reparameterize_kl(M, M, logvar_clamp=(3.0, 1.0)), "`logvar_clamp` needs low ≤ high"),
+    (lambda: ops.reparameterize_kl(M, M, logvar_clamp=(float("nan"), 1.0)), "`logvar_clamp` needs low"),
+    (lambda: ops.reparameterize_kl(M, M, logvar_clamp=5.0), "`logvar_clamp` must be None or a"),
+    (lambda: ops.reparameterize_kl(M, M, logvar_clamp=(1.0, 2.0, 3.0)), "`logvar_clamp` must be None or a"),
+    (lambda: ops.gaussian_nll(IMG, torch.zeros(2, 3, 4, 5)), "`x` has shape"),
+    (lambda: ops.gaussian_nll(IMG.long(), IMG), "`mean` has dtype"),
+    (lambda: ops.gaussian_nll(IMG, IMG.to(torch.uint8)), "`x` has dtype torch.uint8"),
+    (lambda: ops.gaussian_nll(M, META), "`x` is on meta"),
+    (lambda: ops.gaussian_nll(torch.zeros(4), torch.zeros(4)), "`mean` must be a batch"),
+    (lambda: ops.gaussian_nll(IMG, IMG, torch.zeros(4)), "`log_sigma` must be a float, a one-element"),
+    (lambda: ops.gaussian_nll(IMG, IMG, torch.zeros(3, 1)), "`log_sigma` must be a float, a one-element"),
+    (lambda: ops.gaussian_nll(IMG, IMG, torch.zeros(3, dtype=torch.int64)), "`log_sigma` has dtype"),
+    (lambda: ops.gaussian_nll(IMG, IMG, torch.zeros(3, device="meta")), "`log_sigma` is on meta"),
+    (lambda: ops.gaussian_nll(IMG, IMG, float("nan")), "`log_sigma` must be finite"),
+    (lambda: ops.gaussian_nll(IMG, IMG, float("inf")), "`log_sigma` must be finite"),
+    (lambda: ops.gaussian_nll(IMG, IMG, "0.5"), "`log_sigma` must be a float or a tensor"),
+    (lambda: ops.bernoulli_nll(IMG.int(), IMG), "`logits` has dtype"),
+    (lambda: ops.bernoulli_nll(IMG, IMG.bool()), "`x` has dtype torch.bool"),
+    (lambda: ops.bernoulli_nll(IMG, torch.zeros(2, 3, 16)), "`x` has shape"),
+    (lambda: ops.bernoulli_nll(torch.zeros(5), torch.zeros(5)), "`logits` must be a batch"),
+    (lambda: ops.bernoulli_nll(IMG, None), "`x` must be a torch.Tensor"),
+]
+
+
+@pytest.mark.parametrize("call,message", BAD_INPUTS, ids=[m for _, m in BAD_INPUTS])
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+def test_bad_input_raises_value_error_naming_the_argument(monkeypatch, backend, call, message):
+    monkeypatch.setenv("VAE_TRITON_BACKEND", backend)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        call()
