@@ -1,0 +1,31 @@
+"""`python -m train --help`: train a VAE (see train/config.py for every flag)."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    from .checkpoint import CheckpointError
+    from .config import build_parser, parse_args
+    from .data import DataUnavailableError
+    from .loop import TrainingDiverged, train
+
+    try:
+        cfg = parse_args(argv)
+    except ValueError as e:
+        build_parser().error(str(e))  # exits 2 with usage
+    try:
+        train(cfg, argv=argv)
+    except KeyboardInterrupt:
+        return 130
+    except (DataUnavailableError, CheckpointError, TrainingDiverged, ValueError, FileNotFoundError) as e:
+        # Expected failures: one clear message, no traceback.
+        print(f"error: {e}", file=sys.stderr)
+        return 2 if not isinstance(e, TrainingDiverged) else 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,294 @@
+"""The run configuration: one typed dataclass, built from the command line, saved as run_config.json."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from vae_triton.io import write_json_atomic
+from vae_triton.model import PRESETS, VAEConfig
+
+DATASET_CHOICES = ("dsprites", "celeba", "folder")
+DEFAULT_STEPS = 10_000
+DEFAULT_PRESET = {"dsprites": "dsprites", "celeba": "celeba64", "folder": "celeba64"}
+
+
+@dataclass
+class RunConfig:
+    dataset: str = "dsprites"
+    data_dir: str | None = None
+    split: str = "train"
+    limit: int | None = None
+    cache_dir: str | None = None
+    celeba_source: str = "flwrlabs/celeba"
+    out: str = "runs/dsprites"
+    steps: int | None = None
+    epochs: float | None = None
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    lr_schedule: str = "constant"
+    beta: float = 1.0
+    kl_warmup_steps: int = 0
+    free_bits: float = 0.0
+    latent_dim: int | None = None
+    resolution: int = 64
+    preset: str | None = None
+    sigma: str | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    compile: bool = False
+    channels_last: bool = True
+    grad_clip: float = 200.0
+    max_bad_steps: int = 20
+    hflip: bool | None = None
+    seed: int = 0
+    resume: str | None = None
+    checkpoint_every: int = 1000
+    log_every: int = 50
+    eval_every: int = 500
+    eval_images: int = 2048
+    num_threads: int | None = None
+    push_to_hub: str | None = None
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.preset is None:
+            self.preset = DEFAULT_PRESET[self.dataset]
+        if self.steps is None and self.epochs is None:
+            self.steps = DEFAULT_STEPS
+        if self.hflip is None:
+            # Faces are left-right symmetric; dSprites' posX is a labelled factor, so leave it alone.
+            self.hflip = self.dataset != "dsprites"
+        self.validate()
+
+    def validate(self) -> None:
+        def bad(flag, value, fix):
+            raise ValueError(f"--{flag.replace('_', '-')} {value!r}: {fix}")
+
+        if self.dataset not in DATASET_CHOICES:
+            bad("dataset", self.dataset, f"use one of {DATASET_CHOICES}")
+        if self.preset not in PRESETS:
+            bad("preset", self.preset, f"use one of {sorted(PRESETS)}")
+        if (self.steps is None) == (self.epochs is None):
+            bad("epochs", self.epochs, "give --steps or --epochs, not both")
+        if self.steps is not None and self.steps < 1:
+            bad("steps", self.steps, "must be a positive number of optimizer steps")
+        if self.epochs is not None and self.epochs <= 0:
+            bad("epochs", self.epochs, "must be positive")
+        for name in (
+            "batch_size",
+            "checkpoint_every",
+            "log_every",
+            "eval_every",
+            "eval_images",
+            "max_bad_steps",
+        ):
+            if getattr(self, name) < 1:
+                bad(name, getattr(self, name), "must be a positive integer")
+        if not self.lr > 0:
+            bad("lr", self.lr, "must be positive")
+        if self.beta < 0:
+            bad("beta", self.beta, "must be >= 0 (β multiplies the KL term)")
+        if self.kl_warmup_steps < 0:
+            bad("kl_warmup_steps", self.kl_warmup_steps, "must be >= 0")
+        if self.free_bits < 0:
+            bad("free_bits", self.free_bits, "must be >= 0 nats per latent dimension")
+        if self.grad_clip <= 0:
+            bad("grad_clip", self.grad_clip, "must be positive")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            bad("precision", self.precision, "use auto, fp32 or bf16")
+        if self.lr_schedule not in ("constant", "cosine"):
+            bad("lr_schedule", self.lr_schedule, "use constant or cosine")
+        if self.limit is not None and self.limit < 1:
+            bad("limit", self.limit, "must be a positive number of images")
+        if self.sigma is not None and self.sigma not in ("fixed", "scalar", "channel"):
+            bad("sigma", self.sigma, "use fixed, scalar or channel")
+
+    def model_config(self, image_channels: int) -> VAEConfig:
+        """The preset, with the image shape and latent size this run asks for."""
+        overrides = dict(image_channels=image_channels, image_size=self.resolution)
+        if self.latent_dim is not None:
+            overrides["latent_dim"] = self.latent_dim
+        if self.sigma is not None:
+            overrides["sigma"] = self.sigma
+        return VAEConfig.preset(self.preset, **overrides)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def save(self, path: Path) -> None:
+        write_json_atomic(path, self.to_dict(), indent=2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m train",
+        description=(
+            "Train a convolutional VAE. Losses are per-image sums in nats: loss = mean(recon + β·KL). "
+            "Output: model.safetensors + config.json (load with VAE.from_pretrained), run_config.json, "
+            "metrics.jsonl, PNG grids, checkpoints/ and a README model card."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    d = RunConfig()
+    g = p.add_argument_group("data")
+    g.add_argument(
+        "--dataset",
+        choices=DATASET_CHOICES,
+        default=d.dataset,
+        help="dsprites: procedural 64×64 sprites with factor labels (offline). celeba: Hugging Face "
+        "`datasets` (or --data-dir), center crop 148 → resize to --resolution. folder: any "
+        "directory of images (--data-dir), largest centered square → resize; unreadable files "
+        "are skipped and counted",
+    )
+    g.add_argument(
+        "--data-dir",
+        default=None,
+        help="celeba: a local copy (a `save_to_disk` folder or a folder of parquet files in the "
+        "flwrlabs/celeba schema); folder: the image directory",
+    )
+    g.add_argument(
+        "--split", default=d.split, help="dataset split (dsprites: train/test/all; celeba: train/valid/test)"
+    )
+    g.add_argument(
+        "--limit", type=int, default=None, help="use only the first N images of the split (quick runs)"
+    )
+    g.add_argument(
+        "--cache-dir",
+        default=None,
+        help="where decoded uint8 caches live (default $VAE_TRITON_CACHE or ~/.cache/vae-triton)",
+    )
+    g.add_argument(
+        "--celeba-source",
+        default=d.celeba_source,
+        choices=("flwrlabs/celeba", "nielsr/CelebA-faces"),
+        help="Hub dataset for --dataset celeba: flwrlabs/celeba has the official train/valid/test "
+        "splits (~11.7 GB); nielsr/CelebA-faces is one 1.4 GB train split",
+    )
+    g.add_argument("--resolution", type=int, default=d.resolution, help="image side in pixels")
+    g.add_argument(
+        "--hflip",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="random horizontal flips on the device (default: on, except for dsprites)",
+    )
+
+    g = p.add_argument_group("model")
+    g.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=None,
+        help="architecture (default: dsprites for dsprites, celeba64 otherwise)",
+    )
+    g.add_argument("--latent-dim", type=int, default=None, help="latent size (default: the preset's)")
+    g.add_argument(
+        "--sigma",
+        choices=("fixed", "scalar", "channel"),
+        default=None,
+        help="Gaussian decoder σ: fixed at 1, or learned (scalar / per channel); default: the preset's",
+    )
+
+    g = p.add_argument_group("optimisation")
+    g.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"optimizer steps to train for (default {DEFAULT_STEPS} unless --epochs is given)",
+    )
+    g.add_argument(
+        "--epochs", type=float, default=None, help="passes over the split (alternative to --steps)"
+    )
+    g.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch (split over processes)")
+    g.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate")
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
+    g.add_argument(
+        "--lr-schedule",
+        choices=("constant", "cosine"),
+        default=d.lr_schedule,
+        help="cosine decays the rate to 0 over the run",
+    )
+    g.add_argument("--beta", type=float, default=d.beta, help="β: weight of the KL term (β=1 is the ELBO)")
+    g.add_argument(
+        "--kl-warmup-steps",
+        type=int,
+        default=d.kl_warmup_steps,
+        help="ramp β linearly from 0 over this many steps (avoids early posterior collapse)",
+    )
+    g.add_argument(
+        "--free-bits",
+        type=float,
+        default=d.free_bits,
+        help="λ nats: each latent dim's batch-mean KL below λ is not penalised (0 = off)",
+    )
+    g.add_argument("--grad-clip", type=float, default=d.grad_clip, help="clip the global gradient norm")
+    g.add_argument(
+        "--max-bad-steps",
+        type=int,
+        default=d.max_bad_steps,
+        help="non-finite loss/gradients: skip the step; stop after this many in a row",
+    )
+    g.add_argument("--seed", type=int, default=d.seed, help="seeds weights, noise and data order")
+
+    g = p.add_argument_group("hardware")
+    g.add_argument("--device", default=d.device, help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    g.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default=d.precision,
+        help="auto: bf16 autocast on CUDA, fp32 on CPU",
+    )
+    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=d.channels_last,
+        help="NHWC memory format (faster convs on GPUs and on CPU)",
+    )
+    g.add_argument("--num-threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+
+    g = p.add_argument_group("output")
+    g.add_argument("--out", default=d.out, help="output directory")
+    g.add_argument(
+        "--resume",
+        nargs="?",
+        const="auto",
+        default=None,
+        help="continue bit-for-bit from the latest checkpoint in --out (or from the given "
+        "checkpoints directory); --steps may be raised to train longer",
+    )
+    g.add_argument(
+        "--checkpoint-every", type=int, default=d.checkpoint_every, help="steps between checkpoints"
+    )
+    g.add_argument("--log-every", type=int, default=d.log_every, help="steps between metrics.jsonl lines")
+    g.add_argument(
+        "--eval-every",
+        type=int,
+        default=d.eval_every,
+        help="steps between evaluations (per-dim KL, active units) and PNG grids",
+    )
+    g.add_argument(
+        "--eval-images",
+        type=int,
+        default=d.eval_images,
+        help="held-out images for the final numbers (periodic evaluations use up to 512)",
+    )
+    g.add_argument(
+        "--push-to-hub",
+        default=None,
+        metavar="REPO_ID",
+        help="upload the final model and model card to this Hub model repo",
+    )
+    g.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bar")
+    return p
+
+
+def parse_args(argv=None) -> RunConfig:
+    args = build_parser().parse_args(argv)
+    return RunConfig(**vars(args))

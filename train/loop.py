@@ -1,0 +1,507 @@
+"""The training loop behind `python -m train`.
+
+`make_train_step(model, optimizer, run_config)` is the default training path (also what
+bench/bench_train.py times): uint8 batch in, one AdamW step out, with bf16 autocast on CUDA,
+channels_last, optional torch.compile, gradient clipping, KL warm-up, free bits and a NaN/inf guard.
+`train(run_config)` wraps it with data, checkpoints, metrics, grids and the model card.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import shlex
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from vae_triton.io import write_text_atomic
+from vae_triton.model import VAE, VAEConfig, kl_per_dim
+
+from . import distributed
+from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import RunConfig
+from .data import BatchSource, DataUnavailableError, ImageDataset, get_dataset
+from .report import interleave_rows, save_grid, write_model_card
+
+EVAL_IMAGES = 512
+GRID = 64
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many non-finite steps in a row; the last good checkpoint is kept."""
+
+
+@dataclass
+class StepResult:
+    """Device tensors, so a step never waits for the GPU: batch means in nats, and `ok` (False when the
+    loss or the gradient was non-finite and the update was skipped)."""
+
+    ok: torch.Tensor
+    loss: torch.Tensor
+    recon: torch.Tensor
+    kl: torch.Tensor
+    grad_norm: torch.Tensor
+    beta: float
+
+
+def beta_at(cfg: RunConfig, step: int) -> float:
+    """β ramps linearly from 0 to cfg.beta over the first kl_warmup_steps steps (step is 0-based)."""
+    if cfg.kl_warmup_steps <= 0:
+        return cfg.beta
+    return cfg.beta * min(1.0, (step + 1) / cfg.kl_warmup_steps)
+
+
+def lr_at(cfg: RunConfig, step: int, total_steps: int) -> float:
+    if cfg.lr_schedule == "cosine":
+        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
+    return cfg.lr
+
+
+def autocast_dtype(cfg: RunConfig, device: torch.device) -> torch.dtype | None:
+    precision = cfg.precision
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    return torch.bfloat16 if precision == "bf16" else None
+
+
+def make_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.AdamW:
+    """AdamW with the fused kernel (CUDA and CPU): one launch per step, and it can skip a non-finite
+    update on the device (`found_inf`) without a host sync."""
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+
+
+def make_train_step(
+    model: VAE, optimizer: torch.optim.Optimizer, cfg: RunConfig, *, dist_info=None, total_steps=None
+):
+    """Build `step(batch_uint8, step_index) -> StepResult`: the default training path.
+
+    `batch_uint8`: (B, C, H, W) uint8 on the model's device (e.g. `train.data.BatchSource.batch(step)`);
+    `step_index` (0-based) sets the KL warm-up β and the learning rate. Each call: uint8 → [0, 1] float,
+    channels_last, bf16 autocast on CUDA (`cfg.precision`), forward (DDP / torch.compile when asked),
+    backward, gradient clipping, AdamW. A non-finite loss or gradient skips the update; with a fused
+    AdamW that decision stays on the device (no host sync per step).
+    """
+    device = next(model.parameters()).device
+    dist_info = dist_info or distributed.DistInfo(0, 1, 0, device)
+    total_steps = total_steps or cfg.steps or 1
+    net: torch.nn.Module = model
+    if dist_info.enabled:
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        net = torch.compile(net)
+    amp = autocast_dtype(cfg, device)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    params = [p for p in model.parameters() if p.requires_grad]
+    on_device_skip = bool(optimizer.defaults.get("fused"))
+    # β lives in a device scalar refilled each step: no host→device copy, and no recompilation of a
+    # compiled model when the warm-up changes it.
+    beta_t = torch.zeros((), device=device)
+
+    def step(batch: torch.Tensor, step_index: int) -> StepResult:
+        if batch.dtype != torch.uint8 or batch.dim() != 4:
+            raise ValueError(
+                f"batch must be uint8 images (B, C, H, W), got {batch.dtype} {tuple(batch.shape)}"
+            )
+        x = batch.to(device, non_blocking=True).float().div_(255.0).contiguous(memory_format=memory_format)
+        beta = beta_at(cfg, step_index)
+        beta_t.fill_(beta)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(cfg, step_index, total_steps)
+        ctx = torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
+        with ctx:
+            out = net(x, beta=beta_t, free_bits=cfg.free_bits)
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        bad = (~(torch.isfinite(out.loss) & torch.isfinite(grad_norm))).float()
+        bad = distributed.all_max(bad, dist_info)  # every rank takes the same decision
+        if on_device_skip:
+            optimizer.found_inf = bad  # the fused kernel leaves weights and moments untouched when 1
+            optimizer.step()
+        elif not bad.item():
+            optimizer.step()
+        return StepResult(
+            bad == 0,
+            out.loss.detach(),
+            out.recon_nll.detach().mean(),
+            out.kl.detach().mean(),
+            grad_norm,
+            beta,
+        )
+
+    step.module = net
+    return step
+
+
+# ---- evaluation on a fixed batch --------------------------------------------------------------
+@torch.no_grad()
+def evaluate_fixed(model: VAE, x: torch.Tensor, *, seed: int = 0) -> dict:
+    """ELBO terms, per-dim KL and active units on fixed images with fixed noise (no global RNG use)."""
+    was_training = model.training
+    model.eval()
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    recon, kl, mus, lvs = [], [], [], []
+    for chunk in x.split(256):
+        eps = torch.randn(chunk.shape[0], model.config.latent_dim, generator=g).to(chunk.device)
+        out = model(chunk, eps=eps)
+        recon.append(out.recon_nll)
+        kl.append(out.kl)
+        mus.append(out.mu.float())
+        lvs.append(out.logvar.float())
+    model.train(was_training)
+    mu, logvar = torch.cat(mus), torch.cat(lvs)
+    recon_m, kl_m = torch.cat(recon).mean().item(), torch.cat(kl).mean().item()
+    result = {
+        "eval_recon": recon_m,
+        "eval_kl": kl_m,
+        "eval_elbo": -(recon_m + kl_m),
+        "kl_per_dim": [round(v, 4) for v in kl_per_dim(mu, logvar, model.config.logvar_clamp).tolist()],
+        # Active units (Burda et al.): Cov_x(E_q[z|x]) > 0.01 per dimension.
+        "active_units": int((mu.var(dim=0) > 0.01).sum().item()),
+        "eval_images": int(x.shape[0]),
+    }
+    if model.config.likelihood == "gaussian":
+        d = model.config.num_pixels
+        result["eval_bpd"] = (recon_m + kl_m + d * math.log(256)) / (d * math.log(2))
+    return result
+
+
+@torch.no_grad()
+def save_grids(model: VAE, x: torch.Tensor, out: Path, step: int | None) -> None:
+    """Reconstructions of fixed images and prior samples at a fixed seed."""
+    was_training = model.training
+    model.eval()
+    cols = min(8, len(x))
+    half = x[: min(GRID // 2, len(x)) // cols * cols]  # whole rows only (tiny datasets)
+    recon = interleave_rows(half.cpu(), model.reconstruct(half).cpu(), cols=cols)
+    samples = model.sample(GRID, generator=torch.Generator(device="cpu").manual_seed(0))
+    model.train(was_training)
+    scale = 2 if model.config.image_size <= 32 else 1
+    if step is None:
+        save_grid(recon, out / "reconstructions.png", cols=cols, scale=scale)
+        save_grid(samples, out / "samples.png", scale=scale)
+    else:
+        save_grid(recon, out / "grids" / f"recon-{step:07d}.png", cols=cols, scale=scale)
+        save_grid(samples, out / "grids" / f"samples-{step:07d}.png", scale=scale)
+
+
+# ---- the run ------------------------------------------------------------------------------------
+class MetricsLog:
+    """metrics.jsonl, appended line by line; on resume, lines past the checkpoint step are dropped."""
+
+    def __init__(self, path: Path, enabled: bool, resume_step: int | None):
+        self.path, self.enabled = path, enabled
+        if enabled and resume_step is not None and path.exists():
+            kept = [
+                ln
+                for ln in path.read_text().splitlines()
+                if ln and json.loads(ln).get("step", 0) <= resume_step
+            ]
+            write_text_atomic(path, "".join(ln + "\n" for ln in kept))
+        elif enabled and resume_step is None:
+            write_text_atomic(path, "")
+
+    def write(self, record: dict) -> None:
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def _load_dataset(cfg: RunConfig, info: distributed.DistInfo) -> ImageDataset:
+    # Rank 0 builds the cache; the others wait, then open the finished file.
+    def load():
+        return get_dataset(
+            cfg.dataset,
+            cfg.split,
+            cfg.data_dir,
+            cfg.resolution,
+            cfg.cache_dir,
+            limit=cfg.limit,
+            source=cfg.celeba_source,
+        )
+
+    ds = load() if info.is_main else None
+    distributed.barrier(info)
+    return ds if ds is not None else load()
+
+
+def _fixed_images(ds: ImageDataset, n: int, device) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1234)
+    idx = torch.randperm(len(ds), generator=g)[: min(n, len(ds))]
+    return ds.tensor(idx.numpy(), device)
+
+
+def train(cfg: RunConfig, *, argv: list[str] | None = None, stop_at: int | None = None) -> dict:
+    """Run training as configured; return the final evaluation. `stop_at` ends early like Ctrl-C."""
+    info = distributed.init(cfg.device)
+    try:
+        return _train(cfg, info, argv, stop_at)
+    finally:
+        distributed.shutdown(info)
+
+
+def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
+    out = Path(cfg.out)
+    device = info.device
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+
+    resume = None
+    if cfg.resume:
+        resume = load_checkpoint(out if cfg.resume == "auto" else Path(cfg.resume), map_location="cpu")
+        saved = RunConfig.from_dict(resume["run_config"])
+        # The saved run defines the experiment; only the length, logging and hardware may change.
+        keep = {
+            "steps",
+            "epochs",
+            "device",
+            "num_threads",
+            "progress",
+            "resume",
+            "out",
+            "checkpoint_every",
+            "log_every",
+            "eval_every",
+            "push_to_hub",
+            "cache_dir",
+            "data_dir",
+            "compile",
+            "max_bad_steps",
+        }
+        merged = {**saved.to_dict(), **{k: v for k, v in cfg.to_dict().items() if k in keep}}
+        cfg = RunConfig.from_dict(merged)
+
+    ds = _load_dataset(cfg, info)
+    model_cfg: VAEConfig = cfg.model_config(ds.image_shape[0])
+    if ds.image_shape[1:] != (cfg.resolution, cfg.resolution):
+        raise ValueError(f"dataset images are {ds.image_shape}, expected {cfg.resolution}×{cfg.resolution}")
+
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    model = VAE(model_cfg).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, cfg)
+    batches = BatchSource(
+        ds, cfg.batch_size, device, seed=cfg.seed, hflip=cfg.hflip, rank=info.rank, world=info.world
+    )
+    total = cfg.steps if cfg.steps is not None else math.ceil(cfg.epochs * batches.steps_per_epoch)
+
+    start = 0
+    torch.manual_seed(cfg.seed + 1 + info.rank)  # the reparameterization noise differs between ranks
+    if resume is not None:
+        try:
+            model.load_state_dict(resume["model"])
+            optimizer.load_state_dict(resume["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointError(
+                f"the checkpoint does not fit this model/optimizer: {str(e).splitlines()[0]}"
+            ) from None
+        start = resume["step"]
+        rng = resume["rng"]
+        if rng.shape[0] == info.world:
+            set_rng_state(rng[info.rank], device)  # each rank continues its own noise stream
+        else:
+            if info.is_main:
+                print(
+                    f"warning: the checkpoint was written by {rng.shape[0]} process(es), this run has "
+                    f"{info.world}: the noise streams restart (not a bit-exact continuation)",
+                    file=sys.stderr,
+                )
+            torch.manual_seed(cfg.seed + 1 + info.rank + 7919 * start)
+
+    if info.is_main:
+        if resume is None and (out / "checkpoints" / "latest.json").exists():
+            print(
+                f"warning: {out} holds a checkpoint; starting a fresh run that will replace it "
+                "(use --resume to continue it instead)",
+                file=sys.stderr,
+            )
+        out.mkdir(parents=True, exist_ok=True)
+        cfg.save(out / "run_config.json")
+    log = MetricsLog(out / "metrics.jsonl", info.is_main, start if resume is not None else None)
+    step_fn = make_train_step(model, optimizer, cfg, dist_info=info, total_steps=total)
+    fixed = _fixed_images(ds, min(EVAL_IMAGES, cfg.eval_images), device)
+    command = "python -m train " + shlex.join(argv if argv is not None else sys.argv[1:])
+
+    def checkpoint(step):
+        distributed.check_in_sync(model, info)
+        rng = distributed.all_gather_rows(rng_state(device), info)
+        if info.is_main:
+            save_checkpoint(out, model, optimizer, step, cfg.to_dict(), rng=rng)
+
+    progress = None
+    if info.is_main and cfg.progress:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
+
+    step, last_good = start, start
+    # Running sums on the device, read back only when logging: loss, recon, kl, grad-norm (good steps),
+    # then good steps, skipped steps, the current run of skipped steps and the longest such run.
+    sums = torch.zeros(4, device=device)
+    counts = torch.zeros(4, device=device)
+    window_t0, img_per_s = time.perf_counter(), float("nan")
+    end = total if stop_at is None else min(total, stop_at)
+    check_every = min(cfg.log_every, cfg.max_bad_steps)
+    interrupted = False
+    model.train()
+    try:
+        while step < end:
+            result = step_fn(batches.batch(step), step)
+            step += 1
+            ok = result.ok.float()
+            values = torch.stack([result.loss, result.recon, result.kl, result.grad_norm]).float()
+            sums += torch.where(result.ok, values, torch.zeros_like(values))
+            run = (counts[2] + 1) * (1 - ok)
+            counts.copy_(
+                torch.stack([counts[0] + ok, counts[1] + 1 - ok, run, torch.maximum(counts[3], run)])
+            )
+            log_now = step % cfg.log_every == 0 or step == end
+            if log_now or step % check_every == 0:
+                good, skipped, _, longest = counts.tolist()
+                if skipped and info.is_main:
+                    print(
+                        f"warning: {int(skipped)} step(s) with a non-finite loss or gradient skipped "
+                        f"before step {step}",
+                        file=sys.stderr,
+                    )
+                if longest >= cfg.max_bad_steps:
+                    raise TrainingDiverged(
+                        f"{int(longest)} non-finite steps in a row (up to step {step}); stopped. The "
+                        f"last good checkpoint (step {last_good}) is kept: lower --lr or --beta, or raise "
+                        "--kl-warmup-steps"
+                    )
+                counts[1] = 0
+                counts[3] = counts[2]
+            if log_now:
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                elapsed = time.perf_counter() - window_t0
+                good = counts[0].item()
+                img_per_s = good * cfg.batch_size / max(elapsed, 1e-9)
+                if good:
+                    loss, recon, kl, gn = (sums / good).tolist()
+                    record = {
+                        "step": step,
+                        "epoch": round(step / batches.steps_per_epoch, 4),
+                        "loss": loss,
+                        "recon": recon,
+                        "kl": kl,
+                        "beta": result.beta,
+                        "grad_norm": gn,
+                        "lr": optimizer.param_groups[0]["lr"],
+                        "img_per_s": img_per_s,
+                    }
+                    log.write(record)
+                    if progress is not None:
+                        progress.set_postfix(loss=f"{loss:.1f}", kl=f"{kl:.1f}", img_s=f"{img_per_s:.0f}")
+                sums.zero_()
+                counts[0] = 0
+                window_t0 = time.perf_counter()
+            if info.is_main and (step % cfg.eval_every == 0 or step == total):
+                log.write({"step": step, **evaluate_fixed(model, fixed)})
+                save_grids(model, fixed, out, step)
+            if step % cfg.checkpoint_every == 0 and step != total:
+                checkpoint(step)
+                last_good = step
+            if progress is not None:
+                progress.update(1)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        if progress is not None:
+            progress.close()
+
+    checkpoint(step)
+    if interrupted or step < total:
+        if info.is_main:
+            model.save_pretrained(
+                out, metadata=_metadata(cfg, model_cfg, step, {"img_per_s": img_per_s}, partial=True)
+            )
+            print(
+                f"stopped at step {step}/{total}; checkpoint saved. Continue with: {command} --resume",
+                file=sys.stderr,
+            )
+        if interrupted:
+            raise KeyboardInterrupt
+        distributed.barrier(info)
+        return {"step": step}
+
+    final = {}
+    if info.is_main:
+        final = final_report(model, cfg, model_cfg, step, img_per_s, device, command, out)
+        if cfg.push_to_hub:
+            url = model.push_to_hub(cfg.push_to_hub, extra_files=[str(out / "README.md")])
+            print(f"pushed to {url}")
+    distributed.barrier(info)  # the other ranks wait for rank 0's report, then all shut down together
+    return final
+
+
+def _metadata(cfg: RunConfig, model_cfg: VAEConfig, step: int, numbers: dict, partial: bool = False) -> dict:
+    return {
+        "beta": cfg.beta,
+        "dataset": cfg.dataset,
+        "split": cfg.split,
+        "steps": step,
+        "batch_size": cfg.batch_size,
+        "lr": cfg.lr,
+        "kl_warmup_steps": cfg.kl_warmup_steps,
+        "free_bits": cfg.free_bits,
+        "seed": cfg.seed,
+        "finished": not partial,
+        **{k: v for k, v in numbers.items() if not (isinstance(v, float) and math.isnan(v))},
+    }
+
+
+def final_report(model, cfg, model_cfg, step, img_per_s, device, command, out: Path) -> dict:
+    """Evaluate on held-out images, save weights + metadata, grids and the model card."""
+    def held_out_split(split: str) -> ImageDataset:
+        return get_dataset(cfg.dataset, split, cfg.data_dir, cfg.resolution, cfg.cache_dir,
+                           source=cfg.celeba_source, limit=cfg.eval_images)  # fmt: skip
+
+    eval_split = {"dsprites": "test", "celeba": "test"}.get(cfg.dataset, cfg.split)
+    try:
+        held_out = held_out_split(eval_split)
+    except (DataUnavailableError, ValueError):  # e.g. a local CelebA copy without a test split
+        eval_split = cfg.split
+        held_out = held_out_split(eval_split)
+    x = held_out.tensor(range(len(held_out)), device)
+    final = {"step": step, "eval_split": eval_split, **evaluate_fixed(model, x)}
+    final.update(img_per_s=_median_img_per_s(out / "metrics.jsonl", img_per_s), device=_device_name(device))
+    model.save_pretrained(
+        out,
+        metadata=_metadata(
+            cfg, model_cfg, step, {k: v for k, v in final.items() if k not in ("kl_per_dim", "step")}
+        ),
+    )
+    save_grids(model, _fixed_images(held_out, GRID, device), out, None)
+    write_model_card(out, cfg.to_dict(), final, command, model_cfg.to_dict())
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"final": True, **final}) + "\n")
+    return final
+
+
+def _median_img_per_s(metrics: Path, fallback: float) -> float:
+    """Throughput over the whole run: the median of the logging windows (one window can hold an
+    evaluation or a busy neighbour; the median ignores both)."""
+    rates = [
+        r["img_per_s"]
+        for r in map(json.loads, metrics.read_text().splitlines())
+        if "img_per_s" in r and not r.get("final")
+    ]
+    return float(statistics.median(rates)) if rates else fallback
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"

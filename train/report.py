@@ -1,0 +1,96 @@
+"""What a run leaves for people: PNG grids and the README model card."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from einops import rearrange
+from PIL import Image
+
+from vae_triton.io import atomic_path, write_text_atomic
+
+
+def save_grid(images: torch.Tensor, path: Path, cols: int = 8, scale: int = 1) -> Path:
+    """Float images (N, C, H, W) in [0, 1] → one PNG with `cols` columns (N must be a multiple)."""
+    if images.shape[0] % cols:
+        raise ValueError(f"{images.shape[0]} images do not fill rows of {cols}")
+    grid = rearrange(images.detach().float().clamp(0, 1).cpu(), "(r c) ch h w -> (r h) (c w) ch", c=cols)
+    arr = (grid.numpy() * 255.0 + 0.5).astype(np.uint8)
+    img = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
+    return path
+
+
+def interleave_rows(originals: torch.Tensor, recons: torch.Tensor, cols: int = 8) -> torch.Tensor:
+    """Rows alternate originals / reconstructions, `cols` images each."""
+    a = rearrange(originals, "(r c) ch h w -> r c ch h w", c=cols)
+    b = rearrange(recons, "(r c) ch h w -> r c ch h w", c=cols)
+    return rearrange(torch.stack([a, b], dim=1), "r two c ch h w -> (r two c) ch h w")
+
+
+def model_card(run: dict, final: dict, command: str, model_cfg: dict) -> str:
+    """A README for the output directory: what was trained, how, and what it measured."""
+    likelihood = model_cfg["likelihood"]
+    if likelihood == "gaussian":
+        likelihood += f" (σ {model_cfg['sigma']})"
+    bpd = f"\n| bits/dim (ELBO bound) | {final['eval_bpd']:.4f} |" if "eval_bpd" in final else ""
+    lines = f"""---
+library_name: vae-triton
+tags: [vae, variational-autoencoder, {run["dataset"]}]
+---
+
+# β-VAE, `{run["preset"]}` preset, β = {run["beta"]:g}, trained on {run["dataset"]}
+
+Trained with vae-triton's `python -m train`. Loss = mean over images of
+(reconstruction NLL + β · KL), both per-image sums in **nats**.
+
+## Reproduce
+
+```bash
+{command}
+```
+
+## Final numbers
+
+Measured on the first {final["eval_images"]} images of the `{final["eval_split"]}` split after the last
+step, with one posterior sample per image (the ELBO is a lower bound on log p(x)).
+
+| quantity | value |
+|---|---|
+| reconstruction NLL (nats/image) | {final["eval_recon"]:.2f} |
+| KL[q(z\\|x) ‖ p(z)] (nats/image) | {final["eval_kl"]:.2f} |
+| −ELBO (nats/image) | {final["eval_recon"] + final["eval_kl"]:.2f} |{bpd}
+| active units (Cov_x E_q[z] > 0.01) | {final["active_units"]} / {model_cfg["latent_dim"]} |
+| training throughput (median over logging windows) | {final["img_per_s"]:.0f} img/s on {final["device"]} |
+| steps × batch | {final["step"]} × {run["batch_size"]} |
+
+Per-dimension KL (nats, sorted): {", ".join(f"{v:.2f}" for v in sorted(final["kl_per_dim"], reverse=True))}
+
+Likelihood: {likelihood};
+latent {model_cfg["latent_dim"]}; data {model_cfg["image_channels"]}×{model_cfg["image_size"]}².
+
+Reconstructions (odd rows: data, even rows: reconstruction from μ) and prior samples (seed 0):
+
+![reconstructions](reconstructions.png) ![samples](samples.png)
+
+## Load
+
+```python
+from vae_triton.model import VAE
+model = VAE.from_pretrained("path/to/this/folder")   # eval mode, metadata in model.metadata
+images = model.sample(16)                            # (16, C, H, W) in [0, 1]
+```
+
+Files: `model.safetensors` + `config.json` (architecture and metadata), `run_config.json` (every flag),
+`metrics.jsonl` (training curves), `grids/` (reconstructions and samples during training).
+"""
+    return lines
+
+
+def write_model_card(out: Path, run: dict, final: dict, command: str, model_cfg: dict) -> None:
+    write_text_atomic(out / "README.md", model_card(run, final, command, model_cfg))

@@ -1,0 +1,472 @@
+"""Convolutional VAE, its config dataclass, and safetensors save/load (DESIGN §4).
+
+Loss terms are per-image sums in nats, shape (B,); the training loss is mean_b(recon_b + β·kl_b). The
+reparameterization, the KL and the reconstruction NLL go through `vae_triton.ops` (the fused Triton
+kernels on CUDA, the torch reference on CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from einops import rearrange
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from . import ops
+from .io import atomic_path, write_json_atomic
+
+FORMAT_VERSION = 1
+MODEL_TYPE = "vae-triton-conv"
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+
+LIKELIHOODS = ("gaussian", "bernoulli")
+SIGMA_MODES = ("fixed", "scalar", "channel")
+NORMS = ("none", "batch")
+ACTIVATIONS = ("relu", "leaky_relu")
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """Architecture of a `VAE`. Every field is JSON-serialisable; `config.json` stores `asdict(config)`.
+
+    Encoder: `len(channels)` convs of stride 2 (each halves the image), an optional fully connected
+    layer of `hidden_dim`, then a linear map to (μ, log σ²). The decoder mirrors it with transposed
+    convs. `head="conv"` ends the decoder like the common CelebA reference (one more upsampling block
+    at width channels[0], then a 3×3 conv to the image channels); `head="deconv"` ends it with a single
+    transposed conv straight to the image channels (the β-VAE paper's net).
+    """
+
+    image_channels: int = 3
+    image_size: int = 64
+    channels: tuple[int, ...] = (32, 64, 128, 256, 512)
+    kernel_size: int = 3
+    hidden_dim: int = 0
+    latent_dim: int = 128
+    norm: str = "batch"
+    activation: str = "leaky_relu"
+    head: str = "conv"
+    likelihood: str = "gaussian"
+    sigma: str = "channel"
+    log_sigma: float = 0.0
+    min_log_sigma: float = -6.0
+    logvar_clamp: tuple[float, float] = (-30.0, 20.0)
+
+    def __post_init__(self):
+        # JSON gives lists back; keep tuples so configs compare equal after a round trip.
+        object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
+        object.__setattr__(self, "logvar_clamp", tuple(float(v) for v in self.logvar_clamp))
+        self.validate()
+
+    def validate(self) -> None:
+        def bad(name, value, fix):
+            raise ValueError(f"VAEConfig.{name}={value!r} is invalid: {fix}")
+
+        if self.likelihood not in LIKELIHOODS:
+            bad("likelihood", self.likelihood, f"use one of {LIKELIHOODS}")
+        if self.sigma not in SIGMA_MODES:
+            bad("sigma", self.sigma, f"use one of {SIGMA_MODES}")
+        if self.norm not in NORMS:
+            bad("norm", self.norm, f"use one of {NORMS}")
+        if self.activation not in ACTIVATIONS:
+            bad("activation", self.activation, f"use one of {ACTIVATIONS}")
+        if self.head not in ("conv", "deconv"):
+            bad("head", self.head, "use 'conv' or 'deconv'")
+        if self.kernel_size not in (3, 4):
+            bad("kernel_size", self.kernel_size, "use 3 (with output_padding) or 4")
+        if self.image_channels < 1:
+            bad("image_channels", self.image_channels, "needs at least one channel")
+        if self.latent_dim < 1:
+            bad("latent_dim", self.latent_dim, "needs at least one latent dimension")
+        if not self.channels or min(self.channels) < 1:
+            bad("channels", self.channels, "give one positive width per stride-2 conv layer")
+        if self.hidden_dim < 0:
+            bad("hidden_dim", self.hidden_dim, "use 0 (no hidden layer) or a positive width")
+        factor = 2 ** len(self.channels)
+        if self.image_size % factor or self.image_size < factor:
+            bad("image_size", self.image_size, f"must be a multiple of 2**len(channels) = {factor}")
+        lo, hi = self.logvar_clamp
+        if not lo < hi:
+            bad("logvar_clamp", self.logvar_clamp, "needs (low, high) with low < high")
+
+    @property
+    def bottom_size(self) -> int:
+        """Spatial size after the encoder convs."""
+        return self.image_size // 2 ** len(self.channels)
+
+    @property
+    def num_pixels(self) -> int:
+        """D = C·H·W, the data dimension used for bits/dim."""
+        return self.image_channels * self.image_size**2
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> VAEConfig:
+        """`celeba64`, `dsprites` or `small`, with any field overridden by keyword."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}: use one of {sorted(PRESETS)}")
+        unknown = set(overrides) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown VAEConfig field(s) {sorted(unknown)} in overrides")
+        return replace(PRESETS[name], **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["channels"] = list(self.channels)
+        d["logvar_clamp"] = list(self.logvar_clamp)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> VAEConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"config has unknown field(s) {sorted(unknown)}: written by a newer version?")
+        return cls(**d)
+
+
+PRESETS: dict[str, VAEConfig] = {
+    # The common CelebA-64 reference (conv 32-64-128-256-512, 3×3 stride 2, BN + LeakyReLU, latent 128,
+    # mirrored decoder). Gaussian decoder with a learned per-channel σ (the calibrated "σ-VAE" choice):
+    # σ is fitted by maximum likelihood, so β keeps its meaning instead of hiding in a fixed σ.
+    "celeba64": VAEConfig(),
+    # Burgess et al. / Higgins et al. β-VAE net for 1×64² dSprites: 4 convs 32-32-64-64, 4×4 stride 2,
+    # fc 256, latent 10, Bernoulli decoder.
+    "dsprites": VAEConfig(
+        image_channels=1,
+        channels=(32, 32, 64, 64),
+        kernel_size=4,
+        hidden_dim=256,
+        latent_dim=10,
+        norm="none",
+        activation="relu",
+        head="deconv",
+        likelihood="bernoulli",
+        sigma="fixed",
+    ),
+    # A tiny net for CPU tests: 3×32², three convs.
+    "small": VAEConfig(
+        image_size=32,
+        channels=(8, 16, 32),
+        kernel_size=4,
+        hidden_dim=64,
+        latent_dim=8,
+        norm="none",
+        activation="relu",
+        head="deconv",
+    ),
+}
+
+
+class VAEOutput(NamedTuple):
+    """What `VAE.forward` returns. Per-image terms are (B,) float32 nats; `loss` is a scalar."""
+
+    loss: torch.Tensor
+    recon_nll: torch.Tensor
+    kl: torch.Tensor
+    z: torch.Tensor
+    output: torch.Tensor
+    mu: torch.Tensor
+    logvar: torch.Tensor
+
+
+def _activation(cfg: VAEConfig) -> nn.Module:
+    return nn.LeakyReLU(0.2) if cfg.activation == "leaky_relu" else nn.ReLU()
+
+
+def _block(cfg: VAEConfig, conv: nn.Module, width: int) -> nn.Sequential:
+    norm = nn.BatchNorm2d(width) if cfg.norm == "batch" else nn.Identity()
+    # A conv followed by BN needs no bias (BN's shift replaces it); keep the layer list uniform anyway.
+    return nn.Sequential(conv, norm, _activation(cfg))
+
+
+def _down(cfg: VAEConfig, cin: int, cout: int) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, cfg.kernel_size, stride=2, padding=1)
+
+
+def _up(cfg: VAEConfig, cin: int, cout: int) -> nn.ConvTranspose2d:
+    # k=4,p=1 doubles the size exactly; k=3,p=1 needs output_padding=1 to do so.
+    extra = 1 if cfg.kernel_size == 3 else 0
+    return nn.ConvTranspose2d(cin, cout, cfg.kernel_size, stride=2, padding=1, output_padding=extra)
+
+
+class VAE(nn.Module):
+    """Convolutional VAE with a diagonal-Gaussian posterior and a N(0, I) prior."""
+
+    def __init__(self, config: VAEConfig):
+        super().__init__()
+        if not isinstance(config, VAEConfig):
+            raise ValueError(f"config must be a VAEConfig, got {type(config).__name__}")
+        self.config = cfg = config
+        self.metadata: dict[str, Any] = {}
+
+        widths = (cfg.image_channels,) + cfg.channels
+        self.encoder = nn.Sequential(
+            *[_block(cfg, _down(cfg, a, b), b) for a, b in zip(widths, widths[1:], strict=False)]
+        )
+        flat = cfg.channels[-1] * cfg.bottom_size**2
+        to_params = [nn.Linear(flat, 2 * cfg.latent_dim)]
+        from_latent = [nn.Linear(cfg.latent_dim, flat)]
+        if cfg.hidden_dim:
+            to_params = [
+                nn.Linear(flat, cfg.hidden_dim),
+                _activation(cfg),
+                nn.Linear(cfg.hidden_dim, 2 * cfg.latent_dim),
+            ]
+            from_latent = [
+                nn.Linear(cfg.latent_dim, cfg.hidden_dim),
+                _activation(cfg),
+                nn.Linear(cfg.hidden_dim, flat),
+                _activation(cfg),
+            ]
+        self.to_params = nn.Sequential(*to_params)
+        self.from_latent = nn.Sequential(*from_latent)
+
+        rev = cfg.channels[::-1]
+        ups = [_block(cfg, _up(cfg, a, b), b) for a, b in zip(rev, rev[1:], strict=False)]
+        if cfg.head == "conv":
+            head = [
+                _block(cfg, _up(cfg, cfg.channels[0], cfg.channels[0]), cfg.channels[0]),
+                nn.Conv2d(cfg.channels[0], cfg.image_channels, 3, padding=1),
+            ]
+        else:
+            head = [_up(cfg, cfg.channels[0], cfg.image_channels)]
+        self.decoder = nn.Sequential(*ups, *head)
+
+        if cfg.likelihood == "gaussian" and cfg.sigma != "fixed":
+            shape = (cfg.image_channels,) if cfg.sigma == "channel" else ()
+            self.log_sigma = nn.Parameter(torch.full(shape, float(cfg.log_sigma)))
+        else:
+            self.register_parameter("log_sigma", None)
+
+    # ---- the model protocol -------------------------------------------------------------------
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (B, C, H, W) in [0, 1] → (μ, log σ²), each (B, latent_dim)."""
+        self._check_images(x, "x")
+        h = rearrange(self.encoder(x), "b c h w -> b (c h w)")
+        # Row-strided views of one tensor: the fused op reads them in place.
+        mu, logvar = self.to_params(h).chunk(2, dim=1)
+        return mu, logvar
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents (B, latent_dim) → Gaussian mean in [0, 1], or Bernoulli logits, (B, C, H, W)."""
+        if z.dim() != 2 or z.shape[1] != self.config.latent_dim:
+            raise ValueError(f"z must have shape (B, {self.config.latent_dim}), got {tuple(z.shape)}")
+        s = self.config.bottom_size
+        h = rearrange(self.from_latent(z), "b (c h w) -> b c h w", h=s, w=s)
+        # fp32 before the last nonlinearity: a bf16 sigmoid would quantise the mean the NLL scores.
+        out = self.decoder(h).float()
+        return torch.sigmoid(out) if self.config.likelihood == "gaussian" else out
+
+    def effective_log_sigma(self) -> torch.Tensor | float:
+        """log σ of the Gaussian decoder (a float when fixed; a tensor with gradient when learned)."""
+        if self.log_sigma is None:
+            return float(self.config.log_sigma)
+        # Floor it: a perfect fit on 8-bit data would otherwise drive σ → 0 and the NLL → −∞.
+        return self.log_sigma.clamp(min=self.config.min_log_sigma)
+
+    def recon_nll(self, output: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """−log p(x | z) per image, (B,) float32 nats."""
+        if self.config.likelihood == "bernoulli":
+            return ops.bernoulli_nll(output, x)
+        return ops.gaussian_nll(output, x, self.effective_log_sigma())
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        beta: float | torch.Tensor = 1.0,
+        *,
+        free_bits: float = 0.0,
+        eps: torch.Tensor | None = None,
+    ) -> VAEOutput:
+        """Negative β-ELBO of a batch: loss = mean_b(recon_b + β·kl_b).
+
+        With `free_bits` λ > 0 the KL term of the loss becomes Σ_d max(mean_b KL_bd, λ) (Kingma et al.
+        2016): dimensions below λ nats get no pressure. The reported `kl` is always the true KL.
+        `eps` injects the reparameterization noise (tests, reproducibility).
+        """
+        mu, logvar = self.encode(x)
+        z, kl = ops.reparameterize_kl(mu, logvar, eps=eps, logvar_clamp=self.config.logvar_clamp)
+        output = self.decode(z)
+        recon = self.recon_nll(output, x)
+        kl_term = (
+            kl.mean() if free_bits <= 0 else free_bits_kl(mu, logvar, free_bits, self.config.logvar_clamp)
+        )
+        loss = recon.mean() + beta * kl_term
+        return VAEOutput(loss, recon, kl, z, output, mu, logvar)
+
+    def output_to_image(self, output: torch.Tensor) -> torch.Tensor:
+        """Decoder output → the mean image in [0, 1] (sigmoid of logits for Bernoulli)."""
+        if self.config.likelihood == "bernoulli":
+            return torch.sigmoid(output.float())
+        return output.float().clamp(0.0, 1.0)
+
+    @torch.no_grad()
+    def sample(
+        self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """n images from the prior, z ~ N(0, temperature²·I), as mean images in [0, 1]."""
+        if n < 1:
+            raise ValueError(f"n must be a positive number of samples, got {n}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        device = self._device()
+        gen_device = generator.device if generator is not None else device
+        z = torch.randn(n, self.config.latent_dim, generator=generator, device=gen_device).to(device)
+        return self.output_to_image(self.decode(z * temperature))
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Decode the posterior mean μ(x): the deterministic reconstruction, in [0, 1]."""
+        mu, _ = self.encode(x)
+        return self.output_to_image(self.decode(mu))
+
+    # ---- persistence --------------------------------------------------------------------------
+    def save_pretrained(
+        self, save_directory: str | os.PathLike, metadata: dict[str, Any] | None = None
+    ) -> Path:
+        """Write `model.safetensors` + `config.json` (config and a metadata dict) atomically."""
+        out = Path(save_directory)
+        out.mkdir(parents=True, exist_ok=True)
+        meta = dict(self.metadata if metadata is None else metadata)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        with atomic_path(out / WEIGHTS_NAME) as tmp:
+            save_file(state, tmp, metadata={"format": "pt", "model_type": MODEL_TYPE})
+        doc = {
+            "model_type": MODEL_TYPE,
+            "format_version": FORMAT_VERSION,
+            "config": self.config.to_dict(),
+            "metadata": meta,
+        }
+        write_json_atomic(out / CONFIG_NAME, doc, indent=2, default=_json_default)
+        self.metadata = meta
+        return out
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        *,
+        map_location: str | torch.device = "cpu",
+        revision: str | None = None,
+    ) -> VAE:
+        """Load a directory written by `save_pretrained` (or a Hub repo id), in eval mode."""
+        folder = Path(path)
+        if not folder.is_dir():
+            folder = _download_from_hub(str(path), revision)
+        cfg_file, weights_file = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+        for f in (cfg_file, weights_file):
+            if not f.is_file():
+                raise FileNotFoundError(
+                    f"{f} is missing: point at a directory written by VAE.save_pretrained"
+                )
+        try:
+            doc = json.loads(cfg_file.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{cfg_file} is not valid JSON ({e}); re-save the model") from None
+        if doc.get("model_type") != MODEL_TYPE:
+            raise ValueError(f"{cfg_file} has model_type {doc.get('model_type')!r}, expected {MODEL_TYPE!r}")
+        if int(doc.get("format_version", 0)) > FORMAT_VERSION:
+            raise ValueError(f"{cfg_file} uses format {doc['format_version']}; upgrade vae-triton to load it")
+        model = cls(VAEConfig.from_dict(doc["config"]))
+        try:
+            state = load_file(str(weights_file), device=str(map_location))
+        except Exception as e:  # safetensors raises its own error type for truncated/foreign files
+            raise ValueError(
+                f"{weights_file} is not a readable safetensors file ({e}); re-save the model"
+            ) from None
+        expected = model.state_dict()
+        wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+        if missing or unexpected or wrong:
+            raise ValueError(
+                f"{weights_file} does not match its config.json: missing {missing}, unexpected {unexpected}, "
+                f"wrong shape {wrong}"
+            )
+        model.load_state_dict(state)
+        model.metadata = dict(doc.get("metadata") or {})
+        return model.to(map_location).eval()
+
+    def push_to_hub(
+        self, repo_id: str, *, private: bool = False, extra_files: list[str] | None = None
+    ) -> str:
+        """Upload `save_pretrained` output (plus `extra_files`, e.g. a model card) to a Hub model repo."""
+        from huggingface_hub import HfApi
+
+        api = HfApi()
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp)
+            for f in extra_files or []:
+                Path(tmp, Path(f).name).write_bytes(Path(f).read_bytes())
+            api.upload_folder(folder_path=tmp, repo_id=repo_id, commit_message="Upload vae-triton model")
+        return f"https://huggingface.co/{repo_id}"
+
+    # ---- helpers ------------------------------------------------------------------------------
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def _check_images(self, x: torch.Tensor, name: str) -> None:
+        c, s = self.config.image_channels, self.config.image_size
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or tuple(x.shape[1:]) != (c, s, s):
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(
+                f"{name} must be a float tensor of shape (B, {c}, {s}, {s}) in [0, 1], got {shape}"
+            )
+        if not x.is_floating_point():
+            raise ValueError(
+                f"{name} must be a float tensor in [0, 1], got dtype {x.dtype}: divide uint8 by 255"
+            )
+
+
+def free_bits_kl(
+    mu: torch.Tensor, logvar: torch.Tensor, free_bits: float, clamp=(-30.0, 20.0)
+) -> torch.Tensor:
+    """Σ_d max(mean_b KL_bd, λ): the free-bits KL term (a scalar), computed in fp32."""
+    lv = logvar.float().clamp(*clamp)
+    m = mu.float()
+    kl_bd = 0.5 * (lv.exp() + m * m - 1.0 - lv)
+    return kl_bd.mean(dim=0).clamp(min=free_bits).sum()
+
+
+def kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor, clamp=(-30.0, 20.0)) -> torch.Tensor:
+    """Batch-mean KL of each latent dimension, (D,) nats."""
+    lv = logvar.float().clamp(*clamp)
+    m = mu.float()
+    return (0.5 * (lv.exp() + m * m - 1.0 - lv)).mean(dim=0)
+
+
+def _json_default(o):
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    if hasattr(o, "item"):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    if isinstance(o, float) and not math.isfinite(o):
+        return str(o)
+    raise TypeError(f"cannot store {type(o).__name__} in config.json metadata")
+
+
+def _download_from_hub(repo_id: str, revision: str | None) -> Path:
+    if Path(repo_id).exists() or repo_id.startswith((".", "/", "~")) or repo_id.count("/") != 1:
+        raise FileNotFoundError(f"{repo_id} is not a directory (and not a Hub repo id 'owner/name')")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME]))
+    except Exception as e:
+        raise FileNotFoundError(
+            f"{repo_id!r} is neither a local directory nor a reachable Hub model repo "
+            f"({type(e).__name__}: {e})"
+        ) from None
