@@ -1,0 +1,186 @@
+"""`python -m train.evaluate` end to end on tiny saved models (random weights, a few images, small K)."""
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from train import evaluate
+from vae_triton.model import VAE, VAEConfig
+
+DSPRITES_FACTORS = {"shape", "scale", "orientation", "posX", "posY"}
+
+
+@pytest.fixture(scope="module")
+def dsprites_model(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("dsprites-model")
+    VAE(VAEConfig.preset("dsprites")).save_pretrained(folder, metadata={"dataset": "dsprites", "beta": 4.0})
+    return folder
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    code = evaluate.main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_dsprites_model_evaluates_with_the_dataset_from_its_metadata(dsprites_model, capsys):
+    code, out, _ = run_cli(
+        capsys,
+        "--checkpoint",
+        dsprites_model,
+        "--iw-samples",
+        3,
+        "--num-images",
+        4,
+        "--latent-images",
+        64,
+        "--batch-size",
+        2,
+        "--no-progress",
+    )
+    assert code == 0, out
+    assert "IW bound (K=3)" in out and "MIG" in out and "NLL_nats / (D·ln 2)" in out
+    files = sorted(p.name for p in dsprites_model.iterdir())
+    assert files == ["config.json", "eval.json", "model.safetensors"]  # no temp file left
+    report = json.loads((dsprites_model / "eval.json").read_text())
+    assert (report["dataset"], report["split"], report["model"]["beta"]) == ("dsprites", "test", 4.0)
+    assert report["settings"] | {"device": "cpu"} == {
+        "iw_samples": 3,
+        "iw_chunk": None,
+        "num_images": 4,
+        "latent_images": 64,
+        "batch_size": 2,
+        "seed": 0,
+        "device": "cpu",
+    }
+    r = report["metrics"]
+    assert r["images"] == 4 and r["num_dims"] == 64 * 64 and r["latent_images"] == 64
+    assert r["elbo"] == pytest.approx(-(r["recon_nll"] + r["kl"]))
+    assert r["gap"] == pytest.approx(r["iw_log_likelihood"] - r["elbo"])
+    # Binary dSprites pixels under a Bernoulli decoder: a pmf, so bpd = NLL / (D ln 2), no dequantization.
+    assert r["bpd_iw"] == pytest.approx(-r["iw_log_likelihood"] / (4096 * math.log(2)))
+    assert 0.0 <= r["mig"] <= 1.0 and set(r["mig_per_factor"]) == DSPRITES_FACTORS
+    assert 0 <= r["active_units"] <= 10 and len(r["kl_per_dim"]) == 10
+    assert all(math.isfinite(r[k]) for k in ("recon_nll", "kl", "iw_log_likelihood", "mse", "psnr"))
+
+
+def test_same_seed_gives_the_same_numbers(dsprites_model, capsys, tmp_path):
+    args = [
+        "--checkpoint",
+        dsprites_model,
+        "--iw-samples",
+        2,
+        "--num-images",
+        2,
+        "--latent-images",
+        16,
+        "--no-progress",
+        "--seed",
+        7,
+    ]
+    runs = []
+    for name in ("a.json", "b.json"):
+        assert run_cli(capsys, *args, "--output", tmp_path / name)[0] == 0
+        runs.append(json.loads((tmp_path / name).read_text())["metrics"])
+    assert runs[0] == runs[1]
+
+
+def test_gaussian_model_on_an_image_folder_uses_the_dequantized_bits_per_dim(tmp_path, capsys):
+    model_dir, images = tmp_path / "model", tmp_path / "images"
+    VAE(VAEConfig.preset("small")).save_pretrained(model_dir, metadata={"dataset": "folder"})
+    images.mkdir()
+    rng = np.random.default_rng(int(torch.randint(0, 2**31, ())))
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(images / f"{i}.png")
+    code, out, _ = run_cli(
+        capsys,
+        "--checkpoint",
+        model_dir,
+        "--data-dir",
+        images,
+        "--cache-dir",
+        tmp_path / "cache",
+        "--iw-samples",
+        2,
+        "--num-images",
+        5,
+        "--latent-images",
+        5,
+        "--no-progress",
+    )
+    assert code == 0, out
+    r = json.loads((model_dir / "eval.json").read_text())["metrics"]
+    d = 3 * 32 * 32
+    assert r["images"] == 5 and "mig" not in r and "MIG" not in out
+    assert r["bpd_iw"] == pytest.approx((-r["iw_log_likelihood"] + d * math.log(256)) / (d * math.log(2)))
+    assert "D·ln 256" in r["bpd_convention"] and "D·ln 256" in out
+
+
+def test_a_failed_write_keeps_the_previous_eval_json(dsprites_model, capsys, monkeypatch):
+    target = dsprites_model / "eval.json"
+    target.write_text('{"previous": true}\n')
+
+    def crash(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        run_cli(
+            capsys,
+            "--checkpoint",
+            dsprites_model,
+            "--iw-samples",
+            0,
+            "--num-images",
+            2,
+            "--latent-images",
+            8,
+            "--no-progress",
+        )
+    assert json.loads(target.read_text()) == {"previous": True}
+    assert not [p.name for p in dsprites_model.iterdir() if p.name.startswith(".")]  # no temp file left
+    monkeypatch.undo()
+    code, out, _ = run_cli(
+        capsys,
+        "--checkpoint",
+        dsprites_model,
+        "--iw-samples",
+        0,
+        "--num-images",
+        2,
+        "--latent-images",
+        8,
+        "--no-progress",
+    )
+    assert code == 0 and "IW bound" not in out  # K = 0: ELBO only
+    r = json.loads(target.read_text())["metrics"]
+    assert "iw_log_likelihood" not in r and "gap" not in r and r["iw_samples"] == 0
+
+
+def test_clear_errors(tmp_path, capsys, dsprites_model):
+    code, _, err = run_cli(capsys, "--checkpoint", tmp_path / "nowhere")
+    assert code == 2 and "error:" in err and "nowhere" in err
+
+    unfinished = tmp_path / "run"
+    (unfinished / "checkpoints").mkdir(parents=True)
+    code, _, err = run_cli(capsys, "--checkpoint", unfinished)
+    assert code == 2 and "unfinished" in err
+
+    anonymous = tmp_path / "anonymous"
+    VAE(VAEConfig.preset("small")).save_pretrained(anonymous)
+    code, _, err = run_cli(capsys, "--checkpoint", anonymous, "--no-progress")
+    assert code == 2 and "--dataset" in err
+
+    code, _, err = run_cli(capsys, "--checkpoint", anonymous, "--dataset", "dsprites", "--no-progress")
+    assert code == 2 and "dsprites" in err  # 64×64 binary images do not fit a 3×32×32 model
+
+    for bad in (["--iw-samples", "-1"], ["--num-images", "0"], ["--iw-chunk", "0"]):
+        with pytest.raises(SystemExit) as exit_info:
+            evaluate.main(["--checkpoint", str(dsprites_model), *bad])
+        assert exit_info.value.code == 2
+        assert bad[0] in capsys.readouterr().err
