@@ -1,0 +1,364 @@
+"""The demo's models and computations, without Gradio: a β ladder of VAEs and what each tab computes.
+
+Where the models come from (`resolve_ladder`), in order:
+1. `checkpoint` (`--checkpoint` / `VAE_CHECKPOINT`): a run directory (`config.json` + `model.safetensors`,
+   what `python -m train` or `VAE.save_pretrained` writes), or a folder of run directories (a β ladder).
+   A path that holds no loadable model is an error: the user asked for it by name.
+2. `hub_repo` (`--hub-repo` / `VAE_HUB_REPO`), when given: the same layout in a Hugging Face model repo,
+   fetched with `huggingface_hub`. Offline or unreachable → the bundled ladder, with a visible notice.
+3. The bundled ladder in `demo/models/dsprites` (the default).
+4. Nothing loadable: an untrained dSprites model, flagged `untrained` so the page says so loudly.
+Weights load only from safetensors (`VAE.from_pretrained`): no pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vae_triton.latent import INTERPOLATION_MODES, interpolate, traverse
+from vae_triton.metrics import importance_weighted, kl_per_dim
+from vae_triton.model import CONFIG_NAME, VAE, WEIGHTS_NAME, VAEConfig
+
+from .images import InputError
+
+log = logging.getLogger("vae_triton.demo")
+
+BUNDLED_DIR = Path(__file__).resolve().parent / "models" / "dsprites"
+EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
+EVAL_NAME = "eval.json"  # written by `python -m train.evaluate` next to the model, when it was run
+
+# Importance samples for the ELBO panel: the IW bound's K. 128 decodes answer in ~0.1–0.2 s for the
+# dSprites net on 2 CPU cores; the gap it shows is a slight underestimate (the bound tightens with K).
+DEFAULT_IW_SAMPLES = 128
+IW_SAMPLE_CHOICES = (16, 128, 512, 2048)
+ACTIVE_KL = 0.1  # nats: a latent dimension of one image with less KL than this is shown as inactive
+
+LIMITS = {
+    "frames": (2, 32),
+    "n": (1, 64),
+    "temperature": (0.0, 3.0),
+    "num_dims": (1, 32),
+    "span": (0.5, 6.0),
+    "steps": (3, 15),
+}
+
+
+def check_range(name: str, value, *, integer: bool = False) -> float | int:
+    """A UI/API number within LIMITS[name], or InputError naming it and the allowed range."""
+    lo, hi = LIMITS[name]
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be a number in [{lo}, {hi}], got {value!r}") from None
+    if not math.isfinite(number) or not lo <= number <= hi or (integer and number != int(number)):
+        kind = "an integer" if integer else "a number"
+        raise InputError(f"{name} must be {kind} in [{lo}, {hi}], got {value!r}")
+    return int(number) if integer else number
+
+
+# ---- the ladder -----------------------------------------------------------------------------------
+@dataclass
+class Rung:
+    """One model of the ladder: its β, where it came from, and what it measured."""
+
+    beta: float
+    model: VAE
+    source: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    evaluation: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dataset(self) -> str:
+        return str(self.metadata.get("dataset") or "unknown")
+
+
+@dataclass
+class Ladder:
+    """Models of one dataset and image shape at different β, sorted by β."""
+
+    rungs: list[Rung]
+    origin: str  # "checkpoint" | "hub" | "bundled" | "untrained"
+    location: str
+    notices: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        if not self.rungs:
+            raise ValueError("a Ladder needs at least one model")
+        self.rungs.sort(key=lambda r: r.beta)
+
+    @property
+    def untrained(self) -> bool:
+        return self.origin == "untrained"
+
+    @property
+    def betas(self) -> list[float]:
+        return [r.beta for r in self.rungs]
+
+    @property
+    def config(self) -> VAEConfig:
+        return self.rungs[0].model.config
+
+    @property
+    def dataset(self) -> str:
+        return self.rungs[0].dataset
+
+    def pick(self, beta) -> Rung:
+        """The rung whose β is nearest to `beta` (the slider snaps to it; ties go to the smaller β)."""
+        try:
+            b = float(beta)
+        except (TypeError, ValueError):
+            raise InputError(f"beta must be a number (one of {self.betas}), got {beta!r}") from None
+        if not math.isfinite(b):
+            raise InputError(f"beta must be finite (one of {self.betas}), got {beta!r}")
+        return min(self.rungs, key=lambda r: abs(r.beta - b))
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def load_rung(folder: Path, device: str = "cpu") -> Rung:
+    """A run directory → Rung. β comes from the model's metadata, else from `run_config.json`."""
+    model = VAE.from_pretrained(folder, map_location=device)
+    meta = dict(model.metadata)
+    if "beta" not in meta:
+        run = _read_json(folder / "run_config.json")
+        if "beta" in run:
+            meta["beta"] = run["beta"]
+        meta.setdefault("dataset", run.get("dataset"))
+    if "beta" not in meta:  # a bare save_pretrained folder: say so on the page rather than guess quietly
+        meta["beta"], meta["beta_assumed"] = 1.0, True
+    beta = meta["beta"]
+    try:
+        beta = float(beta)
+    except (TypeError, ValueError):
+        raise ValueError(f"{folder / CONFIG_NAME}: metadata beta={beta!r} is not a number") from None
+    return Rung(beta, model, str(folder), meta, read_evaluation(folder / EVAL_NAME))
+
+
+def read_evaluation(path: Path) -> dict:
+    """`eval.json` of `python -m train.evaluate` flattened: its metrics plus the split and settings."""
+    doc = _read_json(path)
+    metrics = doc.get("metrics")
+    if not isinstance(metrics, dict):
+        return {}
+    settings = doc.get("settings") if isinstance(doc.get("settings"), dict) else {}
+    return {**settings, **metrics, "split": doc.get("split", "")}
+
+
+def find_run_dirs(path: Path) -> tuple[list[Path], list[str]]:
+    """`path` itself when it is a run directory, else its sub-directories that are; plus notes on the
+    sub-directories skipped (a run still training has no `model.safetensors` yet)."""
+    if (path / CONFIG_NAME).is_file():
+        return [path], []
+    runs, skipped = [], []
+    for sub in sorted(p for p in path.iterdir() if p.is_dir()) if path.is_dir() else []:
+        if (sub / CONFIG_NAME).is_file() and (sub / WEIGHTS_NAME).is_file():
+            runs.append(sub)
+        elif (sub / "run_config.json").is_file() or (sub / "checkpoints").is_dir():
+            skipped.append(f"{sub.name}: no {WEIGHTS_NAME} yet (training unfinished?), skipped")
+    return runs, skipped
+
+
+def load_ladder(path: str | os.PathLike, origin: str, device: str = "cpu") -> Ladder:
+    """Every run directory at `path` as one β ladder. Raises ValueError when none loads or they disagree."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise ValueError(f"{path} does not exist: give a run directory or a folder of run directories")
+    dirs, notices = find_run_dirs(path)
+    rungs: list[Rung] = []
+    for d in dirs:
+        try:
+            rungs.append(load_rung(d, device))
+        except (OSError, ValueError) as e:
+            notices.append(f"{d.name}: not loaded ({e})")
+            continue
+        if rungs[-1].metadata.get("beta_assumed"):
+            notices.append(f"{d.name}: no β in its metadata or run_config.json, shown as β = 1")
+    if not rungs:
+        detail = "; ".join(notices) or f"no sub-directory has {CONFIG_NAME} and {WEIGHTS_NAME}"
+        raise ValueError(f"no model could be loaded from {path}: {detail}")
+    shapes = {(r.model.config.image_channels, r.model.config.image_size) for r in rungs}
+    datasets = {r.dataset for r in rungs}
+    if len(shapes) > 1 or len(datasets) > 1:
+        listing = ", ".join(
+            f"{Path(r.source).name} ({r.dataset}, {r.model.config.image_channels}×"
+            f"{r.model.config.image_size}²)"
+            for r in rungs
+        )
+        raise ValueError(
+            f"the models in {path} are not one ladder (different data or image shape): {listing}"
+        )
+    by_beta: dict[float, Rung] = {}
+    for r in rungs:  # two runs at one β: keep the longer-trained one
+        kept = by_beta.get(r.beta)
+        if kept is None or int(r.metadata.get("steps") or 0) > int(kept.metadata.get("steps") or 0):
+            if kept is not None:
+                notices.append(
+                    f"β={r.beta:g}: {Path(kept.source).name} ignored, {Path(r.source).name} has more steps"
+                )
+            by_beta[r.beta] = r
+        else:
+            notices.append(
+                f"β={r.beta:g}: {Path(r.source).name} ignored, {Path(kept.source).name} has more steps"
+            )
+    return Ladder(list(by_beta.values()), origin, str(path), notices)
+
+
+def download_hub_ladder(repo_id: str) -> Path:
+    """Fetch the configs, weights and eval files of a Hub model repo (a run dir or a ladder of them)."""
+    from huggingface_hub import snapshot_download
+
+    patterns = [CONFIG_NAME, WEIGHTS_NAME, EVAL_NAME, "run_config.json"]
+    patterns += [f"*/{p}" for p in patterns]
+    return Path(snapshot_download(repo_id, allow_patterns=patterns))
+
+
+def untrained_ladder(reason: str, device: str = "cpu") -> Ladder:
+    model = VAE(VAEConfig.preset("dsprites")).to(device).eval()
+    rung = Rung(1.0, model, "random initialisation", {"dataset": "dsprites", "steps": 0})
+    return Ladder([rung], "untrained", "random initialisation", [reason])
+
+
+def resolve_ladder(
+    checkpoint: str | os.PathLike | None = None,
+    hub_repo: str | None = None,
+    bundled_dir: str | os.PathLike | None = BUNDLED_DIR,
+    device: str = "cpu",
+) -> Ladder:
+    """The models the app serves (see the module docstring for the order)."""
+    if checkpoint:
+        return load_ladder(checkpoint, "checkpoint", device)
+    notices = []
+    if hub_repo:
+        try:
+            ladder = load_ladder(download_hub_ladder(hub_repo), "hub", device)
+            ladder.location = f"huggingface.co/{hub_repo}"
+            return ladder
+        except Exception as e:  # offline, no such repo, or a repo without models: fall back, visibly
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            notices.append(
+                f"Could not load the Hub repo `{hub_repo}` ({type(e).__name__}: {first_line}); "
+                "showing the bundled dSprites models instead."
+            )
+            log.warning(notices[-1])
+    try:
+        if bundled_dir is None:
+            raise ValueError("no bundled models configured")
+        ladder = load_ladder(bundled_dir, "bundled", device)
+    except ValueError as e:
+        return untrained_ladder(" ".join(notices + [f"No trained model found ({e})."]), device)
+    ladder.notices = notices + ladder.notices
+    return ladder
+
+
+# ---- what the tabs compute ------------------------------------------------------------------------
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator(device="cpu").manual_seed(int(seed))
+
+
+def _check_image(x: torch.Tensor, model: VAE) -> torch.Tensor:
+    c, s = model.config.image_channels, model.config.image_size
+    if x.shape != (1, c, s, s):
+        raise InputError(
+            f"internal: image tensor {tuple(x.shape)} does not match the model's (1, {c}, {s}, {s})"
+        )
+    return x.to(next(model.parameters()).device)
+
+
+@torch.no_grad()
+def reconstruct(rung: Rung, x: torch.Tensor, iw_samples: int = DEFAULT_IW_SAMPLES, seed: int = 0):
+    """Reconstruction from μ(x) and every term of log p(x) = ELBO + KL[q(z|x) ‖ p(z|x)] for one image.
+
+    Returns (reconstruction (1, C, H, W), stats). The K posterior samples are seeded, so the same image
+    gives the same numbers; the recon term and the IW bound share those K samples (a low-noise gap).
+    """
+    model = rung.model
+    x = _check_image(x, model)
+    try:
+        number = float(iw_samples)
+    except (TypeError, ValueError):
+        number = 0.5  # not a count: rejected below
+    k = int(number) if number.is_integer() else 0
+    if not 1 <= k <= max(IW_SAMPLE_CHOICES):
+        raise InputError(
+            f"iw_samples must be an integer in [1, {max(IW_SAMPLE_CHOICES)}], got {iw_samples!r}"
+        )
+    generator = _generator(seed) if x.device.type == "cpu" else torch.Generator(x.device).manual_seed(seed)
+    est = importance_weighted(model, x, k, generator=generator)
+    recon_image = model.reconstruct(x)
+    recon, kl = est.recon_nll.item(), est.kl.item()
+    stats = {
+        "beta": rung.beta,
+        "recon_nll": recon,
+        "kl": kl,
+        "beta_kl": rung.beta * kl,
+        "loss": recon + rung.beta * kl,
+        "elbo": est.elbo.item(),
+        "iw_log_likelihood": est.log_likelihood.item(),
+        "gap": est.gap.item(),
+        "iw_samples": k,
+        "num_pixels": int(x[0].numel()),
+        "likelihood": model.config.likelihood,
+        "binary_input": bool(((x == 0) | (x == 1)).all().item()),
+    }
+    return recon_image.cpu(), stats
+
+
+@torch.no_grad()
+def interpolate_images(
+    rung: Rung, xa: torch.Tensor, xb: torch.Tensor, frames: int, mode: str
+) -> torch.Tensor:
+    """Decode `frames` evenly spaced points between μ(a) and μ(b): (frames, C, H, W) in [0, 1]."""
+    frames = check_range("frames", frames, integer=True)
+    if mode not in INTERPOLATION_MODES:
+        raise InputError(f"mode must be one of {INTERPOLATION_MODES}, got {mode!r}")
+    model = rung.model
+    mu_a, _ = model.encode(_check_image(xa, model))
+    mu_b, _ = model.encode(_check_image(xb, model))
+    path = interpolate(mu_a[0], mu_b[0], frames, mode=mode)
+    return model.output_to_image(model.decode(path)).cpu()
+
+
+@torch.no_grad()
+def sample_images(rung: Rung, n: int, temperature: float, seed: int) -> torch.Tensor:
+    """n prior samples z ~ N(0, temperature²·I), decoded to mean images: (n, C, H, W)."""
+    n = check_range("n", n, integer=True)
+    temperature = check_range("temperature", temperature)
+    try:
+        seed = int(seed)
+    except (TypeError, ValueError):
+        raise InputError(f"seed must be an integer, got {seed!r}") from None
+    if not 0 <= seed < 2**63:
+        raise InputError(f"seed must be in [0, 2**63), got {seed}")
+    return rung.model.sample(n, temperature=temperature, generator=_generator(seed)).cpu()
+
+
+@torch.no_grad()
+def traverse_image(rung: Rung, x: torch.Tensor, num_dims: int, span: float, steps: int):
+    """Vary each of the `num_dims` latent dimensions with the most KL for this image over [−span, span]
+    (the others stay at μ(x)). Returns (images (rows, steps, C, H, W), [(dim, kl_nats), ...], values)."""
+    num_dims = check_range("num_dims", num_dims, integer=True)
+    span = check_range("span", span)
+    steps = check_range("steps", steps, integer=True)
+    model = rung.model
+    mu, logvar = model.encode(_check_image(x, model))
+    kl = kl_per_dim(mu, logvar, model.config.logvar_clamp)
+    order = torch.argsort(kl, descending=True)[: min(num_dims, kl.numel())].tolist()
+    values = torch.linspace(-span, span, steps)
+    latents = traverse(mu[0], order, values.to(mu.device, mu.dtype))
+    images = model.output_to_image(model.decode(latents.reshape(-1, latents.shape[-1])))
+    ranked = [(d, float(kl[d])) for d in order]
+    return images.reshape(len(order), steps, *images.shape[1:]).cpu(), ranked, values.tolist()

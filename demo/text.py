@@ -1,0 +1,140 @@
+"""Everything the page says in words: the banner, the model card and the ELBO panel (Markdown)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .inference import ACTIVE_KL, Ladder, Rung
+
+DATASET_NAMES = {"dsprites": "dSprites", "celeba": "CelebA", "folder": "an image folder"}
+
+INTRO = """\
+# vae-triton · a β-VAE you can poke at
+Every number here is a **per-image sum in nats**. β weights the KL term of the training loss
+(recon NLL + β·KL): move the β slider to switch between models trained with different β — larger β
+buys a simpler, more disentangled code at the price of blurrier reconstructions. Every tab follows it.
+"""
+
+
+def fmt_beta(beta: float) -> str:
+    return f"{beta:g}"
+
+
+def nats(value: float) -> str:
+    """A number of nats with two decimals and a true minus sign."""
+    return f"{value:.2f}".replace("-", "−")
+
+
+def banner(ladder: Ladder) -> str:
+    """Markdown for the notice strip above the tabs ('' when there is nothing to say)."""
+    if ladder.untrained:
+        return (
+            "## ⚠️ UNTRAINED MODEL — RANDOM WEIGHTS\n"
+            "Nothing here reflects a trained VAE: reconstructions, samples and numbers are noise. "
+            + " ".join(ladder.notices)
+            + "\n\nTrain one (`python -m train --dataset dsprites --out runs/b1`) and start the app with "
+            "`--checkpoint runs/b1`."
+        )
+    if ladder.notices:
+        return "**Note:** " + " · ".join(ladder.notices)
+    return ""
+
+
+def _source(rung: Rung, ladder: Ladder) -> str:
+    if ladder.origin == "hub":
+        return f"{ladder.location} ({Path(rung.source).name})"
+    if ladder.origin == "bundled":
+        return f"bundled `demo/models/{Path(rung.source).parent.name}/{Path(rung.source).name}`"
+    return (
+        f"`{Path(rung.source).name}` in `{ladder.location}`" if ladder.origin == "checkpoint" else rung.source
+    )
+
+
+def model_card(rung: Rung, ladder: Ladder) -> str:
+    """The selected model: data, β, training, and what it measured (config.json metadata, eval.json)."""
+    cfg, meta, ev = rung.model.config, rung.metadata, rung.evaluation
+    others = " · ".join(f"**{fmt_beta(b)}**" if b == rung.beta else fmt_beta(b) for b in ladder.betas)
+    decoder = cfg.likelihood + ("" if cfg.likelihood == "bernoulli" else f" (σ {cfg.sigma})")
+    rows = [
+        (
+            "data",
+            f"{DATASET_NAMES.get(rung.dataset, rung.dataset)}, {cfg.image_channels}×{cfg.image_size}² images",
+        ),
+        ("model", f"latent {cfg.latent_dim}, {decoder} decoder, {rung.model.num_parameters():,} parameters"),
+    ]
+    steps = meta.get("steps")
+    if steps:
+        batch = f" × batch {meta['batch_size']}" if meta.get("batch_size") else ""
+        unfinished = " (stopped early)" if meta.get("finished") is False else ""
+        rows.append(("training", f"{steps:,} steps{batch}{unfinished}"))
+    if "eval_recon" in meta and "eval_kl" in meta:
+        n = meta.get("eval_images", "?")
+        rows.append(
+            (
+                f"held out ({n} {meta.get('eval_split', '')} images)",
+                f"recon NLL {nats(meta['eval_recon'])} · KL {nats(meta['eval_kl'])} · "
+                f"ELBO {nats(-(meta['eval_recon'] + meta['eval_kl']))} nats",
+            )
+        )
+    if "iw_log_likelihood" in ev:
+        rows.append(
+            (
+                f"evaluated ({ev.get('images', '?')} {ev.get('split', '')} images)",
+                f"log p(x) ≥ {nats(ev['iw_log_likelihood'])} (IW, K={ev.get('iw_samples', '?')}) · "
+                f"ELBO {nats(ev.get('elbo', float('nan')))} · gap {nats(ev.get('gap', float('nan')))} nats",
+            )
+        )
+    active = ev.get("active_units", meta.get("active_units"))
+    if active is not None:
+        rows.append(("active units", f"{active} / {cfg.latent_dim} (Var_x E_q[z_d] > 0.01)"))
+    if "mig" in ev:
+        rows.append(("MIG (disentanglement)", f"{ev['mig']:.3f} (0 = entangled, 1 = one latent per factor)"))
+    rows.append(("from", _source(rung, ladder)))
+    listing = "\n".join(f"- **{k}:** {v}" for k, v in rows)
+    return f"#### Selected model: β = {fmt_beta(rung.beta)}   (ladder: {others})\n{listing}\n"
+
+
+def elbo_panel(stats: dict) -> str:
+    """The ELBO decomposition of one image, each line with what it means, and the identity it satisfies."""
+    b = fmt_beta(stats["beta"])
+    k = stats["iw_samples"]
+    lines = [
+        "| term | nats | what it says |",
+        "|---|---:|---|",
+        f"| reconstruction NLL  −E_q[log p(x\\|z)] | {nats(stats['recon_nll'])} | how many nats the decoder "
+        f"still needs to describe x once it is told a code z ~ q(z\\|x) (mean over {k} draws) |",
+        f"| KL[q(z\\|x) ‖ p(z)] | {nats(stats['kl'])} | how much information the code carries about x: "
+        "the distance of the encoder's posterior from the prior N(0, I) |",
+        f"| β·KL  (β = {b}) | {nats(stats['beta_kl'])} | the KL as this model's training loss weighs it "
+        f"(loss = NLL + β·KL = {nats(stats['loss'])}) |",
+        f"| **ELBO** = −NLL − KL | **{nats(stats['elbo'])}** | the evidence lower bound on log p(x) "
+        "(always β = 1: the bound itself) |",
+        f"| **log p(x)** ≈ IW bound, K = {k} | **{nats(stats['iw_log_likelihood'])}** | importance-weighted "
+        "estimate of the log-likelihood: a tighter lower bound that reaches log p(x) as K → ∞ |",
+        f"| **gap** = log p(x) − ELBO | **{nats(stats['gap'])}** | ≈ KL[q(z\\|x) ‖ p(z\\|x)]: how far the "
+        "encoder's guess is from the true posterior — what amortised inference costs |",
+    ]
+    identity = (
+        f"\n**log p(x) = ELBO + KL[q(z|x) ‖ p(z|x)]:**  {nats(stats['iw_log_likelihood'])} = "
+        f"{nats(stats['elbo'])} + {nats(stats['gap'])}  (the IW bound stands in for log p(x), so the gap is "
+        "slightly underestimated; raise K to tighten it)"
+    )
+    note = ""
+    if stats["likelihood"] == "bernoulli" and not stats["binary_input"]:
+        note = (
+            "\n\n*This image has grey pixels; the decoder is Bernoulli (trained on black/white sprites), so "
+            "the NLL is a cross-entropy rather than a normalised likelihood. The examples are exact.*"
+        )
+    return "\n".join(lines) + "\n" + identity + note
+
+
+def traverse_caption(ranked: list[tuple[int, float]], values: list[float]) -> str:
+    active = sum(kl >= ACTIVE_KL for _, kl in ranked)
+    return (
+        f"Rows: latent dimensions of this image ranked by their KL (most informative first); {active} of the "
+        f"{len(ranked)} shown carry ≥ {ACTIVE_KL} nats. Columns: that dimension set to "
+        f"{values[0]:+.1f} … {values[-1]:+.1f} (prior standard deviations), every other dimension "
+        "kept at μ(x). "
+        "With larger β, fewer dimensions stay active and each tends to control one factor "
+        "(position, scale, rotation, shape)."
+    )

@@ -1,0 +1,138 @@
+"""End to end in headless Chromium (Debian's, never a downloaded one), against `python app.py` as a
+newcomer starts it (the bundled β ladder): upload an image, see the reconstruction and the ELBO panel, drag
+the β slider and see it snap and the page follow. Nothing here depends on how good the models are.
+Screenshots go to test-artifacts/ for people to look at."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from PIL import Image, ImageDraw
+from test_app_client import REPO, serve_app
+
+from demo.inference import resolve_ladder
+
+playwright = pytest.importorskip("playwright.sync_api")
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARTIFACTS = REPO / "test-artifacts"
+TIMEOUT_MS = 60_000
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)"),
+]
+
+
+@pytest.fixture(scope="module")
+def betas() -> list[float]:
+    ladder = resolve_ladder()  # what the app will serve
+    assert not ladder.untrained and len(ladder.betas) >= 2, f"no bundled β ladder: {ladder.notices}"
+    return ladder.betas
+
+
+@pytest.fixture(scope="module")
+def app_url(betas):
+    with serve_app() as (url, log):
+        assert "serving bundled models" in log
+        yield url
+
+
+@pytest.fixture(scope="module")
+def page(app_url):
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        pg = browser.new_page(viewport={"width": 1280, "height": 900})
+        pg.set_default_timeout(TIMEOUT_MS)
+        pg.goto(app_url)
+        yield pg
+        browser.close()
+
+
+def settle(page) -> None:
+    """Wait until no event has shown a progress indicator for a second (a β move re-runs every tab,
+    and the snap to a trained β runs them once more), so screenshots show finished output."""
+    quiet_since = None
+    for _ in range(200):
+        busy = page.evaluate("document.body.innerText.includes('processing |')")
+        now = page.evaluate("performance.now()")
+        quiet_since = None if busy else (quiet_since if quiet_since is not None else now)
+        if quiet_since is not None and now - quiet_since > 1000:
+            return
+        page.wait_for_timeout(100)
+    raise AssertionError("the page kept processing for 20 s")
+
+
+def image_src(page, elem_id: str) -> str:
+    return page.locator(f"#{elem_id} img").first.get_attribute("src") or ""
+
+
+def test_upload_reconstruct_and_follow_beta(page, betas, tmp_path):
+    ARTIFACTS.mkdir(exist_ok=True)
+    # The page opens on an example, already reconstructed.
+    page.wait_for_selector("#reconstruction img")
+    page.wait_for_function("document.querySelector('#elbo-panel').innerText.includes('ELBO')")
+    before = image_src(page, "model-input")
+
+    upload = tmp_path / "triangle.png"  # an RGB upload of another size: converted like the training data
+    img = Image.new("RGB", (120, 90), "black")
+    ImageDraw.Draw(img).polygon([(30, 80), (60, 10), (90, 80)], fill="white")
+    img.save(upload)
+    page.set_input_files("#recon-input input[type=file]", str(upload))
+    page.wait_for_function(
+        "src => { const i = document.querySelector('#model-input img'); return i && i.src !== src; }",
+        arg=before,
+    )
+    page.wait_for_selector("#reconstruction img")
+    panel = page.locator("#elbo-panel").inner_text()
+    assert "ELBO" in panel and "log p(x)" in panel and f"β = {betas[0]:g}" in panel
+
+    # Drag the β slider between two trained βs (nearer the second one) and let go: it snaps to that β,
+    # and the card, the panel and the reconstruction follow.
+    lo, hi = betas[0], betas[-1]
+    k = min(2, len(betas) - 1)  # far enough along the track for a mouse drag to land precisely
+    target = betas[k] - 0.2 * (betas[k] - betas[k - 1])
+    recon_before = image_src(page, "reconstruction")
+    box = page.locator("#beta-slider input[type=range]").bounding_box()
+    y = box["y"] + box["height"] / 2
+    page.mouse.move(box["x"] + 4, y)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * (target - lo) / (hi - lo), y, steps=8)
+    page.mouse.up()
+    snapped = f"{betas[k]:g}"
+    number = page.locator("#beta-slider input[type=number]")
+    try:
+        page.wait_for_function(
+            "b => document.querySelector('#beta-slider input[type=number]').value === b",
+            arg=snapped,
+            timeout=15_000,
+        )
+    except playwright.TimeoutError:
+        raise AssertionError(
+            f"dragged to ~{target:g}: slider shows {number.input_value()}, expected {snapped}"
+        ) from None
+    page.wait_for_function(
+        "b => document.querySelector('#model-card').innerText.includes('β = ' + b)", arg=snapped
+    )
+    page.wait_for_function(
+        "b => document.querySelector('#elbo-panel').innerText.includes('β = ' + b)", arg=snapped
+    )
+    page.wait_for_function(
+        "src => document.querySelector('#reconstruction img').src !== src", arg=recon_before
+    )
+    settle(page)
+    page.screenshot(path=str(ARTIFACTS / "demo-reconstruct.png"), full_page=True)
+
+    page.get_by_role("tab", name="Traverse").click()
+    page.wait_for_function("document.body.innerText.includes('ranked by their KL')")
+    page.wait_for_selector("#traversal img")
+    settle(page)
+    page.screenshot(path=str(ARTIFACTS / "demo-traverse.png"), full_page=True)
+    for name in ("demo-reconstruct.png", "demo-traverse.png"):
+        with Image.open(ARTIFACTS / name) as shot:
+            assert shot.width == 1280 and shot.height > 600
