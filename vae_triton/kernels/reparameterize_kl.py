@@ -25,6 +25,23 @@ from .common import grid, row_tiles
 
 
 @triton.jit
+def _load_posterior_tile(
+    mu_ptr, lv_ptr, eps_ptr, seed_ptr, r, c, mask, D,
+    mu_sb, mu_sd, lv_sb, lv_sd, eps_sb, eps_sd, lo, hi, HAS_EPS: tl.constexpr,
+):  # fmt: skip
+    """mu, the raw logvar, the clamped logvar and ε of one tile, in fp32. Forward and backward share it,
+    so backward's ε is the forward's by construction (same counter: the global element index r·D + c)."""
+    mu = tl.load(mu_ptr + r * mu_sb + c * mu_sd, mask=mask, other=0.0).to(tl.float32)
+    lv_in = tl.load(lv_ptr + r * lv_sb + c * lv_sd, mask=mask, other=0.0).to(tl.float32)
+    lv = tl.minimum(tl.maximum(lv_in, lo), hi)
+    if HAS_EPS:
+        eps = tl.load(eps_ptr + r * eps_sb + c * eps_sd, mask=mask, other=0.0).to(tl.float32)
+    else:
+        eps = tl.randn(tl.load(seed_ptr), r * D + c)  # one scalar load per tile, served from cache
+    return mu, lv_in, lv, eps
+
+
+@triton.jit
 def _reparameterize_kl_fwd(
     mu_ptr, lv_ptr, eps_ptr, seed_ptr, z_ptr, kl_part_ptr,
     B, D, chunks,
@@ -36,19 +53,14 @@ def _reparameterize_kl_fwd(
     row_ok = rows < B
     r = rows.to(tl.int64)[:, None]
     acc = tl.zeros([BLOCK_B, BLOCK_D], dtype=tl.float32)
-    if not HAS_EPS:
-        seed = tl.load(seed_ptr)
     for it in tl.static_range(ITERS):
         cols = (tl.program_id(1) * ITERS + it) * BLOCK_D + tl.arange(0, BLOCK_D)
         c = cols.to(tl.int64)[None, :]
         mask = row_ok[:, None] & (cols < D)[None, :]
-        mu = tl.load(mu_ptr + r * mu_sb + c * mu_sd, mask=mask, other=0.0).to(tl.float32)
-        lv = tl.load(lv_ptr + r * lv_sb + c * lv_sd, mask=mask, other=0.0).to(tl.float32)
-        lv = tl.minimum(tl.maximum(lv, lo), hi)
-        if HAS_EPS:
-            eps = tl.load(eps_ptr + r * eps_sb + c * eps_sd, mask=mask, other=0.0).to(tl.float32)
-        else:
-            eps = tl.randn(seed, r * D + c)
+        mu, _, lv, eps = _load_posterior_tile(
+            mu_ptr, lv_ptr, eps_ptr, seed_ptr, r, c, mask, D,
+            mu_sb, mu_sd, lv_sb, lv_sd, eps_sb, eps_sd, lo, hi, HAS_EPS,
+        )  # fmt: skip
         z = mu + tl.exp(0.5 * lv) * eps
         tl.store(z_ptr + r * D + c, z.to(z_ptr.dtype.element_ty), mask=mask)
         acc += tl.where(mask, tl.exp(lv) + mu * mu - 1.0 - lv, 0.0)
@@ -69,20 +81,15 @@ def _reparameterize_kl_bwd(
     row_ok = rows < B
     r = rows.to(tl.int64)[:, None]
     gkl = tl.load(gkl_ptr + rows.to(tl.int64) * gkl_sb, mask=row_ok, other=0.0).to(tl.float32)[:, None]
-    if not HAS_EPS:
-        seed = tl.load(seed_ptr)
     for it in tl.static_range(ITERS):
         cols = (tl.program_id(1) * ITERS + it) * BLOCK_D + tl.arange(0, BLOCK_D)
         c = cols.to(tl.int64)[None, :]
         mask = row_ok[:, None] & (cols < D)[None, :]
         gz = tl.load(gz_ptr + r * gz_sb + c * gz_sd, mask=mask, other=0.0).to(tl.float32)
-        mu = tl.load(mu_ptr + r * mu_sb + c * mu_sd, mask=mask, other=0.0).to(tl.float32)
-        lv_in = tl.load(lv_ptr + r * lv_sb + c * lv_sd, mask=mask, other=0.0).to(tl.float32)
-        lv = tl.minimum(tl.maximum(lv_in, lo), hi)
-        if HAS_EPS:
-            eps = tl.load(eps_ptr + r * eps_sb + c * eps_sd, mask=mask, other=0.0).to(tl.float32)
-        else:
-            eps = tl.randn(seed, r * D + c)
+        mu, lv_in, lv, eps = _load_posterior_tile(
+            mu_ptr, lv_ptr, eps_ptr, seed_ptr, r, c, mask, D,
+            mu_sb, mu_sd, lv_sb, lv_sd, eps_sb, eps_sd, lo, hi, HAS_EPS,
+        )  # fmt: skip
         gmu = gz + gkl * mu
         glv = 0.5 * (gz * tl.exp(0.5 * lv) * eps + gkl * (tl.exp(lv) - 1.0))
         glv = tl.where((lv_in >= lo) & (lv_in <= hi), glv, 0.0)
