@@ -23,7 +23,8 @@ def dsprites_model(tmp_path_factory):
 
 
 def run_cli(capsys, *args) -> tuple[int, str, str]:
-    code = evaluate.main([str(a) for a in args])
+    """Run the CLI quietly (no progress bars): exit code, stdout, stderr."""
+    code = evaluate.main([str(a) for a in args] + ["--no-progress"])
     out = capsys.readouterr()
     return code, out.out, out.err
 
@@ -41,7 +42,6 @@ def test_dsprites_model_evaluates_with_the_dataset_from_its_metadata(dsprites_mo
         64,
         "--batch-size",
         2,
-        "--no-progress",
     )
     assert code == 0, out
     assert "IW bound (K=3)" in out and "MIG" in out and "NLL_nats / (D·ln 2)" in out
@@ -79,7 +79,6 @@ def test_same_seed_gives_the_same_numbers(dsprites_model, capsys, tmp_path):
         2,
         "--latent-images",
         16,
-        "--no-progress",
         "--seed",
         7,
     ]
@@ -111,7 +110,6 @@ def test_gaussian_model_on_an_image_folder_uses_the_dequantized_bits_per_dim(tmp
         5,
         "--latent-images",
         5,
-        "--no-progress",
     )
     assert code == 0, out
     r = json.loads((model_dir / "eval.json").read_text())["metrics"]
@@ -140,7 +138,6 @@ def test_a_failed_write_keeps_the_previous_eval_json(dsprites_model, capsys, mon
             2,
             "--latent-images",
             8,
-            "--no-progress",
         )
     assert json.loads(target.read_text()) == {"previous": True}
     assert not [p.name for p in dsprites_model.iterdir() if p.name.startswith(".")]  # no temp file left
@@ -155,7 +152,6 @@ def test_a_failed_write_keeps_the_previous_eval_json(dsprites_model, capsys, mon
         2,
         "--latent-images",
         8,
-        "--no-progress",
     )
     assert code == 0 and "IW bound" not in out  # K = 0: ELBO only
     r = json.loads(target.read_text())["metrics"]
@@ -173,10 +169,10 @@ def test_clear_errors(tmp_path, capsys, dsprites_model):
 
     anonymous = tmp_path / "anonymous"
     VAE(VAEConfig.preset("small")).save_pretrained(anonymous)
-    code, _, err = run_cli(capsys, "--checkpoint", anonymous, "--no-progress")
+    code, _, err = run_cli(capsys, "--checkpoint", anonymous)
     assert code == 2 and "--dataset" in err
 
-    code, _, err = run_cli(capsys, "--checkpoint", anonymous, "--dataset", "dsprites", "--no-progress")
+    code, _, err = run_cli(capsys, "--checkpoint", anonymous, "--dataset", "dsprites")
     assert code == 2 and "dsprites" in err  # 64×64 binary images do not fit a 3×32×32 model
 
     for bad in (["--iw-samples", "-1"], ["--num-images", "0"], ["--iw-chunk", "0"]):

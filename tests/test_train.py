@@ -17,6 +17,7 @@ from train.loop import beta_at, make_train_step, train
 from vae_triton.model import VAE, VAEConfig
 
 REPO = Path(__file__).resolve().parents[1]
+SPRITES_64 = ["--dataset", "dsprites", "--limit", "64", "--batch-size", "16"]  # 4 batches a pass
 TINY = ["--preset", "small", "--latent-dim", "4", "--no-progress", "--eval-images", "64"]
 
 
@@ -241,22 +242,7 @@ def test_damaged_or_foreign_checkpoints_give_clear_errors(tmp_path, capsys):
         ckpt.load_checkpoint(tmp_path / "elsewhere")
 
     # Through the CLI: one line on stderr, exit code 2, no traceback.
-    code = main(
-        [
-            "--dataset",
-            "dsprites",
-            "--limit",
-            "64",
-            "--batch-size",
-            "16",
-            "--steps",
-            "4",
-            "--out",
-            str(tmp_path),
-            "--resume",
-            *TINY,
-        ]
-    )
+    code = main([*SPRITES_64, "--steps", "4", "--out", str(tmp_path), "--resume", *TINY])
     err = capsys.readouterr().err
     assert code == 2 and "error:" in err and "safetensors" in err and "Traceback" not in err
 
@@ -300,23 +286,7 @@ def test_too_many_non_finite_steps_stop_the_run(tmp_path, monkeypatch):
 
     out = tmp_path / "run"
     monkeypatch.setattr(loop, "make_train_step", always_bad)
-    code = main(
-        [
-            "--dataset",
-            "dsprites",
-            "--limit",
-            "64",
-            "--batch-size",
-            "16",
-            "--steps",
-            "20",
-            "--max-bad-steps",
-            "3",
-            "--out",
-            str(out),
-            *TINY,
-        ]
-    )
+    code = main([*SPRITES_64, "--steps", "20", "--max-bad-steps", "3", "--out", str(out), *TINY])
     assert code == 3
     assert not (out / "model.safetensors").exists()  # nothing trained, nothing claimed
 
@@ -338,21 +308,7 @@ def test_ctrl_c_saves_a_checkpoint_and_a_usable_model(tmp_path, monkeypatch):
 
     monkeypatch.setattr(loop, "make_train_step", interrupt_at_5)
     out = tmp_path / "run"
-    code = main(
-        [
-            "--dataset",
-            "dsprites",
-            "--limit",
-            "64",
-            "--batch-size",
-            "16",
-            "--steps",
-            "20",
-            "--out",
-            str(out),
-            *TINY,
-        ]
-    )
+    code = main([*SPRITES_64, "--steps", "20", "--out", str(out), *TINY])
     assert code == 130
     assert ckpt.load_checkpoint(out)["step"] == 5
     partial = VAE.from_pretrained(out)
@@ -457,8 +413,7 @@ def test_python_dash_m_train_help_runs():
 
 def test_epochs_set_the_number_of_steps(tmp_path):
     out = tmp_path / "run"
-    args = ["--dataset", "dsprites", "--limit", "64", "--batch-size", "16", "--epochs", "1.5",
-            "--log-every", "1", "--out", str(out), *TINY]  # fmt: skip
+    args = [*SPRITES_64, "--epochs", "1.5", "--log-every", "1", "--out", str(out), *TINY]
     assert main(args) == 0
     rows = [r for r in records(out) if "loss" in r]
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]  # 4 steps per epoch
