@@ -180,3 +180,46 @@ def test_clear_errors(tmp_path, capsys, dsprites_model):
             evaluate.main(["--checkpoint", str(dsprites_model), *bad])
         assert exit_info.value.code == 2
         assert bad[0] in capsys.readouterr().err
+
+
+def test_num_threads_sets_torch_threads_and_is_reported(dsprites_model, capsys, tmp_path):
+    before = torch.get_num_threads()
+    try:
+        code, out, _ = run_cli(
+            capsys, "--checkpoint", dsprites_model, "--iw-samples", 2, "--num-images", 4,
+            "--latent-images", 8, "--num-threads", 1, "--output", tmp_path / "e.json",
+        )  # fmt: skip
+        assert code == 0, out
+        assert torch.get_num_threads() == 1
+        assert json.loads((tmp_path / "e.json").read_text())["num_threads"] == 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(SystemExit):
+        run_cli(capsys, "--checkpoint", dsprites_model, "--num-threads", 0)
+    assert "--num-threads" in capsys.readouterr().err
+
+
+def test_checkpoint_alone_finds_the_runs_data_and_test_split(tmp_path, capsys, monkeypatch):
+    """A folder run saved its data location in run_config.json: evaluate needs only --checkpoint."""
+    from train.__main__ import main as train_main
+
+    monkeypatch.setenv("VAE_TRITON_BACKEND", "torch")
+    data = tmp_path / "digits"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        Image.fromarray((rng.random((28, 28)) > 0.5).astype(np.uint8) * 255).save(data / f"{i}.png")
+    run = tmp_path / "run"
+    args = ["--dataset", "folder", "--data-dir", str(data), "--resolution", "28", "--preset", "mlp",
+            "--steps", "1", "--batch-size", "4", "--no-progress", "--eval-images", "4",
+            "--cache-dir", str(tmp_path / "cache"), "--out", str(run)]  # fmt: skip
+    assert train_main(args) == 0
+    code, out, err = run_cli(
+        capsys, "--checkpoint", run, "--iw-samples", 2, "--num-images", 3, "--latent-images", 3
+    )
+    assert code == 0, err
+    report = json.loads((run / "eval.json").read_text())
+    assert (report["dataset"], report["split"], report["settings"]["num_images"]) == ("folder", "test", 3)
+    # the headline comes first: nats per image over the data's true D
+    assert out.splitlines()[1].startswith("NLL on test: ") and "nats per image" in out.splitlines()[1]
+    assert f"D = {report['metrics']['num_dims']} pixels" in out

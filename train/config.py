@@ -265,8 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="ramp β linearly from 0 over this many steps (avoids early posterior collapse); 0 = off. "
-        f"Default: the first {KL_WARMUP_FRACTION:.0%} of the run's steps (measured to help on the digits "
-        "benchmark, BENCHMARKS.md)",
+        f"Default: the first {KL_WARMUP_FRACTION * 100:.0f} %% of the run's steps (measured to help on "
+        "the digits benchmark, BENCHMARKS.md)",
     )
     g.add_argument(
         "--free-bits",
