@@ -295,6 +295,21 @@ BAD_INPUTS = [
     (lambda: ops.bernoulli_nll(IMG, torch.zeros(2, 3, 16)), "`x` has shape"),
     (lambda: ops.bernoulli_nll(torch.zeros(5), torch.zeros(5)), "`logits` must be a batch"),
     (lambda: ops.bernoulli_nll(IMG, None), "`x` must be a torch.Tensor"),
+    # value ranges (issue 13): σ with σ² and 1/σ² finite in float32; exp(logvar_clamp high) finite
+    (lambda: ops.gaussian_nll(IMG, IMG, -1000.0), "gaussian_nll: `log_sigma` must be in [-40, 40]"),
+    (lambda: ops.gaussian_nll(IMG, IMG, 40.5), "`log_sigma` must be in [-40, 40]"),
+    (lambda: ops.gaussian_nll(IMG, IMG, -(10**400)), "`log_sigma` must be in [-40, 40]"),
+    (lambda: ops.reparameterize_kl(M, M, logvar_clamp=(-30.0, 89.0)), "`logvar_clamp` high must be ≤ 88"),
+    (lambda: ops.reparameterize_kl(M, M, logvar_clamp=(0.0, float("inf"))), "`logvar_clamp` high must be"),
+    # the fused sigmoid + Gaussian NLL
+    (lambda: ops.gaussian_nll_logits(IMG.long(), IMG), "gaussian_nll_logits: `logits` has dtype torch.int64"),
+    (lambda: ops.gaussian_nll_logits(IMG, IMG[:, :2]), "`x` has shape"),
+    (lambda: ops.gaussian_nll_logits(torch.zeros(4), torch.zeros(4)), "`logits` must be a batch"),
+    (lambda: ops.gaussian_nll_logits(IMG, None), "`x` must be a torch.Tensor"),
+    (lambda: ops.gaussian_nll_logits(IMG, IMG, torch.zeros(2)), "`log_sigma` must be a float, a one-element"),
+    (lambda: ops.gaussian_nll_logits(IMG, IMG, -1000.0), "gaussian_nll_logits: `log_sigma` must be in"),
+    (lambda: ops.gaussian_nll_logits(IMG, IMG, float("nan")), "`log_sigma` must be finite"),
+    (lambda: ops.gaussian_nll_logits(IMG, IMG, None), "`log_sigma` must be a float or a tensor"),
 ]
 
 
@@ -304,3 +319,50 @@ def test_bad_input_raises_value_error_naming_the_argument(monkeypatch, backend, 
     monkeypatch.setenv("VAE_TRITON_BACKEND", backend)
     with pytest.raises(ValueError, match=re.escape(message)):
         call()
+
+
+# ------------------------------------------------------------------- edges of the documented ranges
+
+EDGE_IMAGES = [  # finite inputs: pixel targets, far-off means, saturated and huge logits
+    (torch.tensor([0.0, 1.0, 0.5, 1.0]), torch.tensor([1.0, 0.0, 0.5, 1.0])),
+    (torch.tensor([1e4, -1e4, 40.0, -40.0]), torch.tensor([0.0, 1.0, 1.0, 0.0])),
+    (torch.tensor([1e30, -1e30, 0.0, 3.0]), torch.tensor([1.0, 0.0, 0.0, 0.5])),
+]
+
+
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+@pytest.mark.parametrize("log_sigma", [-40.0, 40.0, "tensor"])
+@pytest.mark.parametrize("images", range(len(EDGE_IMAGES)))
+@pytest.mark.parametrize("grad_scale", [0.0, 1.0])
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # the interpreter's numpy: to inf
+def test_no_nan_at_the_edges_of_the_sigma_range(monkeypatch, backend, log_sigma, images, grad_scale):
+    """σ at the ends of [e⁻⁴⁰, e⁴⁰] (tensor σ: −1000 / +1000, clamped there) with finite images: values
+    and gradients may reach ±inf in float32, never NaN — also when the upstream gradient is 0."""
+    monkeypatch.setenv("VAE_TRITON_BACKEND", backend)
+    a, b = (t.repeat(2, 2, 1).reshape(2, 2, 2, 2) for t in EDGE_IMAGES[images])
+    ls = torch.tensor([-1000.0, 1000.0], requires_grad=True) if log_sigma == "tensor" else log_sigma
+    for op in (ops.gaussian_nll, ops.gaussian_nll_logits, ops.bernoulli_nll):
+        if op is ops.bernoulli_nll and (images == 2 or log_sigma != -40.0):
+            continue  # its logits carry no σ: one pass over the moderate images is enough
+        mean, x = a.clone().requires_grad_(), b.clone().requires_grad_()
+        nll = op(mean, x) if op is ops.bernoulli_nll else op(mean, x, ls)
+        leaves = [t for t in (mean, x, ls) if isinstance(t, torch.Tensor)]
+        grads = torch.autograd.grad((grad_scale * nll).sum(), leaves)
+        for t in (nll, *grads):
+            assert not t.isnan().any(), (op.__name__, t)
+
+
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+@pytest.mark.parametrize("clamp", [(-30.0, 20.0), (float("-inf"), 88.0), None])
+def test_no_nan_at_the_edges_of_the_logvar_range(monkeypatch, backend, clamp):
+    """logvar at and past the clamp ends (and up to 88 with no clamp), ε = 0 included: no NaN anywhere."""
+    monkeypatch.setenv("VAE_TRITON_BACKEND", backend)
+    mu = torch.tensor([[1e3, -1e3, 0.0, 5.0]] * 2, requires_grad=True)
+    big = 88.0 if clamp is None else 1e30
+    logvar = torch.tensor([[big, -1e30, 88.0, -88.0]] * 2, requires_grad=True)
+    eps = torch.tensor([[0.0, 1.0, -1.0, 0.0]] * 2)
+    for grad_kl in (0.0, 1.0):
+        z, kl = ops.reparameterize_kl(mu, logvar, eps=eps, logvar_clamp=clamp)
+        grads = torch.autograd.grad(z.sum() + grad_kl * kl.sum(), (mu, logvar))
+        for t in (z, kl, *grads):
+            assert not t.isnan().any(), t

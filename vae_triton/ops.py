@@ -433,33 +433,27 @@ class _ReparameterizeKL(torch.autograd.Function):
         )
 
 
-class _GaussianFixed(torch.autograd.Function):
+class _Gaussian(torch.autograd.Function):
+    """A fixed σ (`log_sigma` a float): the per-image NLL (B,). A learned σ (None): the sums S (B, G)."""
+
     @staticmethod
-    def forward(ctx, mean, x, log_sigma, sigmoid):
-        ctx.save_for_backward(mean, x)
-        ctx.args = (log_sigma, sigmoid)
-        return _gaussian_fixed_fwd(mean, x, log_sigma, sigmoid)
+    def forward(ctx, images, x, sigmoid, log_sigma, groups):
+        ctx.save_for_backward(images, x)
+        ctx.args = (sigmoid, log_sigma)
+        if log_sigma is None:
+            return _sums_fwd(images, x, groups, sigmoid)
+        return _gaussian_fixed_fwd(images, x, log_sigma, sigmoid)
 
     @staticmethod
     def backward(ctx, grad):
-        mean, x = ctx.saved_tensors
-        log_sigma, sigmoid = ctx.args
+        images, x = ctx.saved_tensors
+        sigmoid, log_sigma = ctx.args
         needs = ctx.needs_input_grad[:2]
-        return (*_pair(_gaussian_fixed_bwd(grad, mean, x, log_sigma, *needs, sigmoid), needs), None, None)
-
-
-class _SquaredErrorSums(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, mean, x, groups, sigmoid):
-        ctx.save_for_backward(mean, x)
-        ctx.sigmoid = sigmoid
-        return _sums_fwd(mean, x, groups, sigmoid)
-
-    @staticmethod
-    def backward(ctx, grad_sums):
-        mean, x = ctx.saved_tensors
-        needs = ctx.needs_input_grad[:2]
-        return (*_pair(_sums_bwd(grad_sums, mean, x, *needs, ctx.sigmoid), needs), None, None)
+        if log_sigma is None:
+            grads = _sums_bwd(grad, images, x, *needs, sigmoid)
+        else:
+            grads = _gaussian_fixed_bwd(grad, images, x, log_sigma, *needs, sigmoid)
+        return (*_pair(grads, needs), None, None, None)
 
 
 class _BernoulliNLL(torch.autograd.Function):
@@ -536,12 +530,12 @@ def _gaussian(op: str, images, x, log_sigma, sigmoid: bool):
     light = _eager_light()
     if not learned:  # σ folded into the kernel: one launch (+ one tiny sum when a row spans chunks)
         if light:
-            return _GaussianFixed.apply(images, x, log_sigma, sigmoid)
+            return _Gaussian.apply(images, x, sigmoid, log_sigma, 1)
         return _gaussian_fixed_op(images, x, log_sigma, sigmoid)
 
     groups = images.shape[1] if log_sigma.numel() > 1 else 1
     if light:
-        sums = _SquaredErrorSums.apply(images, x, groups, sigmoid)  # (B, G) fp32
+        sums = _Gaussian.apply(images, x, sigmoid, None, groups)  # (B, G) fp32
     else:
         sums = _squared_error_sums_op(images, x, groups, sigmoid)
     ls = log_sigma.float().reshape(-1)  # (G,)
