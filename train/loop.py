@@ -27,7 +27,7 @@ from vae_triton.model import VAE, VAEConfig, kl_per_dim
 from . import distributed
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import RunConfig
-from .data import BatchSource, DataUnavailableError, ImageDataset, get_dataset
+from .data import BatchSource, DataUnavailableError, ImageDataset, dataset_for_split
 from .report import interleave_rows, save_grid, write_model_card
 
 EVAL_IMAGES = 512
@@ -217,15 +217,7 @@ class MetricsLog:
 def _load_dataset(cfg: RunConfig, info: distributed.DistInfo) -> ImageDataset:
     # Rank 0 builds the cache; the others wait, then open the finished file.
     def load():
-        return get_dataset(
-            cfg.dataset,
-            cfg.split,
-            cfg.data_dir,
-            cfg.resolution,
-            cfg.cache_dir,
-            limit=cfg.limit,
-            source=cfg.celeba_source,
-        )
+        return dataset_for_split(cfg.to_dict(), cfg.split, limit=cfg.limit, progress=cfg.progress)
 
     ds = load() if info.is_main else None
     distributed.barrier(info)
@@ -463,8 +455,7 @@ def _metadata(cfg: RunConfig, model_cfg: VAEConfig, step: int, numbers: dict, pa
 def final_report(model, cfg, model_cfg, step, img_per_s, device, command, out: Path) -> dict:
     """Evaluate on held-out images, save weights + metadata, grids and the model card."""
     def held_out_split(split: str) -> ImageDataset:
-        return get_dataset(cfg.dataset, split, cfg.data_dir, cfg.resolution, cfg.cache_dir,
-                           source=cfg.celeba_source, limit=cfg.eval_images)  # fmt: skip
+        return dataset_for_split(cfg.to_dict(), split, limit=cfg.eval_images, progress=cfg.progress)
 
     eval_split = {"dsprites": "test", "celeba": "test"}.get(cfg.dataset, cfg.split)
     try:
