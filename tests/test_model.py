@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 from torch.distributions import Bernoulli, Normal, kl_divergence
 
+from vae_triton import ops
 from vae_triton.model import PRESETS, VAE, VAEConfig
 
 SMALL = dict(image_size=16, channels=(4, 8), hidden_dim=16, latent_dim=3)
@@ -61,13 +62,33 @@ def test_gaussian_terms_match_torch_distributions():
     std = torch.exp(0.5 * logvar)
     torch.testing.assert_close(out.z, mu + std * eps)
     kl_ref = kl_divergence(Normal(mu, std), Normal(0.0, 1.0)).sum(1)
-    mean = model.decode(out.z)
+    mean = torch.sigmoid(model.decode(out.z))  # decode gives logits; the mean image is their sigmoid
     sigma = model.log_sigma.exp().view(1, 3, 1, 1).expand_as(x)
     recon_ref = -Normal(mean, sigma).log_prob(x).flatten(1).sum(1)
     torch.testing.assert_close(out.kl, kl_ref, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(out.recon_nll, recon_ref, rtol=1e-4, atol=1e-3)
     torch.testing.assert_close(out.loss, (recon_ref + 2.5 * kl_ref).mean(), rtol=1e-4, atol=1e-3)
     assert out.recon_nll.shape == out.kl.shape == (x.shape[0],)
+
+
+@pytest.mark.parametrize("sigma", ["fixed", "scalar", "channel"])
+def test_saved_gaussian_model_gives_the_nll_it_gave_when_decode_returned_the_mean(tmp_path, sigma):
+    """decode now returns logits for the Gaussian decoder too and the NLL fuses the sigmoid: a model saved
+    before (same weights) loads and scores exactly what sigmoid-then-gaussian_nll scored."""
+    model = small_model(sigma=sigma, log_sigma=-1.5)
+    if model.log_sigma is not None:
+        with torch.no_grad():
+            model.log_sigma.add_(0.2 * torch.randn(model.log_sigma.shape))
+    model.save_pretrained(tmp_path)
+    loaded = VAE.from_pretrained(tmp_path)
+    x = images(loaded)
+    eps = torch.randn(x.shape[0], loaded.config.latent_dim)
+    out = loaded(x, eps=eps)
+    mean_before = torch.sigmoid(loaded.decode(out.z))  # what the old decode returned
+    before = ops.gaussian_nll(mean_before, x, loaded.effective_log_sigma())
+    torch.testing.assert_close(out.recon_nll, before, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(loaded.output_to_image(out.output), mean_before)
+    assert loaded.reconstruct(x).min() >= 0 and loaded.reconstruct(x).max() <= 1
 
 
 def test_bernoulli_terms_match_torch_distributions():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -12,6 +13,9 @@ from vae_triton.model import PRESETS, VAEConfig
 DATASET_CHOICES = ("dsprites", "celeba", "folder")
 DEFAULT_STEPS = 10_000
 DEFAULT_PRESET = {"dsprites": "dsprites", "celeba": "celeba64", "folder": "celeba64"}
+FLIP_BY_DEFAULT = ("celeba",)
+CHANNEL_CHOICES = ("auto", "1", "3")
+BINARIZE_CHOICES = ("none", "threshold", "stochastic")
 LIKELIHOOD_CHOICES = ("gaussian", "bernoulli")
 # Grey images up to this side get the `mlp` preset by default (MNIST-like data); larger or colour
 # images get the dataset's conv preset.
@@ -54,6 +58,10 @@ class RunConfig:
     free_bits: float = 0.0
     latent_dim: int | None = None
     resolution: int = 64
+    channels: str = "auto"
+    binarize: str = "none"
+    test_fraction: float | None = None
+    split_seed: int = 0
     preset: str | None = None
     sigma: str | None = None
     device: str = "auto"
@@ -84,8 +92,13 @@ class RunConfig:
         if self.steps is None and self.epochs is None:
             self.steps = DEFAULT_STEPS
         if self.hflip is None:
-            # Faces are left-right symmetric; dSprites' posX is a labelled factor, so leave it alone.
-            self.hflip = self.dataset != "dsprites"
+            # Faces are left-right symmetric; elsewhere a flip can change what an image is (a mirrored
+            # digit, dSprites' labelled posX), so flips are on for face data only.
+            self.hflip = self.dataset in FLIP_BY_DEFAULT
+        self.channels = str(self.channels)
+        if self.data_dir is not None:
+            # Absolute, so run_config.json finds the data from any working directory (train.evaluate).
+            self.data_dir = os.path.abspath(os.path.expanduser(self.data_dir))
         self.validate()
 
     def validate(self) -> None:
@@ -136,6 +149,33 @@ class RunConfig:
             bad("limit", self.limit, "must be a positive number of images")
         if self.sigma is not None and self.sigma not in ("fixed", "scalar", "channel"):
             bad("sigma", self.sigma, "use fixed, scalar or channel")
+        if self.channels not in CHANNEL_CHOICES:
+            bad("channels", self.channels, f"use one of {', '.join(CHANNEL_CHOICES)}")
+        if self.binarize not in BINARIZE_CHOICES:
+            bad("binarize", self.binarize, f"use one of {', '.join(BINARIZE_CHOICES)}")
+        if self.test_fraction is not None:
+            if self.dataset != "folder":
+                bad("test_fraction", self.test_fraction, "applies to --dataset folder only")
+            if not 0.0 < self.test_fraction < 1.0:
+                bad("test_fraction", self.test_fraction, "must lie strictly between 0 and 1 (e.g. 0.2)")
+        self.check_resolution()
+
+    def check_resolution(self) -> None:
+        """The preset must take --resolution; if not, name the flag and list the sizes that work."""
+        if self.resolution < 8:
+            raise ValueError(f"--resolution {self.resolution}: must be at least 8 px")
+        try:
+            self.model_config(1)
+        except ValueError as e:
+            if "image_size" not in str(e):
+                raise
+            works = [s for s in range(8, 257) if _preset_takes(self.preset, s)]
+            shown = ", ".join(map(str, works[:12])) + (", ..." if len(works) > 12 else "")
+            raise ValueError(
+                f"--resolution {self.resolution}: the {self.preset!r} preset cannot take {self.resolution}×"
+                f"{self.resolution} images. Sizes that work: {shown}. Change --resolution, or pick another "
+                f"--preset"
+            ) from None
 
     def model_config(self, image_channels: int) -> VAEConfig:
         """The preset, with the image shape, latent size and likelihood this run asks for."""
@@ -160,6 +200,14 @@ class RunConfig:
 
     def save(self, path: Path) -> None:
         write_json_atomic(path, self.to_dict(), indent=2)
+
+
+def _preset_takes(preset: str, size: int) -> bool:
+    try:
+        VAEConfig.preset(preset, image_size=size)
+    except ValueError:
+        return False
+    return True
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -190,7 +238,23 @@ def build_parser() -> argparse.ArgumentParser:
         "flwrlabs/celeba schema); folder: the image directory",
     )
     g.add_argument(
-        "--split", default=d.split, help="dataset split (dsprites: train/test/all; celeba: train/valid/test)"
+        "--split",
+        default=d.split,
+        help="dataset split (dsprites: train/test/all; celeba: train/valid/test; folder: train/valid/test/"
+        "all from train/, valid/, test/ subfolders or --test-fraction; a folder without them is all train)",
+    )
+    g.add_argument(
+        "--test-fraction",
+        type=float,
+        default=None,
+        help="folder without train/ and test/ subfolders: hold out this fraction of its files as the test "
+        "split, chosen by a fixed seed (--split-seed), the same on every run",
+    )
+    g.add_argument(
+        "--split-seed",
+        type=int,
+        default=d.split_seed,
+        help="seed of the --test-fraction split (independent of --seed)",
     )
     g.add_argument(
         "--limit", type=int, default=None, help="use only the first N images of the split (quick runs)"
@@ -207,12 +271,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="Hub dataset for --dataset celeba: flwrlabs/celeba has the official train/valid/test "
         "splits (~11.7 GB); nielsr/CelebA-faces is one 1.4 GB train split",
     )
-    g.add_argument("--resolution", type=int, default=d.resolution, help="image side in pixels")
+    g.add_argument(
+        "--resolution",
+        type=int,
+        default=d.resolution,
+        help="image side in pixels; images are resized only when their centered square crop is another "
+        "size. Conv presets need a multiple of 2^(number of stride-2 layers)",
+    )
+    g.add_argument(
+        "--channels",
+        choices=CHANNEL_CHOICES,
+        default=d.channels,
+        help="1: grey, 3: RGB, auto: grey when every image is grey, else RGB (CelebA: RGB, dsprites: grey)",
+    )
+    g.add_argument(
+        "--binarize",
+        choices=BINARIZE_CHOICES,
+        default=d.binarize,
+        help="for binary (Bernoulli) likelihoods: threshold at 0.5, or stochastic: a fresh Bernoulli(x) "
+        "draw for each image in every epoch (dynamic binarization, as in the IWAE paper); held-out "
+        "images use one fixed draw",
+    )
     g.add_argument(
         "--hflip",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="random horizontal flips on the device (default: on, except for dsprites)",
+        help="random horizontal flips on the device (when not given: on for celeba, off otherwise)",
     )
 
     g = p.add_argument_group("model")

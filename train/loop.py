@@ -29,7 +29,7 @@ from vae_triton.model import VAE, VAEConfig, kl_per_dim
 from . import distributed
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import RunConfig, default_kl_warmup_steps, default_preset
-from .data import BatchSource, DataUnavailableError, ImageDataset, get_dataset
+from .data import BatchSource, DataUnavailableError, ImageDataset, dataset_for_split
 from .report import interleave_rows, save_grid, write_model_card
 from .threads import set_num_threads
 
@@ -288,15 +288,7 @@ class MetricsLog:
 def _load_dataset(cfg: RunConfig, info: distributed.DistInfo) -> ImageDataset:
     # Rank 0 builds the cache; the others wait, then open the finished file.
     def load():
-        return get_dataset(
-            cfg.dataset,
-            cfg.split,
-            cfg.data_dir,
-            cfg.resolution,
-            cfg.cache_dir,
-            limit=cfg.limit,
-            source=cfg.celeba_source,
-        )
+        return dataset_for_split(cfg.to_dict(), cfg.split, limit=cfg.limit, progress=cfg.progress)
 
     ds = load() if info.is_main else None
     distributed.barrier(info)
@@ -570,8 +562,7 @@ def held_out_dataset(cfg: RunConfig, limit: int | None = None) -> tuple[str, Ima
     split (e.g. a local CelebA copy without one): returns (split name, dataset)."""
 
     def load(split: str) -> ImageDataset:
-        return get_dataset(cfg.dataset, split, cfg.data_dir, cfg.resolution, cfg.cache_dir,
-                           source=cfg.celeba_source, limit=limit)  # fmt: skip
+        return dataset_for_split(cfg.to_dict(), split, limit=limit, progress=cfg.progress)
 
     try:
         ds = load("test")

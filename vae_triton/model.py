@@ -312,17 +312,13 @@ class VAE(nn.Module):
         return mu, logvar
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Latents (B, latent_dim) → Gaussian mean in [0, 1], or Bernoulli logits, (B, C, H, W)."""
+        """Latents (B, latent_dim) → logits (B, C, H, W) float32, for both likelihoods: the mean image is
+        `output_to_image(output)` = sigmoid(logits) (the Gaussian NLL fuses that sigmoid into its kernel)."""
         if z.dim() != 2 or z.shape[1] != self.config.latent_dim:
             raise ValueError(f"z must have shape (B, {self.config.latent_dim}), got {tuple(z.shape)}")
-        out = self._decode_raw(z)
-        return torch.sigmoid(out) if self.config.likelihood == "gaussian" else out
-
-    def _decode_raw(self, z: torch.Tensor) -> torch.Tensor:
-        """The decoder's last layer output (before any sigmoid), (B, C, H, W) float32."""
         cfg = self.config
         h = self.from_latent(z)
-        # fp32 before the last nonlinearity: a bf16 sigmoid would quantise the mean the NLL scores.
+        # fp32 logits: a bf16 sigmoid would quantise the mean the NLL scores.
         if cfg.arch == "mlp":
             s = cfg.image_size
             return rearrange(self.decoder(h).float(), "b (c h w) -> b c h w", h=s, w=s)
@@ -337,10 +333,10 @@ class VAE(nn.Module):
         return self.log_sigma.clamp(min=self.config.min_log_sigma)
 
     def recon_nll(self, output: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """−log p(x | z) per image, (B,) float32 nats."""
+        """−log p(x | z) per image, (B,) float32 nats; `output` is `decode`'s logits."""
         if self.config.likelihood == "bernoulli":
             return ops.bernoulli_nll(output, x)
-        return ops.gaussian_nll(output, x, self.effective_log_sigma())
+        return ops.gaussian_nll_logits(output, x, self.effective_log_sigma())
 
     def forward(
         self,
@@ -367,10 +363,8 @@ class VAE(nn.Module):
         return VAEOutput(loss, recon, kl, z, output, mu, logvar)
 
     def output_to_image(self, output: torch.Tensor) -> torch.Tensor:
-        """Decoder output → the mean image in [0, 1] (sigmoid of logits for Bernoulli)."""
-        if self.config.likelihood == "bernoulli":
-            return torch.sigmoid(output.float())
-        return output.float().clamp(0.0, 1.0)
+        """Decoder output (logits) → the mean image in [0, 1]: sigmoid, for both likelihoods."""
+        return torch.sigmoid(output.float())
 
     @torch.no_grad()
     def sample(
