@@ -52,6 +52,7 @@ class RunConfig:
     num_threads: int | None = None
     push_to_hub: str | None = None
     progress: bool = True
+    quiet: bool = False
 
     def __post_init__(self):
         if self.preset is None:
@@ -135,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Output: model.safetensors + config.json (load with VAE.from_pretrained), run_config.json, "
             "metrics.jsonl, PNG grids, checkpoints/ and a README model card."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=OneDefaultHelpFormatter,
     )
     d = RunConfig()
     g = p.add_argument_group("data")
@@ -163,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--cache-dir",
         default=None,
-        help="where decoded uint8 caches live (default $VAE_TRITON_CACHE or ~/.cache/vae-triton)",
+        help="where decoded uint8 caches live (default: $VAE_TRITON_CACHE, else ~/.cache/vae-triton)",
     )
     g.add_argument(
         "--celeba-source",
@@ -173,12 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
         "splits (~11.7 GB); nielsr/CelebA-faces is one 1.4 GB train split",
     )
     g.add_argument("--resolution", type=int, default=d.resolution, help="image side in pixels")
-    g.add_argument(
-        "--hflip",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="random horizontal flips on the device (default: on, except for dsprites)",
-    )
+    switch(g, "hflip", None, "random horizontal flips on the device", "on, except for dsprites")
 
     g = p.add_argument_group("model")
     g.add_argument(
@@ -192,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--sigma",
         choices=("fixed", "scalar", "channel"),
         default=None,
-        help="Gaussian decoder σ: fixed at 1, or learned (scalar / per channel); default: the preset's",
+        help="Gaussian decoder σ: fixed at 1, or learned (scalar / per channel) (default: the preset's)",
     )
 
     g = p.add_argument_group("optimisation")
@@ -200,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--steps",
         type=int,
         default=None,
-        help=f"optimizer steps to train for (default {DEFAULT_STEPS} unless --epochs is given)",
+        help=f"optimizer steps to train for (default: {DEFAULT_STEPS}, unless --epochs is given)",
     )
     g.add_argument(
         "--epochs", type=float, default=None, help="passes over the split (alternative to --steps)"
@@ -244,14 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.precision,
         help="auto: bf16 autocast on CUDA, fp32 on CPU",
     )
-    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    switch(g, "compile", d.compile, "torch.compile the model")
+    switch(g, "channels-last", d.channels_last, "NHWC memory format (faster convs on GPUs and on CPU)")
     g.add_argument(
-        "--channels-last",
-        action=argparse.BooleanOptionalAction,
-        default=d.channels_last,
-        help="NHWC memory format (faster convs on GPUs and on CPU)",
+        "--num-threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
     )
-    g.add_argument("--num-threads", type=int, default=None, help="torch CPU threads (default: torch's)")
 
     g = p.add_argument_group("output")
     g.add_argument("--out", default=d.out, help="output directory")
@@ -285,8 +278,38 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="REPO_ID",
         help="upload the final model and model card to this Hub model repo",
     )
-    g.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bar")
+    switch(
+        g,
+        "progress",
+        d.progress,
+        "progress bars (training and cache building); --no-progress prints a log line every "
+        "--log-every steps instead",
+    )
+    g.add_argument(
+        "--quiet",
+        action="store_true",
+        help="print only warnings and errors: no bars, start block, log lines or final block (scripts)",
+    )
     return p
+
+
+class OneDefaultHelpFormatter(argparse.HelpFormatter):
+    """Appends "(default: X)" to a flag's help unless the help already states its default or there is
+    none to state (None: the help says what happens; store_true flags: off)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, argparse.SUPPRESS) or action.nargs == 0:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def switch(group, name: str, default: bool | None, text: str, default_text: str | None = None):
+    """A --name / --no-name flag whose help states its default once, on any Python version."""
+    action = group.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=default)
+    shown = default_text or ("on" if default else "off")
+    action.help = f"{text} (default: {shown})"
+    return action
 
 
 def parse_args(argv=None) -> RunConfig:

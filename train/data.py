@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from vae_triton.io import atomic_path
 
 from . import dsprites as _dsprites
+from .console import bars_enabled
 
 DATASETS = ("dsprites", "celeba", "folder")
 DEFAULT_CACHE = Path(os.environ.get("VAE_TRITON_CACHE", Path.home() / ".cache" / "vae-triton"))
@@ -172,7 +173,8 @@ def build_cache(path: Path, shape: tuple[int, ...], fill, desc: str) -> Path:
     """Create a uint8 `.npy` of `shape` by `fill(memmap, progress)`, atomically (temp + rename)."""
     with atomic_path(path) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-        with tqdm(total=shape[0], desc=desc, unit="img", dynamic_ncols=True) as progress:
+        bar = tqdm(total=shape[0], desc=desc, unit="img", dynamic_ncols=True, disable=not bars_enabled())
+        with bar as progress:
             fill(out, progress)
         out.flush()
         del out  # close the mapping before the file is renamed

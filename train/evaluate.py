@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from train.paths import check_output_file
 from vae_triton.io import write_json_atomic
 
 DEFAULTS = {
@@ -86,7 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the convolutions in NHWC layout (same numbers; ~1.8x faster decoding on CPU)",
     )
     p.add_argument("--seed", type=int, default=0, help="seeds the sampling noise (results are reproducible)")
-    p.add_argument("--output", default=None, help="where to write the JSON (default: DIR/eval.json)")
+    p.add_argument(
+        "--output",
+        default=None,
+        help="where to write the JSON (default: DIR/eval.json; for a model bundled in demo/models, "
+        "runs/evaluate/<its path>/eval.json, so the tracked file changes only when named here)",
+    )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bars")
     return p
 
@@ -156,8 +162,10 @@ def load_data(args: argparse.Namespace, model):
 
 
 def evaluate(args: argparse.Namespace, argv: list[str]) -> dict:
+    from train.console import set_bars
     from vae_triton import metrics
 
+    set_bars(args.progress)  # --no-progress silences the cache-building bars too
     device = resolve_device(args.device)
     torch.manual_seed(args.seed)
     generator = torch.Generator(device=device).manual_seed(args.seed)
@@ -257,11 +265,20 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+BUNDLED = Path(__file__).resolve().parents[1] / "demo" / "models"
+
+
 def output_path(args: argparse.Namespace) -> Path:
+    """--output, else eval.json next to the checkpoint; a bundled model's tracked eval.json is rewritten
+    only when --output names it."""
     if args.output:
         return Path(args.output)
     folder = Path(args.checkpoint)
-    return folder / "eval.json" if folder.is_dir() else Path("eval.json")
+    if not folder.is_dir():
+        return Path("eval.json")
+    if folder.resolve().is_relative_to(BUNDLED):
+        return Path("runs", "evaluate", folder.resolve().relative_to(BUNDLED), "eval.json")
+    return folder / "eval.json"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -273,13 +290,13 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         build_parser().error(str(e))  # exits 2 with usage
     try:
+        path = check_output_file(output_path(args))  # before the metrics: a bad path fails in a second
         report = evaluate(args, argv)
     except KeyboardInterrupt:
         return 130
     except (DataUnavailableError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    path = output_path(args)
     write_json_atomic(path, report, indent=2)  # readers see the old file or the new one
     print(format_table(report))
     print(f"wrote {path}")

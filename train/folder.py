@@ -69,10 +69,10 @@ def _build(files, root: Path, path: Path, report_path: Path, resolution: int, cr
         good = 0
         from tqdm.auto import tqdm
 
-        with (
-            ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool,
-            tqdm(total=len(files), desc=f"decoding {root.name}", unit="img", dynamic_ncols=True) as progress,
-        ):
+        from .console import bars_enabled
+
+        bar = tqdm(total=len(files), desc=f"decoding {root.name}", unit="img", disable=not bars_enabled())
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool, bar as progress:
             for f, arr in zip(files, pool.map(lambda p: _decode(p, resolution, crop), files), strict=True):
                 if arr is None:
                     skipped.append(str(f.relative_to(root)))
