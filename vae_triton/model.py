@@ -176,6 +176,8 @@ def _field_type_problem(default: Any, value: Any) -> str | None:
         ) else _is_number
         if not all(item_ok(v) for v in value):
             return "must be a list of " + ("integers" if isinstance(default[0], int) else "numbers")
+        if isinstance(default[0], float) and len(value) != len(default):
+            return f"must be a list of {len(default)} numbers"
     return None
 
 
