@@ -84,6 +84,7 @@ class RunConfig:
     likelihood: str | None = None
     time_limit: float | None = None
     keep_best: bool = False
+    quiet: bool = False
 
     def __post_init__(self):
         if self.preset is None and self.dataset != "folder":
@@ -164,6 +165,8 @@ class RunConfig:
         """The preset must take --resolution; if not, name the flag and list the sizes that work."""
         if self.resolution < 8:
             raise ValueError(f"--resolution {self.resolution}: must be at least 8 px")
+        if self.preset is None:  # decided from the data's shape once it is loaded; checked again then
+            return
         try:
             self.model_config(1)
         except ValueError as e:
@@ -218,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Output: model.safetensors + config.json (load with VAE.from_pretrained), run_config.json, "
             "metrics.jsonl, PNG grids, checkpoints/ and a README model card."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=OneDefaultHelpFormatter,
     )
     d = RunConfig()
     g = p.add_argument_group("data")
@@ -262,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--cache-dir",
         default=None,
-        help="where decoded uint8 caches live (default $VAE_TRITON_CACHE or ~/.cache/vae-triton)",
+        help="where decoded uint8 caches live (default: $VAE_TRITON_CACHE, else ~/.cache/vae-triton)",
     )
     g.add_argument(
         "--celeba-source",
@@ -292,12 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
         "draw for each image in every epoch (dynamic binarization, as in the IWAE paper); held-out "
         "images use one fixed draw",
     )
-    g.add_argument(
-        "--hflip",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="random horizontal flips on the device (when not given: on for celeba, off otherwise)",
-    )
+    switch(g, "hflip", None, "random horizontal flips on the device", "on for celeba, off otherwise")
 
     g = p.add_argument_group("model")
     g.add_argument(
@@ -321,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--sigma",
         choices=("fixed", "scalar", "channel"),
         default=None,
-        help="Gaussian decoder σ: fixed at 1, or learned (scalar / per channel); default: the preset's",
+        help="Gaussian decoder σ: fixed at 1, or learned (scalar / per channel) (default: the preset's)",
     )
 
     g = p.add_argument_group("optimisation")
@@ -329,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--steps",
         type=int,
         default=None,
-        help=f"optimizer steps to train for (default {DEFAULT_STEPS} unless --epochs is given)",
+        help=f"optimizer steps to train for (default: {DEFAULT_STEPS}, unless --epochs is given)",
     )
     g.add_argument(
         "--epochs", type=float, default=None, help="passes over the split (alternative to --steps)"
@@ -349,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="ramp β linearly from 0 over this many steps (avoids early posterior collapse); 0 = off. "
-        f"Default: the first {KL_WARMUP_FRACTION * 100:.0f} %% of the run's steps (measured to help on "
+        f"Default: the first {round(100 * KL_WARMUP_FRACTION)} %% of the run's steps (measured to help on "
         "the digits benchmark, BENCHMARKS.md)",
     )
     g.add_argument(
@@ -383,13 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.precision,
         help="auto: bf16 autocast on CUDA, fp32 on CPU",
     )
-    g.add_argument("--compile", action="store_true", help="torch.compile the model")
-    g.add_argument(
-        "--channels-last",
-        action=argparse.BooleanOptionalAction,
-        default=d.channels_last,
-        help="NHWC memory format (faster convs on GPUs and on CPU)",
-    )
+    switch(g, "compile", d.compile, "torch.compile the model")
+    switch(g, "channels-last", d.channels_last, "NHWC memory format (faster convs on GPUs and on CPU)")
     g.add_argument(
         "--num-threads",
         type=int,
@@ -438,8 +431,38 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="REPO_ID",
         help="upload the final model and model card to this Hub model repo",
     )
-    g.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bar")
+    switch(
+        g,
+        "progress",
+        d.progress,
+        "progress bars (training and cache building); --no-progress prints a log line every "
+        "--log-every steps instead",
+    )
+    g.add_argument(
+        "--quiet",
+        action="store_true",
+        help="print only warnings and errors: no bars, start block, log lines or final block (scripts)",
+    )
     return p
+
+
+class OneDefaultHelpFormatter(argparse.HelpFormatter):
+    """Appends "(default: X)" to a flag's help unless the help already states its default or there is
+    none to state (None: the help says what happens; store_true flags: off)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, argparse.SUPPRESS) or action.nargs == 0:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def switch(group, name: str, default: bool | None, text: str, default_text: str | None = None):
+    """A --name / --no-name flag whose help states its default once, on any Python version."""
+    action = group.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=default)
+    shown = default_text or ("on" if default else "off")
+    action.help = f"{text} (default: {shown})"
+    return action
 
 
 def parse_args(argv=None) -> RunConfig:

@@ -11,11 +11,10 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import shlex
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +27,12 @@ from vae_triton.model import VAE, VAEConfig, kl_per_dim
 
 from . import distributed
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .command_line import explicit_fields, reproduce_command, resume_config
 from .config import RunConfig, default_kl_warmup_steps, default_preset
-from .data import BatchSource, DataUnavailableError, ImageDataset, dataset_for_split
-from .report import interleave_rows, save_grid, write_model_card
+from .console import Console, cache_summary, set_bars
+from .data import DEFAULT_CACHE, BatchSource, DataUnavailableError, ImageDataset, dataset_for_split
+from .paths import check_output_dir
+from .report import failure_card, interleave_rows, read_metrics, save_grid, write_model_card
 from .threads import set_num_threads
 
 EVAL_IMAGES = 512
@@ -270,12 +272,8 @@ class MetricsLog:
     def __init__(self, path: Path, enabled: bool, resume_step: int | None):
         self.path, self.enabled = path, enabled
         if enabled and resume_step is not None and path.exists():
-            kept = [
-                ln
-                for ln in path.read_text().splitlines()
-                if ln and json.loads(ln).get("step", 0) <= resume_step
-            ]
-            write_text_atomic(path, "".join(ln + "\n" for ln in kept))
+            kept = [r for r in read_metrics(path) if r.get("step", 0) <= resume_step]
+            write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
         elif enabled and resume_step is None:
             write_text_atomic(path, "")
 
@@ -314,43 +312,34 @@ def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
     out = Path(cfg.out)
     device = info.device
     num_threads = set_num_threads(cfg.num_threads)
+    console = Console(quiet=cfg.quiet, is_main=info.is_main)
+    set_bars(cfg.progress and not cfg.quiet and info.is_main)
+    if info.is_main:
+        check_output_dir(out)  # before any work: a bad --out fails now, not after training
 
     resume = None
     if cfg.resume:
         resume = load_checkpoint(out if cfg.resume == "auto" else Path(cfg.resume), map_location="cpu")
-        saved = RunConfig.from_dict(resume["run_config"])
         # The saved run defines the experiment; only the length, logging and hardware may change.
-        keep = {
-            "steps",
-            "epochs",
-            "device",
-            "num_threads",
-            "progress",
-            "resume",
-            "out",
-            "checkpoint_every",
-            "log_every",
-            "eval_every",
-            "push_to_hub",
-            "cache_dir",
-            "data_dir",
-            "compile",
-            "max_bad_steps",
-        }
-        merged = {**saved.to_dict(), **{k: v for k, v in cfg.to_dict().items() if k in keep}}
-        cfg = RunConfig.from_dict(merged)
+        given = explicit_fields(argv) if argv is not None else _non_default_fields(cfg)
+        cfg, notices = resume_config(cfg, resume["run_config"], given)
+        for line in notices:
+            console.notice(line)
 
     ds = _load_dataset(cfg, info)
     if cfg.preset is None:
         cfg.preset = default_preset(cfg.dataset, ds.image_shape)
+        cfg.check_resolution()
     model_cfg: VAEConfig = cfg.model_config(ds.image_shape[0])
     if info.is_main:
         warn_if_not_binary(ds, model_cfg, cfg)
     if ds.image_shape[1:] != (cfg.resolution, cfg.resolution):
         raise ValueError(f"dataset images are {ds.image_shape}, expected {cfg.resolution}×{cfg.resolution}")
+    _refuse_batchnorm_of_one(cfg, model_cfg, info)
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = VAE(model_cfg).to(device)
+    model.check_inputs = False  # uint8 / 255 is in [0, 1] by construction; no host sync per step
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, cfg)
@@ -360,6 +349,14 @@ def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
     total = cfg.steps if cfg.steps is not None else math.ceil(cfg.epochs * batches.steps_per_epoch)
     if cfg.kl_warmup_steps is None:
         cfg.kl_warmup_steps = default_kl_warmup_steps(total)
+    command = reproduce_command(cfg)
+    if resume is not None and resume["step"] >= total:
+        console.notice(
+            f"{out} already finished: its checkpoint is at step {resume['step']} of {total}, so there is "
+            f"nothing to train. To train longer, raise --steps: "
+            f"{command} --steps {2 * resume['step']} --resume"
+        )
+        return {"step": resume["step"], "already_finished": True}
 
     start = 0
     torch.manual_seed(cfg.seed + 1 + info.rank)  # the reparameterization noise differs between ranks
@@ -397,7 +394,11 @@ def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
     step_fn = make_train_step(model, optimizer, cfg, dist_info=info, total_steps=total)
     fixed = _fixed_images(ds, min(EVAL_IMAGES, cfg.eval_images), device)
     tracker = HeldOutTracker(cfg, model, out, device) if info.is_main else None
-    command = "python -m train " + shlex.join(argv if argv is not None else sys.argv[1:])
+    console.start_block(
+        cfg=cfg, dataset=ds, model=model, device=_device_name(device), total=total, start=start,
+        cache=cache_summary(ds.images, Path(cfg.cache_dir) if cfg.cache_dir else DEFAULT_CACHE),
+    )  # fmt: skip
+    run_t0 = time.perf_counter()
 
     def checkpoint(step):
         distributed.check_in_sync(model, info)
@@ -406,12 +407,13 @@ def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
             save_checkpoint(out, model, optimizer, step, cfg.to_dict(), rng=rng)
 
     progress = None
-    if info.is_main and cfg.progress:
+    if info.is_main and cfg.progress and not cfg.quiet:
         from tqdm.auto import tqdm
 
         progress = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
 
     step, last_good = start, start
+    has_checkpoint, total_skipped, window_step0 = resume is not None, 0, start
     # Running sums on the device, read back only when logging: loss, recon, kl, grad-norm (good steps),
     # then good steps, skipped steps, the current run of skipped steps and the longest such run.
     sums = torch.zeros(4, device=device)
@@ -440,17 +442,21 @@ def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
             log_now = step % cfg.log_every == 0 or step == end
             if log_now or step % check_every == 0:
                 good, skipped, _, longest = counts.tolist()
-                if skipped and info.is_main:
-                    print(
-                        f"warning: {int(skipped)} step(s) with a non-finite loss or gradient skipped "
-                        f"before step {step}",
-                        file=sys.stderr,
+                total_skipped += int(skipped)
+                if skipped:
+                    console.warn(
+                        f"{int(skipped)} step(s) with a non-finite loss or gradient skipped "
+                        f"before step {step}"
                     )
-                if longest >= cfg.max_bad_steps:
+                if longest >= cfg.max_bad_steps or total_skipped > cfg.max_bad_steps:
+                    what = (
+                        f"{int(longest)} non-finite steps in a row"
+                        if longest >= cfg.max_bad_steps
+                        else f"{total_skipped} non-finite steps in all (more than --max-bad-steps)"
+                    )
                     raise TrainingDiverged(
-                        f"{int(longest)} non-finite steps in a row (up to step {step}); stopped. The "
-                        f"last good checkpoint (step {last_good}) is kept: lower --lr or --beta, or raise "
-                        "--kl-warmup-steps"
+                        _failed(cfg, command, info, f"{what}, up to step {step}; stopped.", has_checkpoint,
+                                last_good)  # fmt: skip
                     )
                 counts[1] = 0
                 counts[3] = counts[2]
@@ -476,9 +482,11 @@ def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
                     log.write(record)
                     if progress is not None:
                         progress.set_postfix(loss=f"{loss:.1f}", kl=f"{kl:.1f}", img_s=f"{img_per_s:.0f}")
+                    else:
+                        console.log_line(record, end, elapsed / max(step - window_step0, 1))
                 sums.zero_()
                 counts[0] = 0
-                window_t0 = time.perf_counter()
+                window_t0, window_step0 = time.perf_counter(), step
             if info.is_main and (step % cfg.eval_every == 0 or step == total):
                 log.write({"step": step, "eval_split": cfg.split, **evaluate_fixed(model, fixed)})
                 held_out = tracker.evaluate(step, _metadata(cfg, model_cfg, step, {}, partial=True))
@@ -489,7 +497,7 @@ def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
                 save_grids(model, fixed, out, step)
             if step % cfg.checkpoint_every == 0 and step != total:
                 checkpoint(step)
-                last_good = step
+                last_good, has_checkpoint = step, True
             if progress is not None:
                 progress.update(1)
     except KeyboardInterrupt:
@@ -510,15 +518,19 @@ def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
             model.save_pretrained(
                 out, metadata=_metadata(cfg, model_cfg, step, {"img_per_s": img_per_s}, partial=True)
             )
-            print(
-                f"stopped at step {step}/{total}; checkpoint saved. Continue with: {command} --resume",
-                file=sys.stderr,
+            console.notice(
+                f"stopped at step {step}/{total}; checkpoint saved. Continue with: {command} --resume"
             )
         if interrupted:
             raise KeyboardInterrupt
         distributed.barrier(info)
         return {"step": step}
 
+    if 2 * total_skipped > step - start:  # most steps skipped: the weights are not a result
+        raise TrainingDiverged(
+            _failed(cfg, command, info, f"{total_skipped} of its {step - start} steps were skipped "
+                    "(non-finite loss or gradient).", True, step)  # fmt: skip
+        )
     final = {}
     if info.is_main:
         extra = {"num_threads": num_threads, "train_seconds": round(loop_seconds, 2)}
@@ -526,9 +538,10 @@ def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
         if out_of_time:
             extra.update(time_limit_s=cfg.time_limit, planned_steps=end)
         final = final_report(model, cfg, model_cfg, step, img_per_s, device, command, out, extra=extra)
+        console.final_block(final=final, out=out, elapsed=time.perf_counter() - run_t0, reproduce=command)
         if cfg.push_to_hub:
             url = model.push_to_hub(cfg.push_to_hub, extra_files=[str(out / "README.md")])
-            print(f"pushed to {url}")
+            console.say(f"pushed to {url}")
     distributed.barrier(info)  # the other ranks wait for rank 0's report, then all shut down together
     return final
 
@@ -539,6 +552,36 @@ def _past(deadline: float, info: distributed.DistInfo, device) -> bool:
     if info.enabled:
         over = bool(distributed.all_max(torch.tensor(float(over), device=device), info).item())
     return over
+def _non_default_fields(cfg: RunConfig) -> set[str]:
+    """For `train(cfg)` called from Python: the fields set to something other than the default."""
+    default = RunConfig(dataset=cfg.dataset)
+    return {f.name for f in fields(RunConfig) if getattr(cfg, f.name) != getattr(default, f.name)}
+
+
+def _refuse_batchnorm_of_one(cfg: RunConfig, model_cfg: VAEConfig, info: distributed.DistInfo) -> None:
+    """BatchNorm cannot train on one image per batch (and fails outright on a 1×1 feature map): refuse
+    before anything is written, with the fix."""
+    per_rank = cfg.batch_size // info.world
+    if model_cfg.norm == "batch" and per_rank < 2:
+        raise ValueError(
+            f"--batch-size {cfg.batch_size} gives {per_rank} image per process, and the {cfg.preset} preset "
+            "uses BatchNorm, which needs at least 2 images per batch to train: use --batch-size "
+            f"{2 * info.world} or more"
+        )
+
+
+def _failed(cfg, command, info, what: str, has_checkpoint: bool, last_good: int) -> str:
+    """Write the failed run's card (no numbers) and return the message for the user."""
+    kept = (
+        f"The last good checkpoint (step {last_good}) is kept in {Path(cfg.out) / 'checkpoints'}"
+        if has_checkpoint
+        else "No checkpoint was written (the run failed before its first --checkpoint-every)"
+    )
+    advice = "lower --lr or --beta, or raise --kl-warmup-steps"
+    if info.is_main:
+        card = failure_card(cfg.to_dict(), command, f"{what} {kept}.")
+        write_text_atomic(Path(cfg.out) / "README.md", card)
+    return f"{what} {kept}; no model was saved. Try again with a fix: {advice}"
 
 
 def _metadata(cfg: RunConfig, model_cfg: VAEConfig, step: int, numbers: dict, partial: bool = False) -> dict:
@@ -595,11 +638,7 @@ def final_report(model, cfg, model_cfg, step, img_per_s, device, command, out: P
 def _median_img_per_s(metrics: Path, fallback: float) -> float:
     """Throughput over the whole run: the median of the logging windows (one window can hold an
     evaluation or a busy neighbour; the median ignores both)."""
-    rates = [
-        r["img_per_s"]
-        for r in map(json.loads, metrics.read_text().splitlines())
-        if "img_per_s" in r and not r.get("final")
-    ]
+    rates = [r["img_per_s"] for r in read_metrics(metrics) if "img_per_s" in r and not r.get("final")]
     return float(statistics.median(rates)) if rates else fallback
 
 
