@@ -258,6 +258,7 @@ def test_checkpoint_alone_finds_the_runs_data_and_test_split(tmp_path, capsys, m
             "--steps", "1", "--batch-size", "4", "--no-progress", "--eval-images", "4",
             "--cache-dir", str(tmp_path / "cache"), "--out", str(run)]  # fmt: skip
     assert train_main(args) == 0
+    capsys.readouterr()  # the trainer's own output
     assert json.loads((run / "run_config.json").read_text())["preset"] == "mlp"  # grey 28 px → mlp
     code, out, err = run_cli(capsys, "--checkpoint", run, "--iw-samples", 2, "--num-images", 100)
     assert code == 0, err
