@@ -9,9 +9,9 @@ with a fixed seed (numpy default_rng(0) permutation: first 1,000 → test, the o
 written as PNG folders `data/train/` and `data/test/` under --out.
 
 Our side runs ONLY the two CLIs, as subprocesses, with their defaults except the budget:
-    python -m train --dataset folder --data-dir DATA --epochs E --time-limit SECONDS --out RUN
+    python -m train --dataset folder --data-dir DATA --resolution 28 --epochs E --time-limit SECONDS --out RUN
     python -m train.evaluate --checkpoint RUN --iw-samples 1000
-(the folder's grey 28×28 images select the `mlp` preset and its Bernoulli decoder; `train.evaluate`
+(grey 28×28 images at --resolution 28 select the `mlp` preset and its Bernoulli decoder; `train.evaluate`
 finds the test split from the run's run_config.json). The peer is pythae's stock `VAE` (its default
 MLP encoder/decoder for 1×28² inputs, latent 16, Bernoulli "bce" reconstruction, Adam lr 1e-3,
 batch 100), trained for the same wall-clock budget (stopped at the first epoch end past it) on the
@@ -109,10 +109,14 @@ def _env() -> dict:
     return env
 
 
+def train_command(data: Path, out: Path, *flags: str) -> list[str]:
+    """`python -m train` on the digit folders: the data flags, then the budget flags."""
+    return [sys.executable, "-m", "train", "--dataset", "folder", "--data-dir", str(data),
+            "--resolution", "28", "--out", str(out), "--no-progress", *flags]  # fmt: skip
+
+
 def ours(data: Path, out: Path, seconds: float, epochs: float, threads: int | None, extra=()) -> dict:
-    train_cmd = [sys.executable, "-m", "train", "--dataset", "folder", "--data-dir", str(data),
-                 "--epochs", f"{epochs:g}", "--time-limit", f"{seconds:g}", "--out", str(out),
-                 "--no-progress", *extra]  # fmt: skip
+    train_cmd = train_command(data, out, "--epochs", f"{epochs:g}", "--time-limit", f"{seconds:g}", *extra)
     if threads:
         train_cmd += ["--num-threads", str(threads)]
     load_before = load_average()
@@ -221,9 +225,8 @@ def peer_worker(data: Path, out: Path, seconds: float, threads: int) -> None:
 
 
 def throughput(data: Path, out: Path, threads: int, seconds: float) -> dict:
-    cmd = [sys.executable, "-m", "train", "--dataset", "folder", "--data-dir", str(data), "--epochs", "1000",
-           "--time-limit", f"{seconds:g}", "--num-threads", str(threads), "--out", str(out),
-           "--no-progress", "--eval-images", "64"]  # fmt: skip
+    cmd = train_command(data, out, "--epochs", "1000", "--time-limit", f"{seconds:g}",
+                        "--num-threads", str(threads), "--eval-images", "64")  # fmt: skip
     load_before = load_average()
     run(cmd, out.with_suffix(".log"))
     meta = json.loads((out / "config.json").read_text())["metadata"]
