@@ -35,6 +35,7 @@ gradient). `logvar_clamp` high ≤ LOGVAR_MAX = 88 (exp(logvar) finite in float3
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import numbers
 import os
@@ -67,13 +68,22 @@ _NO_CONTEXT = contextlib.nullcontext()
 # --------------------------------------------------------------------------------------- dispatch
 
 
-def backend_for(*tensors: torch.Tensor) -> str:
-    """'triton' or 'torch': which implementation an op would run on these (already validated) tensors."""
-    choice = os.environ.get(BACKEND_ENV, "").strip().lower() or "auto"
+@functools.lru_cache(maxsize=16)
+def _backend_choice(value: str) -> str:
+    choice = value.strip().lower() or "auto"
     if choice not in ("auto", "triton", "torch"):
         raise ValueError(f"{BACKEND_ENV}={choice!r} is not a backend; use 'triton', 'torch' or unset it")
-    if choice == "torch" or any(t.dtype == torch.float64 for t in tensors):
+    return choice
+
+
+def backend_for(*tensors: torch.Tensor) -> str:
+    """'triton' or 'torch': which implementation an op would run on these (already validated) tensors."""
+    choice = _backend_choice(os.environ.get(BACKEND_ENV, ""))  # read per call: it may change at run time
+    if choice == "torch":
         return "torch"
+    for t in tensors:
+        if t.dtype is torch.float64:
+            return "torch"
     device = tensors[0].device
     runs_here = TRITON_AVAILABLE and (device.type == "cuda" or (device.type == "cpu" and INTERPRETED))
     if choice == "triton" and not runs_here:
