@@ -35,7 +35,6 @@ gradient). `logvar_clamp` high ≤ LOGVAR_MAX = 88 (exp(logvar) finite in float3
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import numbers
 import os
@@ -68,8 +67,9 @@ _NO_CONTEXT = contextlib.nullcontext()
 # --------------------------------------------------------------------------------------- dispatch
 
 
-@functools.lru_cache(maxsize=16)
-def _backend_choice(value: str) -> str:
+def _backend_choice(value: str | None) -> str:
+    if not value:  # the common case, kept cheap: unset
+        return "auto"
     choice = value.strip().lower() or "auto"
     if choice not in ("auto", "triton", "torch"):
         raise ValueError(f"{BACKEND_ENV}={choice!r} is not a backend; use 'triton', 'torch' or unset it")
@@ -78,7 +78,7 @@ def _backend_choice(value: str) -> str:
 
 def backend_for(*tensors: torch.Tensor) -> str:
     """'triton' or 'torch': which implementation an op would run on these (already validated) tensors."""
-    choice = _backend_choice(os.environ.get(BACKEND_ENV, ""))  # read per call: it may change at run time
+    choice = _backend_choice(os.environ.get(BACKEND_ENV))  # read per call: it may change at run time
     if choice == "torch":
         return "torch"
     for t in tensors:
