@@ -238,11 +238,11 @@ def test_opcheck_on_cuda():
         torch.ops.vae_triton.reparameterize_kl, (mu, mu.detach() * 0.1, seed, None, -30.0, 20.0)
     )
     vt = torch.ops.vae_triton
-    torch.library.opcheck(vt.squared_error_sums, (mean, x, 3, False))
-    torch.library.opcheck(vt.squared_error_sums, (mean, x, 1, True))
-    torch.library.opcheck(vt.gaussian_nll_fixed, (mean, x, -0.5, True))
+    ls = torch.tensor([0.1, -0.3, 0.2], device=DEV, requires_grad=True)
+    torch.library.opcheck(vt.gaussian_nll, (mean, x, ls, 0.0, False))
+    torch.library.opcheck(vt.gaussian_nll, (mean, x, None, -0.5, True))
     mean_cl = mean.contiguous(memory_format=torch.channels_last)
-    torch.library.opcheck(vt.gaussian_nll_fixed, (mean_cl, x, 0.2, False))
+    torch.library.opcheck(vt.gaussian_nll, (mean_cl, x, ls[:1].reshape(()), 0.0, True))
     torch.library.opcheck(vt.bernoulli_nll, (mean, x))
 
 
