@@ -12,6 +12,18 @@ from vae_triton.model import PRESETS, VAEConfig
 DATASET_CHOICES = ("dsprites", "celeba", "folder")
 DEFAULT_STEPS = 10_000
 DEFAULT_PRESET = {"dsprites": "dsprites", "celeba": "celeba64", "folder": "celeba64"}
+# A CPU step is compute-bound at 64 already; a GPU needs a bigger batch to stay busy (the CUDA-graph step
+# at 256 is where the H200 measurements in DESIGN §8 were taken).
+DEFAULT_BATCH_SIZE = {"cpu": 64, "cuda": 256}
+
+
+def default_batch_size(device: str) -> int:
+    """The batch size a run on `device` ("auto", "cpu", "cuda", "cuda:1", ...) gets when none is given."""
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return DEFAULT_BATCH_SIZE.get(device.split(":")[0], DEFAULT_BATCH_SIZE["cpu"])
 
 
 @dataclass
@@ -25,7 +37,7 @@ class RunConfig:
     out: str = "runs/dsprites"
     steps: int | None = None
     epochs: float | None = None
-    batch_size: int = 64
+    batch_size: int | None = None  # None: default_batch_size(device), resolved on construction
     lr: float = 1e-3
     weight_decay: float = 0.0
     lr_schedule: str = "constant"
@@ -39,6 +51,7 @@ class RunConfig:
     device: str = "auto"
     precision: str = "auto"
     compile: bool = False
+    cuda_graph: bool = True  # capture the training step in a CUDA graph (CUDA only; see train/step.py)
     channels_last: bool = True
     grad_clip: float = 200.0
     max_bad_steps: int = 20
@@ -58,6 +71,8 @@ class RunConfig:
             self.preset = DEFAULT_PRESET[self.dataset]
         if self.steps is None and self.epochs is None:
             self.steps = DEFAULT_STEPS
+        if self.batch_size is None:
+            self.batch_size = default_batch_size(self.device)
         if self.hflip is None:
             # Faces are left-right symmetric; dSprites' posX is a labelled factor, so leave it alone.
             self.hflip = self.dataset != "dsprites"
@@ -205,7 +220,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--epochs", type=float, default=None, help="passes over the split (alternative to --steps)"
     )
-    g.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch (split over processes)")
+    g.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help=f"global batch (split over processes); default {DEFAULT_BATCH_SIZE['cpu']} on CPU, "
+        f"{DEFAULT_BATCH_SIZE['cuda']} on CUDA",
+    )
     g.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
     g.add_argument(
@@ -244,7 +265,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.precision,
         help="auto: bf16 autocast on CUDA, fp32 on CPU",
     )
-    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model (then the CUDA graph captures the compiled step)",
+    )
+    g.add_argument(
+        "--cuda-graph",
+        action=argparse.BooleanOptionalAction,
+        default=d.cuda_graph,
+        help="CUDA: capture the whole training step (forward, backward, clipping, skip guard, AdamW) in one "
+        "CUDA graph and replay it; β and the learning rate stay scheduled. Ignored on CPU and with DDP",
+    )
     g.add_argument(
         "--channels-last",
         action=argparse.BooleanOptionalAction,
