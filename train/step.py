@@ -172,10 +172,11 @@ class TrainStep:
                 group["lr"] = self.lr_t  # after any load_state_dict, which would bring its own value
         blocker = self._graph_blocker()
         self.graph_wanted = blocker is None
+        for group in optimizer.param_groups:
+            # Fused AdamW runs the same kernel either way; the flag only allows (or forbids) the capture.
+            group["capturable"] = self.graph_wanted
         if self.graph_wanted:
-            for group in optimizer.param_groups:
-                group["capturable"] = True  # fused AdamW: same kernel, allowed under capture
-            self.graph_status = "CUDA graph: on (captured after the first eager warm-up steps)"
+            self.graph_status = f"CUDA graph: on (captured after {GRAPH_WARMUP_STEPS} eager warm-up steps)"
         else:
             self.graph_status = f"CUDA graph: off — {blocker}; the step runs eagerly"
             if cfg.cuda_graph:  # asked for (the default) but not possible: say why, once
@@ -289,7 +290,8 @@ class TrainStep:
             self.note(self.graph_status)
             return self._body()
         self.graph, self._static = graph, static
-        self.graph_status = f"CUDA graph: on (captured at step {step_index}, replayed from then on)"
+        self.graph_status = f"CUDA graph: on — the training step was captured at step {step_index}"
+        self.note(self.graph_status)
         graph.replay()  # the capture recorded this step without running it
         return static
 
