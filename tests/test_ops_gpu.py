@@ -78,53 +78,33 @@ def test_noise_statistics_determinism_and_regeneration():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("sigma", ["fixed", "scalar", "channel"])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_gaussian_nll_training_size(dtype, sigma, channels_last):
+@pytest.mark.parametrize("entry", ["mean", "logits"])
+def test_gaussian_nll_training_size(dtype, sigma, channels_last, entry):
+    """gaussian_nll(mean, …), and gaussian_nll_logits(logits, …) with saturated logits among them."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    mean = torch.rand(256, 3, 64, 64, device=DEV).to(dtype).contiguous(memory_format=fmt).requires_grad_()
+    if entry == "mean":
+        images = torch.rand(256, 3, 64, 64, device=DEV)
+    else:
+        images = 3 * torch.randn(256, 3, 64, 64, device=DEV)
+        images[:, :, 0, :4] = torch.tensor([40.0, -40.0, 1e4, -1e4], device=DEV)
+    images = images.to(dtype).contiguous(memory_format=fmt).requires_grad_()
     x = torch.rand(256, 3, 64, 64, device=DEV).to(dtype)
     ls = {
         "fixed": -1.5,
         "scalar": torch.tensor(-1.0, device=DEV),
         "channel": torch.tensor([-1.0, -2.0, 0.5], device=DEV),
     }[sigma]
-    leaves = [mean] + ([ls.requires_grad_()] if isinstance(ls, torch.Tensor) else [])
+    leaves = [images] + ([ls.requires_grad_()] if isinstance(ls, torch.Tensor) else [])
     w = torch.randn(256, device=DEV)
-    nll = ops.gaussian_nll(mean, x, ls)
+    nll = (ops.gaussian_nll if entry == "mean" else ops.gaussian_nll_logits)(images, x, ls)
     g = _grads(nll, leaves, w)
     leaves64 = [t.detach().double().requires_grad_() for t in leaves]
     ls64 = leaves64[1] if len(leaves64) > 1 else ls
-    ref = _gauss_oracle(leaves64[0], x.double(), ls64)
+    mean64 = leaves64[0] if entry == "mean" else torch.sigmoid(leaves64[0])
+    ref = _gauss_oracle(mean64, x.double(), ls64)
     g64 = _grads(ref, leaves64, w)
     torch.testing.assert_close(nll.double(), ref.detach(), rtol=1e-5, atol=1e-2)
-    assert g[0].stride() == mean.stride()
-    for a, b in zip(g, g64, strict=True):
-        torch.testing.assert_close(a.double(), b, rtol=TOL[dtype], atol=TOL[dtype] * b.abs().max().item())
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("sigma", ["fixed", "scalar", "channel"])
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_gaussian_nll_logits_training_size(dtype, sigma, channels_last):
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    logits = (3 * torch.randn(256, 3, 64, 64, device=DEV)).to(dtype).contiguous(memory_format=fmt)
-    logits[:, :, 0, :4] = torch.tensor([40.0, -40.0, 1e4, -1e4], device=DEV)  # saturated
-    logits.requires_grad_()
-    x = torch.rand(256, 3, 64, 64, device=DEV).to(dtype)
-    ls = {
-        "fixed": -1.5,
-        "scalar": torch.tensor(-1.0, device=DEV),
-        "channel": torch.tensor([-1.0, -2.0, 0.5], device=DEV),
-    }[sigma]
-    leaves = [logits] + ([ls.requires_grad_()] if isinstance(ls, torch.Tensor) else [])
-    w = torch.randn(256, device=DEV)
-    nll = ops.gaussian_nll_logits(logits, x, ls)
-    g = _grads(nll, leaves, w)
-    leaves64 = [t.detach().double().requires_grad_() for t in leaves]
-    ls64 = leaves64[1] if len(leaves64) > 1 else ls
-    ref = _gauss_oracle(torch.sigmoid(leaves64[0]), x.double(), ls64)
-    g64 = _grads(ref, leaves64, w)
-    torch.testing.assert_close(nll.double(), ref.detach(), rtol=1e-5, atol=1e-2)
-    assert g[0].stride() == logits.stride()
+    assert g[0].stride() == images.stride()
     for a, b in zip(g, g64, strict=True):
         torch.testing.assert_close(a.double(), b, rtol=TOL[dtype], atol=TOL[dtype] * b.abs().max().item())
 
