@@ -21,15 +21,17 @@ bitwise equal (tested):
   step outside a CUDA graph is host-bound. `LIGHT_EAGER = False` routes eager calls through the custom
   ops too (benchmarks and tests compare the two).
 Per call the host validates Python scalars and tensor metadata only (nothing allocated, no sync); what
-depends only on shapes and strides is cached; a fixed σ is folded into the Gaussian kernels.
+depends only on shapes and strides is cached; σ, fixed or learned, is computed inside the Gaussian kernels
+(one launch forward, one backward, per op).
 The random seed travels as a 1-element int64 tensor on the device (drawn there with `torch.randint`
 when `seed=None`), so there is no host sync and no recompilation per seed.
 
 Value ranges (outside them a ValueError names the argument and the range; inside them no op returns NaN
-for finite inputs): `log_sigma` within LOG_SIGMA_RANGE = [−40, 40] (σ² and 1/σ² stay finite normal
-float32 numbers); a tensor `log_sigma` is clamped to that range on the device (no host sync; `torch.clamp`'s
-gradient). `logvar_clamp` high ≤ LOGVAR_MAX = 88 (exp(logvar) finite in float32); with
-`logvar_clamp=None`, logvar itself must stay ≤ 88. Sums that exceed float32 give ±inf, not NaN.
+for finite inputs — images with x − mean finite in float32, Bernoulli targets in [0, 1]): `log_sigma`
+within LOG_SIGMA_RANGE = [−40, 40] (σ² and 1/σ² stay finite normal float32 numbers); a tensor
+`log_sigma` is clamped to that range on the device (in the kernel, or by `torch.clamp` on the torch path:
+no host sync, `torch.clamp`'s gradient). `logvar_clamp` high ≤ LOGVAR_MAX = 88 (exp(logvar) finite in
+float32); with `logvar_clamp=None`, logvar itself must stay ≤ 88. Sums that exceed float32 give ±inf.
 """
 
 from __future__ import annotations
