@@ -10,7 +10,8 @@
 # DIR/<step>.log    each step's full output
 # DIR/ops-*/        bench_ops.csv/.json (B=1024: 3×128² fp32, 3×64² bf16, the model's logits loss)
 # DIR/host/         host_overhead.csv/.json (this machine's CPU cost per op call, launches stubbed)
-# DIR/train/        bench_train.json/.csv and profiler tables (B=256, configurations until its time limit)
+# DIR/train/        bench_train.json/.csv and profiler tables (B=256: baseline, cli, default, step-graph,
+#                   as many as its time limit allows)
 #
 # Every step has its own time limit, cut to what is left of the total budget (RUN_GPU_BUDGET seconds,
 # default 470), so the whole run stays under 8 minutes; a step that fails does not stop the others.
@@ -64,10 +65,11 @@ step() {
 
 if [[ $DRY -eq 0 ]]; then
   OPS=(--batch 1024)
-  TRAIN=(--batch-sizes 256 --skip-eval --time-limit 120)
+  # the reference baseline, the CLI's step, our default eager step, the whole step in one CUDA graph
+  TRAIN=(--batch-sizes 256 --configs baseline cli default step-graph --skip-eval --time-limit 120)
 else  # CPU sizes: the same steps and flags shape, seconds each
   OPS=(--device cpu --batch 4 --reps 2)
-  TRAIN=(--device cpu --quick --batch-sizes 4 --skip-eval --time-limit 30)
+  TRAIN=(--device cpu --quick --batch-sizes 4 --configs baseline cli --skip-eval --time-limit 30)
 fi
 
 step pytest-gpu 110 "$PY" -m pytest -m gpu -q -p no:cacheprovider tests/test_ops_gpu.py
