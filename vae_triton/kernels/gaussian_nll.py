@@ -11,7 +11,10 @@
 - learned (a tensor: one value, or one per channel c over G = C groups): each program loads its group's
   log σ, clamps it to [lo, hi] (`torch.clamp`'s gradient), and forms s and L·(log σ + ½ log 2π) itself.
 Each program writes s·S over its (row, group, column chunk) and the first chunk of a group adds the
-constant, so the per-image NLL is the sum of a row's partials. Backward recomputes (m, x) and writes
+constant, so the per-image NLL is the sum of a row's partials. A per-channel σ on a channels_last batch
+(channel innermost in memory) is not walked one channel at a time — that would read memory at stride C,
+C times over — but in memory order with channel = l mod C and σ per element (CH, a constexpr).
+Backward recomputes (m, x) and writes
     ∂m_i = 2·s·g_b·(m_i − x_i),   ∂x_i = −∂m_i,
 and for a learned σ also partials of ∂NLL/∂log σ_c = Σ_b g_b Σ_{i ∈ c} (1 − 2·s·(x_i − m_i)²) (zero where
 the clamp is active), summed over rows and chunks by one `torch.sum`: no atomics, bitwise reproducible.
@@ -68,12 +71,30 @@ def _group_sigma(ls_ptr, ls_s, g, L, scale, const, lo, hi, LEARNED: tl.constexpr
 
 
 @triton.jit
+def _element_sigma(ls_ptr, ls_s, cols, lo, hi, CH: tl.constexpr):
+    """Channels interleaved along a row (channels_last, σ per channel): (s, 1 inside the clamp) per column."""
+    raw = tl.load(ls_ptr + (cols % CH) * ls_s).to(tl.float32)  # CH distinct addresses: cached
+    ls = tl.minimum(tl.maximum(raw, lo), hi)
+    return (0.5 * tl.exp(-2.0 * ls))[None, :], ((raw >= lo) & (raw <= hi))[None, :]
+
+
+@triton.jit
+def _interleaved_const(ls_ptr, ls_s, L, lo, hi, CH: tl.constexpr, HALF_LOG_2PI: tl.constexpr):
+    """A row's constant Σ_c (L/C)·(log σ_c + ½ log 2π) when its L elements interleave CH channels."""
+    total = 0.0
+    for c in tl.static_range(CH):
+        raw = tl.load(ls_ptr + c * ls_s).to(tl.float32)
+        total += tl.minimum(tl.maximum(raw, lo), hi) + HALF_LOG_2PI
+    return (L // CH) * total
+
+
+@triton.jit
 def _gauss_nll_fwd(
     m_ptr, x_ptr, ls_ptr, part_ptr,
     B, L, chunks,
     m_sb, m_sg, m_sl, x_sb, x_sg, x_sl, ls_s,
     scale, const, lo, hi,
-    SIGMOID: tl.constexpr, LEARNED: tl.constexpr, HALF_LOG_2PI: tl.constexpr,
+    SIGMOID: tl.constexpr, LEARNED: tl.constexpr, CH: tl.constexpr, HALF_LOG_2PI: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_L: tl.constexpr, ITERS: tl.constexpr,
 ):  # fmt: skip
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -81,7 +102,11 @@ def _gauss_nll_fwd(
     r = rows.to(tl.int64)[:, None]
     g = (tl.program_id(1) // chunks).to(tl.int64)
     k = tl.program_id(1) % chunks
-    s, c0, _ = _group_sigma(ls_ptr, ls_s, g, L, scale, const, lo, hi, LEARNED, HALF_LOG_2PI)
+    if CH > 0:  # σ per element of the interleaved channels, applied in the loop
+        s = 1.0
+        c0 = _interleaved_const(ls_ptr, ls_s, L, lo, hi, CH, HALF_LOG_2PI)
+    else:
+        s, c0, _ = _group_sigma(ls_ptr, ls_s, g, L, scale, const, lo, hi, LEARNED, HALF_LOG_2PI)
     m_base = m_ptr + r * m_sb + g * m_sg
     x_base = x_ptr + r * x_sb + g * x_sg
     acc = tl.zeros([BLOCK_B, BLOCK_L], dtype=tl.float32)
@@ -92,7 +117,11 @@ def _gauss_nll_fwd(
         m, _ = _mean_of(tl.load(m_base + c * m_sl, mask=mask, other=0.0).to(tl.float32), SIGMOID)
         x = tl.load(x_base + c * x_sl, mask=mask, other=0.0).to(tl.float32)
         d = tl.where(mask, x - m, 0.0)
-        acc += d * d
+        if CH > 0:
+            s_e, _ = _element_sigma(ls_ptr, ls_s, cols, lo, hi, CH)
+            acc += s_e * d * d
+        else:
+            acc += d * d
     part = tl.sum(acc, axis=1) * s + tl.where(k == 0, c0, 0.0)
     n_parts = tl.num_programs(1)
     tl.store(part_ptr + rows.to(tl.int64) * n_parts + tl.program_id(1), part, mask=row_ok)
@@ -105,7 +134,7 @@ def _gauss_nll_bwd(
     g_sb, m_sb, m_sg, m_sl, x_sb, x_sg, x_sl, gm_sb, gm_sg, gm_sl, gx_sb, gx_sg, gx_sl, ls_s,
     scale, lo, hi,
     WRITE_GM: tl.constexpr, WRITE_GX: tl.constexpr, WRITE_GLS: tl.constexpr,
-    SIGMOID: tl.constexpr, LEARNED: tl.constexpr, HALF_LOG_2PI: tl.constexpr,
+    SIGMOID: tl.constexpr, LEARNED: tl.constexpr, CH: tl.constexpr, HALF_LOG_2PI: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_L: tl.constexpr, ITERS: tl.constexpr,
 ):  # fmt: skip
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -124,7 +153,12 @@ def _gauss_nll_bwd(
         m, e = _mean_of(tl.load(m_ptr + r * m_sb + g * m_sg + c * m_sl, mask=mask, other=0.0).to(tl.float32),
                         SIGMOID)  # fmt: skip
         x = tl.load(x_ptr + r * x_sb + g * x_sg + c * x_sl, mask=mask, other=0.0).to(tl.float32)
-        gm = coef * (m - x)
+        if CH > 0:  # σ per element of the interleaved channels
+            s_e, inside_e = _element_sigma(ls_ptr, ls_s, cols, lo, hi, CH)
+            coef_e = (2.0 * s_e) * gr
+        else:
+            coef_e = coef
+        gm = coef_e * (m - x)
         if WRITE_GM:
             if SIGMOID:
                 gl = gm * (e / ((1.0 + e) * (1.0 + e)))  # sigmoid' = p(1 − p), exact for saturated logits
@@ -135,11 +169,28 @@ def _gauss_nll_bwd(
             tl.store(gx_ptr + r * gx_sb + g * gx_sg + c * gx_sl, (-gm).to(gx_ptr.dtype.element_ty), mask=mask)
         if WRITE_GLS:  # g·(1 − 2s·d²) as g − (2s·g)·d·d: 0, not 0·∞ = NaN, when g = 0 and s·d² overflows
             d = m - x
-            acc += tl.where(mask, gr - coef * d * d, 0.0)
-    if WRITE_GLS:
+            term = tl.where(mask, gr - coef_e * d * d, 0.0)
+            if CH > 0:  # one partial per channel and column block: (B, CH, chunks·ITERS)
+                term = tl.where(inside_e, term, 0.0)
+                n_cols = chunks * ITERS
+                for ch in tl.static_range(CH):
+                    part = tl.sum(tl.where(((cols % CH) == ch)[None, :], term, 0.0), axis=1)
+                    offs = rows.to(tl.int64) * (CH * n_cols) + ch * n_cols + k * ITERS + it
+                    tl.store(gls_part_ptr + offs, part, mask=row_ok)
+            else:
+                acc += term
+    if WRITE_GLS and CH == 0:
         n_parts = tl.num_programs(1)
         part = tl.where(inside > 0, tl.sum(acc, axis=1), 0.0)  # where, not ·0: the sum may be −∞
         tl.store(gls_part_ptr + rows.to(tl.int64) * n_parts + tl.program_id(1), part, mask=row_ok)
+
+
+def _interleaved(images: torch.Tensor, log_sigma: torch.Tensor | None) -> int:
+    """C when a per-channel σ meets a batch whose channel axis is innermost in memory (channels_last): the
+    kernels then walk memory order, coalesced, with channel = l mod C; else 0 (one group per channel)."""
+    if log_sigma is None or log_sigma.numel() == 1 or images.dim() < 3:
+        return 0
+    return images.shape[1] if images.stride(1) == 1 else 0
 
 
 def _sigma_args(log_sigma: torch.Tensor | None, value: float, per_image: int, images: torch.Tensor):
@@ -160,7 +211,9 @@ def gaussian_nll_fwd(
     if images.numel() == 0:
         return torch.zeros(batch, dtype=torch.float32, device=images.device)
     groups, ls, ls_s, scale, const = _sigma_args(log_sigma, value, math.prod(images.shape[1:]), images)
-    walk = group_walk([images, x], groups)
+    interleave = _interleaved(images, log_sigma)
+    groups = 1 if interleave else groups
+    walk = group_walk([images, x], groups, channels_last=bool(interleave))
     (m, xv), (m_st, x_st) = walk.inputs, walk.in_strides
     tiles = row_tiles(batch, walk.length)
     parts = groups * tiles.chunks
@@ -170,7 +223,7 @@ def gaussian_nll_fwd(
         batch, walk.length, tiles.chunks,
         *m_st, *x_st, ls_s,
         scale, const, lo, hi,
-        SIGMOID=sigmoid, LEARNED=log_sigma is not None, HALF_LOG_2PI=HALF_LOG_2PI,
+        SIGMOID=sigmoid, LEARNED=log_sigma is not None, CH=interleave, HALF_LOG_2PI=HALF_LOG_2PI,
         BLOCK_B=tiles.block_b, BLOCK_L=tiles.block_l, ITERS=tiles.iters, num_warps=tiles.num_warps,
     )  # fmt: skip
     return partials if parts == 1 else partials.sum(dim=1)  # one part: the kernel finished the sum
@@ -193,22 +246,27 @@ def gaussian_nll_bwd(
     if images.numel() == 0 or not (need_images or need_x or need_sigma):
         return grad_images, grad_x, grad_sigma
     groups, ls, ls_s, scale, _ = _sigma_args(log_sigma, value, 0, images)
+    interleave = _interleaved(images, log_sigma)
+    groups = 1 if interleave else groups
     outputs = [t for t, need in ((grad_images, need_images), (grad_x, need_x)) if need]
-    walk = group_walk([images, x], groups, outputs)
+    walk = group_walk([images, x], groups, outputs, channels_last=bool(interleave))
     (m, xv), (m_st, x_st) = walk.inputs, walk.in_strides
     gm, gm_st = (walk.outputs[0], walk.out_strides[0]) if need_images else (m, m_st)  # unwritten then
     gx, gx_st = (walk.outputs[-1], walk.out_strides[-1]) if need_x else (m, m_st)
     tiles = row_tiles(batch, walk.length)
-    gls_parts = (
-        torch.empty((batch, groups, tiles.chunks), dtype=torch.float32, device=x.device) if need_sigma else m
+    # ∂log σ partials: per (channel, column block) when interleaved, else per (group, chunk)
+    parts_shape = (
+        (batch, interleave, tiles.chunks * tiles.iters) if interleave else
+        (batch, groups, tiles.chunks)
     )
+    gls_parts = torch.empty(parts_shape, dtype=torch.float32, device=x.device) if need_sigma else m
     _gauss_nll_bwd[grid(tiles, batch, groups)](
         grad, m, xv, ls, gm, gx, gls_parts,
         batch, walk.length, tiles.chunks,
         grad.stride(0), *m_st, *x_st, *gm_st, *gx_st, ls_s,
         scale, lo, hi,
         WRITE_GM=need_images, WRITE_GX=need_x, WRITE_GLS=need_sigma,
-        SIGMOID=sigmoid, LEARNED=log_sigma is not None, HALF_LOG_2PI=HALF_LOG_2PI,
+        SIGMOID=sigmoid, LEARNED=log_sigma is not None, CH=interleave, HALF_LOG_2PI=HALF_LOG_2PI,
         BLOCK_B=tiles.block_b, BLOCK_L=tiles.block_l, ITERS=tiles.iters, num_warps=tiles.num_warps,
     )  # fmt: skip
     for scratch, dest in walk.copy_back:
