@@ -100,20 +100,20 @@ def fused_bytes(case: Case, phase: str) -> int:
     return {"forward": fwd, "backward": bwd, "full": fwd + bwd}[phase]
 
 
-def eager_loss(params, mean, x):
+def eager_loss(params, mean, x, log_sigma=0.0):
     mu, logvar = params.chunk(2, dim=1)
     z, kl = reference.reparameterize_kl(mu, logvar)
-    return (reference.gaussian_nll(mean, x, 0.0) + kl).mean(), z
+    return (reference.gaussian_nll(mean, x, log_sigma) + kl).mean(), z
 
 
-def fused_loss(params, mean, x):
+def fused_loss(params, mean, x, log_sigma=0.0):
     mu, logvar = params.chunk(2, dim=1)
     z, kl = ops.reparameterize_kl(mu, logvar)
-    return (ops.gaussian_nll(mean, x, 0.0) + kl).mean(), z
+    return (ops.gaussian_nll(mean, x, log_sigma) + kl).mean(), z
 
 
-def eager_logits_loss(params, logits, x):
-    return eager_loss(params, torch.sigmoid(logits), x)
+def eager_logits_loss(params, logits, x, log_sigma=0.0):
+    return eager_loss(params, torch.sigmoid(logits), x, log_sigma)
 
 
 def fused_logits_nll(logits, x, log_sigma=0.0):
@@ -207,15 +207,13 @@ def host_us(device: torch.device, fn, reps: int, setup=None, grad_to_none=()) ->
     return statistics.median(samples)
 
 
-def graph_us(fn, params, mean, x, grad_z, one) -> float:
+def graph_us(fn, inputs, leaves, grad_z, one) -> float:
     """µs per replay of fn's forward + backward (torch.autograd.grad, so no .grad accumulation) captured
     in one CUDA graph: device time with no host cost (triton.testing.do_bench median)."""
     import triton.testing
 
-    leaves = (params, mean)
-
     def step():
-        loss, z = fn(params, mean, x)
+        loss, z = fn(*inputs)
         return torch.autograd.grad([loss, z], leaves, [one, grad_z])
 
     side = torch.cuda.Stream()
@@ -247,16 +245,20 @@ def sync(device: torch.device) -> None:
 
 
 def bench_case(
-    case: Case, device: torch.device, timer: Timer, impls: dict, copy_gbps: float, notes: list[str]
-) -> list[Row]:
+    case: Case, device: torch.device, timer: Timer, impls: dict, copy_gbps: float, notes: list[str],
+    sigma: str = "fixed", channels_last: bool = False,
+) -> list[Row]:  # fmt: skip
     dtype = getattr(torch, case.dtype)
     params = torch.randn(case.batch, 2 * LATENT, device=device, dtype=dtype, requires_grad=True)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
     mean = torch.rand(case.batch, case.channels, case.size, case.size, device=device, dtype=dtype)
-    mean.requires_grad_()
+    mean = mean.contiguous(memory_format=fmt).requires_grad_()
     x = torch.rand_like(mean, requires_grad=False)
+    log_sigma = 0.0 if sigma == "fixed" else torch.zeros(case.channels, device=device, requires_grad=True)
     grad_z = torch.randn(case.batch, LATENT, device=device, dtype=dtype)
     one = torch.ones((), device=device, dtype=torch.float32)
-    leaves = (params, mean)
+    leaves = (params, mean) if sigma == "fixed" else (params, mean, log_sigma)
+    inputs = (params, mean, x, log_sigma)
 
     times: dict[tuple[str, str], float] = {}
     hosts: dict[tuple[str, str], float] = {}
@@ -265,13 +267,13 @@ def bench_case(
     for name, fn in impls.items():
 
         def forward(fn=fn):
-            return fn(params, mean, x)
+            return fn(*inputs)
 
         def backward(out):
             torch.autograd.backward([out[0], out[1]], [one, grad_z])
 
         def full(fn=fn):
-            loss, z = fn(params, mean, x)
+            loss, z = fn(*inputs)
             torch.autograd.backward([loss, z], [one, grad_z])
 
         full()  # compile / warm up before any timing
@@ -292,7 +294,7 @@ def bench_case(
             full()
             sync(device)
             peaks[name] = (torch.cuda.max_memory_allocated(device) - base) / 2**20
-            graphs[name] = graph_column(name, fn, impls["eager"], params, mean, x, grad_z, one, timer, notes)
+            graphs[name] = graph_column(name, fn, impls["eager"], inputs, leaves, grad_z, one, timer, notes)
 
     rows = []
     for name in impls:
@@ -319,11 +321,11 @@ def bench_case(
     return rows
 
 
-def graph_column(name, fn, eager, params, mean, x, grad_z, one, timer, notes) -> float | None:
+def graph_column(name, fn, eager, inputs, leaves, grad_z, one, timer, notes) -> float | None:
     """The CUDA-graph µs of one implementation; compile falls back to mode="reduce-overhead" when a hand
     capture of its compiled forward + backward fails (a known torch limitation, DESIGN §8)."""
     try:
-        return graph_us(fn, params, mean, x, grad_z, one)
+        return graph_us(fn, inputs, leaves, grad_z, one)
     except Exception as err:  # noqa: BLE001 — any capture failure is recorded, the run goes on
         torch.cuda.synchronize()
         if name != "compile":
@@ -333,13 +335,13 @@ def graph_column(name, fn, eager, params, mean, x, grad_z, one, timer, notes) ->
     graphed = torch.compile(eager, mode="reduce-overhead")
 
     def full():
-        loss, z = graphed(params, mean, x)
+        loss, z = graphed(*inputs)
         torch.autograd.backward([loss, z], [one, grad_z])
 
     try:
         for _ in range(3):
             full()
-        return timer(full, (params, mean))
+        return timer(full, leaves)
     except Exception as err:  # noqa: BLE001
         notes.append(f"compile reduce-overhead failed too: {type(err).__name__}: {str(err)[:200]}")
         return None
@@ -526,6 +528,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="the model's Gaussian loss: NLL of sigmoid(logits) (fused: gaussian_nll_logits)",
     )
     p.add_argument(
+        "--sigma", choices=["fixed", "channel"], default="fixed",
+        help="σ of the Gaussian NLL: a fixed float (default), or learned, one per channel (as celeba64)",
+    )
+    p.add_argument("--channels-last", action="store_true", help="images in channels_last (as training)")
+    p.add_argument(
         "--host-overhead", action="store_true",
         help="time the ops' host work on tiny CPU tensors, kernel launches stubbed (see the docstring)",
     )
@@ -582,6 +589,8 @@ def main(argv=None) -> list:
 
     fused_backend = ops.backend_for(torch.empty(0, device=device))
     notes = [f"fused = vae_triton.ops with backend '{fused_backend}'"]
+    if args.sigma != "fixed" or args.channels_last:
+        notes.append(f"σ {args.sigma}" + (", channels_last images" if args.channels_last else ""))
     if args.logits:
         notes.append("loss: Gaussian NLL of sigmoid(logits); fused = gaussian_nll_logits (sigmoid in kernel)")
     if device.type != "cuda":
@@ -603,7 +612,7 @@ def main(argv=None) -> list:
     rows: list[Row] = []
     for case in tqdm(cases, desc="bench_ops", unit="case"):
         torch._dynamo.reset()  # each shape compiles on its own, not as a dynamic-shape graph
-        rows += bench_case(case, device, timer, impls, copy_gbps, notes)
+        rows += bench_case(case, device, timer, impls, copy_gbps, notes, args.sigma, args.channels_last)
     print(format_table(rows))
     for note in notes[1:]:
         print("note:", note)
@@ -611,7 +620,7 @@ def main(argv=None) -> list:
     meta = {
         "device": name, "torch": torch.__version__, "copy_ceiling_gbps": round(copy_gbps, 2), "notes": notes,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "latent": LATENT,
-        "loss": "logits" if args.logits else "mean",
+        "loss": "logits" if args.logits else "mean", "sigma": args.sigma, "channels_last": args.channels_last,
         "timer": "triton.testing.do_bench median" if device.type == "cuda" else f"median of {args.reps} runs",
         "host_timer": "median host perf_counter µs to issue one call, device synced before and after",
     }  # fmt: skip

@@ -8,7 +8,8 @@
 # DIR/summary.txt   one line per step: name, exit code, seconds (a step cut by its time limit: rc 124)
 # DIR/env.txt       device, driver, torch / triton versions, git commit
 # DIR/<step>.log    each step's full output
-# DIR/ops-*/        bench_ops.csv/.json (B=1024: 3×128² fp32, 3×64² bf16, the model's logits loss)
+# DIR/ops-*/        bench_ops.csv/.json (B=1024: 3×128² fp32, 3×64² bf16, and the model's loss as celeba64
+#                   trains it: logits, σ per channel, channels_last, bf16 3×64²)
 # DIR/host/         host_overhead.csv/.json (this machine's CPU cost per op call, launches stubbed)
 # DIR/train/        bench_train.json/.csv and profiler tables (B=256: baseline, cli, default, step-graph,
 #                   as many as its time limit allows)
@@ -76,6 +77,7 @@ step pytest-gpu 110 "$PY" -m pytest -m gpu -q -p no:cacheprovider tests/test_ops
 step ops-fp32-128 90 "$PY" -m bench.bench_ops "${OPS[@]}" --size 128 --dtype float32 --out "$DIR/ops-fp32-128"
 step ops-bf16-64 80 "$PY" -m bench.bench_ops "${OPS[@]}" --size 64 --dtype bfloat16 --out "$DIR/ops-bf16-64"
 step ops-logits-bf16-64 45 "$PY" -m bench.bench_ops "${OPS[@]}" --size 64 --dtype bfloat16 --logits --no-compile \
+  --sigma channel --channels-last \
   --out "$DIR/ops-logits-bf16-64"
 step host-overhead 30 "$PY" -m bench.bench_ops --host-overhead --reps 5 --out "$DIR/host"
 step train 150 "$PY" -m bench.bench_train "${TRAIN[@]}" --out "$DIR/train"
