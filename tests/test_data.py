@@ -460,6 +460,27 @@ def test_run_config_data_flags_and_resolution_errors(tmp_path, monkeypatch):
         parse_args(["--channels", "2"])
 
 
+def test_cli_refuses_a_resolution_the_preset_cannot_take_before_writing(tmp_path, capsys):
+    from train.__main__ import main
+
+    with pytest.raises(SystemExit) as e:
+        main(
+            [
+                "--dataset",
+                "folder",
+                "--data-dir",
+                str(tmp_path),
+                "--resolution",
+                "28",
+                "--out",
+                str(tmp_path / "r"),
+            ]
+        )
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--resolution 28" in err and "Sizes that work: 32, 64" in err
+    assert "Traceback" not in err and not (tmp_path / "r").exists()
+
+
 def test_dataset_for_split_finds_the_runs_test_split_from_anywhere(tmp_path, monkeypatch):
     from train.config import RunConfig
     from train.data import dataset_for_split

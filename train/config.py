@@ -122,6 +122,8 @@ class RunConfig:
             bad("channels", self.channels, f"use one of {', '.join(CHANNEL_CHOICES)}")
         if self.binarize not in BINARIZE_CHOICES:
             bad("binarize", self.binarize, f"use one of {', '.join(BINARIZE_CHOICES)}")
+        if self.dataset == "dsprites" and self.channels == "3":
+            bad("channels", self.channels, "dsprites images are grey: use --channels auto or 1")
         if self.test_fraction is not None:
             if self.dataset != "folder":
                 bad("test_fraction", self.test_fraction, "applies to --dataset folder only")

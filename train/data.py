@@ -9,6 +9,7 @@ the device.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from pathlib import Path
@@ -133,11 +134,14 @@ _DSPRITES_TEST_FRACTION = 0.05
 _DSPRITES_SEED = 20170301  # fixes the shuffled order, and with it the train/test split
 
 
+@functools.cache
 def _dsprites_order() -> np.ndarray:
-    """The canonical factor grid in a fixed shuffled order: test split first, then train."""
+    """The canonical factor grid in a fixed shuffled order: test split first, then train (read-only)."""
     factors = _dsprites.all_factors()
     perm = np.random.default_rng(_DSPRITES_SEED).permutation(len(factors))
-    return factors[perm]
+    order = factors[perm]
+    order.flags.writeable = False  # shared between calls
+    return order
 
 
 def _dsprites_dataset(split: str, limit: int | None) -> ImageDataset:
