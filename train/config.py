@@ -16,6 +16,26 @@ DEFAULT_PRESET = {"dsprites": "dsprites", "celeba": "celeba64", "folder": "celeb
 FLIP_BY_DEFAULT = ("celeba",)
 CHANNEL_CHOICES = ("auto", "1", "3")
 BINARIZE_CHOICES = ("none", "threshold", "stochastic")
+LIKELIHOOD_CHOICES = ("gaussian", "bernoulli")
+# Grey images up to this side get the `mlp` preset by default (MNIST-like data); larger or colour
+# images get the dataset's conv preset.
+MLP_MAX_SIZE = 32
+# KL warm-up (Sønderby et al. 2016, "Ladder VAEs"; NVAE warms up over 30 % of training): β ramps from 0
+# over this share of the steps unless --kl-warmup-steps says otherwise (bench/bench_digits.py measures it).
+KL_WARMUP_FRACTION = 0.1
+
+
+def default_kl_warmup_steps(total_steps: int) -> int:
+    return round(KL_WARMUP_FRACTION * total_steps)
+
+
+def default_preset(dataset: str, image_shape: tuple[int, int, int]) -> str:
+    """The preset `--preset` defaults to for data of shape (C, H, W): `mlp` for grey images of at most
+    MLP_MAX_SIZE px a side, else the dataset's conv preset (DEFAULT_PRESET)."""
+    c, h, w = image_shape
+    if dataset != "dsprites" and c == 1 and max(h, w) <= MLP_MAX_SIZE:
+        return "mlp"
+    return DEFAULT_PRESET[dataset]
 
 
 @dataclass
@@ -34,7 +54,7 @@ class RunConfig:
     weight_decay: float = 0.0
     lr_schedule: str = "constant"
     beta: float = 1.0
-    kl_warmup_steps: int = 0
+    kl_warmup_steps: int | None = None
     free_bits: float = 0.0
     latent_dim: int | None = None
     resolution: int = 64
@@ -60,10 +80,15 @@ class RunConfig:
     num_threads: int | None = None
     push_to_hub: str | None = None
     progress: bool = True
+    # Likelihood, budget and held-out tracking (None = decided from the preset / data / run length).
+    likelihood: str | None = None
+    time_limit: float | None = None
+    keep_best: bool = False
 
     def __post_init__(self):
-        if self.preset is None:
+        if self.preset is None and self.dataset != "folder":
             self.preset = DEFAULT_PRESET[self.dataset]
+        # folder: the preset follows the images' shape (`default_preset`), set once the data is loaded.
         if self.steps is None and self.epochs is None:
             self.steps = DEFAULT_STEPS
         if self.hflip is None:
@@ -82,8 +107,14 @@ class RunConfig:
 
         if self.dataset not in DATASET_CHOICES:
             bad("dataset", self.dataset, f"use one of {DATASET_CHOICES}")
-        if self.preset not in PRESETS:
+        if self.preset is not None and self.preset not in PRESETS:
             bad("preset", self.preset, f"use one of {sorted(PRESETS)}")
+        if self.likelihood is not None and self.likelihood not in LIKELIHOOD_CHOICES:
+            bad("likelihood", self.likelihood, f"use one of {LIKELIHOOD_CHOICES}")
+        if self.time_limit is not None and not self.time_limit > 0:
+            bad("time_limit", self.time_limit, "must be a positive number of seconds")
+        if self.num_threads is not None and self.num_threads < 1:
+            bad("num_threads", self.num_threads, "must be a positive number of CPU threads")
         if (self.steps is None) == (self.epochs is None):
             bad("epochs", self.epochs, "give --steps or --epochs, not both")
         if self.steps is not None and self.steps < 1:
@@ -104,7 +135,7 @@ class RunConfig:
             bad("lr", self.lr, "must be positive")
         if self.beta < 0:
             bad("beta", self.beta, "must be >= 0 (β multiplies the KL term)")
-        if self.kl_warmup_steps < 0:
+        if self.kl_warmup_steps is not None and self.kl_warmup_steps < 0:
             bad("kl_warmup_steps", self.kl_warmup_steps, "must be >= 0")
         if self.free_bits < 0:
             bad("free_bits", self.free_bits, "must be >= 0 nats per latent dimension")
@@ -149,12 +180,16 @@ class RunConfig:
             ) from None
 
     def model_config(self, image_channels: int) -> VAEConfig:
-        """The preset, with the image shape and latent size this run asks for."""
+        """The preset, with the image shape, latent size and likelihood this run asks for."""
+        if self.preset is None:
+            raise ValueError("the preset is decided from the data: call default_preset() first")
         overrides = dict(image_channels=image_channels, image_size=self.resolution)
         if self.latent_dim is not None:
             overrides["latent_dim"] = self.latent_dim
         if self.sigma is not None:
             overrides["sigma"] = self.sigma
+        if self.likelihood is not None:
+            overrides["likelihood"] = self.likelihood
         return VAEConfig.preset(self.preset, **overrides)
 
     def to_dict(self) -> dict:
@@ -271,7 +306,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset",
         choices=sorted(PRESETS),
         default=None,
-        help="architecture (default: dsprites for dsprites, celeba64 otherwise)",
+        help="architecture. Default from the data: dsprites for dsprites; for other data, mlp (two "
+        f"fully connected hidden layers) for grey images of at most {MLP_MAX_SIZE} px a side (MNIST-like "
+        "digits), else celeba64 (conv)",
+    )
+    g.add_argument(
+        "--likelihood",
+        choices=LIKELIHOOD_CHOICES,
+        default=None,
+        help="decoder likelihood p(x|z): gaussian (mean = sigmoid of the decoder output, σ per --sigma) "
+        "or bernoulli (logits; for binary images, see --binarize). Default: the preset's (bernoulli "
+        "for mlp and dsprites, gaussian for celeba64 and small)",
     )
     g.add_argument("--latent-dim", type=int, default=None, help="latent size (default: the preset's)")
     g.add_argument(
@@ -304,8 +349,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--kl-warmup-steps",
         type=int,
-        default=d.kl_warmup_steps,
-        help="ramp β linearly from 0 over this many steps (avoids early posterior collapse)",
+        default=None,
+        help="ramp β linearly from 0 over this many steps (avoids early posterior collapse); 0 = off. "
+        f"Default: the first {KL_WARMUP_FRACTION:.0%} of the run's steps (measured to help on the digits "
+        "benchmark, BENCHMARKS.md)",
     )
     g.add_argument(
         "--free-bits",
@@ -321,6 +368,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="non-finite loss/gradients: skip the step; stop after this many in a row",
     )
     g.add_argument("--seed", type=int, default=d.seed, help="seeds weights, noise and data order")
+    g.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="stop training after this many seconds of the training loop (data loading and the final "
+        "evaluation not counted), then finish like a complete run: checkpoint, evaluation, model card",
+    )
 
     g = p.add_argument_group("hardware")
     g.add_argument("--device", default=d.device, help="auto (cuda if available), cpu, cuda, cuda:1, ...")
@@ -337,7 +392,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.channels_last,
         help="NHWC memory format (faster convs on GPUs and on CPU)",
     )
-    g.add_argument("--num-threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    g.add_argument(
+        "--num-threads",
+        type=int,
+        default=None,
+        help="torch CPU threads. Default: the cores not busy now, round(cores − 1-min load average), at "
+        "least 1 (measured on a shared 2-core machine: 2 threads are 1.3× faster than 1 when idle, "
+        "25–60× slower when a neighbour keeps a core busy; train/threads.py)",
+    )
 
     g = p.add_argument_group("output")
     g.add_argument("--out", default=d.out, help="output directory")
@@ -357,7 +419,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--eval-every",
         type=int,
         default=d.eval_every,
-        help="steps between evaluations (per-dim KL, active units) and PNG grids",
+        help="steps between evaluations: held-out ELBO on the test split (no gradient, fixed noise), "
+        "per-dim KL and active units on training images, and PNG grids",
+    )
+    g.add_argument(
+        "--keep-best",
+        action="store_true",
+        help="also save the model with the best held-out (test split) ELBO seen at the --eval-every "
+        "evaluations to OUT/best/ (selected on the test split: its test numbers are optimistic)",
     )
     g.add_argument(
         "--eval-images",

@@ -18,17 +18,20 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from vae_triton.io import write_text_atomic
+from vae_triton.metrics import bits_per_dim
 from vae_triton.model import VAE, VAEConfig, kl_per_dim
 
 from . import distributed
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import RunConfig
+from .config import RunConfig, default_kl_warmup_steps, default_preset
 from .data import BatchSource, DataUnavailableError, ImageDataset, dataset_for_split
 from .report import interleave_rows, save_grid, write_model_card
+from .threads import set_num_threads
 
 EVAL_IMAGES = 512
 GRID = 64
@@ -53,7 +56,7 @@ class StepResult:
 
 def beta_at(cfg: RunConfig, step: int) -> float:
     """β ramps linearly from 0 to cfg.beta over the first kl_warmup_steps steps (step is 0-based)."""
-    if cfg.kl_warmup_steps <= 0:
+    if not cfg.kl_warmup_steps:  # 0, or None before the run resolves its default
         return cfg.beta
     return cfg.beta * min(1.0, (step + 1) / cfg.kl_warmup_steps)
 
@@ -167,9 +170,12 @@ def evaluate_fixed(model: VAE, x: torch.Tensor, *, seed: int = 0) -> dict:
         "active_units": int((mu.var(dim=0) > 0.01).sum().item()),
         "eval_images": int(x.shape[0]),
     }
-    if model.config.likelihood == "gaussian":
-        d = model.config.num_pixels
-        result["eval_bpd"] = (recon_m + kl_m + d * math.log(256)) / (d * math.log(2))
+    # bits/dim with D = C·H·W of the data: dequantized for a density (Gaussian), discrete for a pmf over
+    # binary pixels (Bernoulli); metrics.bits_per_dim states both conventions.
+    # A Bernoulli decoder on grey pixels is no likelihood of the data: no bits/dim then.
+    dequantized = model.config.likelihood == "gaussian"
+    if dequantized or bool(((x == 0) | (x == 1)).all()):
+        result["eval_bpd"] = bits_per_dim(recon_m + kl_m, model.config.num_pixels, dequantized=dequantized)
     return result
 
 
@@ -193,6 +199,71 @@ def save_grids(model: VAE, x: torch.Tensor, out: Path, step: int | None) -> None
 
 
 # ---- the run ------------------------------------------------------------------------------------
+def non_binary_share(ds: ImageDataset, max_images: int = 2000) -> float:
+    """Share of pixels that are neither 0 nor 255 among the first `max_images` images."""
+    x = np.asarray(ds.images[: min(len(ds), max_images)])
+    return float(np.count_nonzero((x != 0) & (x != 255)) / max(x.size, 1))
+
+
+def warn_if_not_binary(ds: ImageDataset, model_cfg: VAEConfig, cfg: RunConfig) -> None:
+    """A Bernoulli likelihood on grey pixels is not a normalised likelihood of the data: say so."""
+    if model_cfg.likelihood != "bernoulli" or getattr(cfg, "binarize", "none") not in (None, "none"):
+        return
+    share = non_binary_share(ds)
+    if share > 0:
+        print(
+            f"warning: --likelihood bernoulli on data whose pixels are not binary ({share:.1%} of the pixels "
+            "are neither 0 nor 255): the NLL is then a cross-entropy, not a likelihood of the data. Add "
+            "--binarize threshold (or stochastic), or use --likelihood gaussian",
+            file=sys.stderr,
+        )
+
+
+class HeldOutTracker:
+    """The held-out ELBO during training (`--eval-every`), and the best model by it (`--keep-best`).
+
+    Evaluates the first `eval_images` images of the run's test split in batches, without gradients,
+    with a fixed noise seed (`evaluate_fixed`), outside the training step. With no test split it
+    tracks nothing (a training-split number is not held out).
+    """
+
+    def __init__(self, cfg: RunConfig, model: VAE, out: Path, device):
+        self.cfg, self.model, self.out = cfg, model, out
+        split, ds = held_out_dataset(cfg, cfg.eval_images)
+        self.split = split
+        self.x = ds.tensor(range(len(ds)), device) if split != cfg.split else None
+        self.best: dict | None = None
+        self.last: dict | None = None
+
+    def evaluate(self, step: int, metadata: dict) -> dict | None:
+        if self.x is None:
+            return None
+        r = evaluate_fixed(self.model, self.x)
+        record = {
+            "step": step,
+            "heldout_split": self.split,
+            "heldout_images": r["eval_images"],
+            "heldout_elbo": r["eval_elbo"],
+            "heldout_recon": r["eval_recon"],
+            "heldout_kl": r["eval_kl"],
+        }
+        self.last = record
+        if self.best is None or record["heldout_elbo"] > self.best["heldout_elbo"]:
+            self.best = record
+            if self.cfg.keep_best:
+                self.model.save_pretrained(
+                    self.out / "best", metadata={**metadata, "selected_by": f"{self.split} ELBO", **record}
+                )
+        return record
+
+    def summary(self) -> dict:
+        """Numbers for the final metadata and model card (empty when nothing was tracked)."""
+        if self.best is None:
+            return {}
+        best = {f"best_{k}": v for k, v in self.best.items() if k not in ("heldout_split", "heldout_images")}
+        return {"heldout_split": self.split, **best, "best_saved": self.cfg.keep_best}
+
+
 class MetricsLog:
     """metrics.jsonl, appended line by line; on resume, lines past the checkpoint step are dropped."""
 
@@ -242,8 +313,7 @@ def train(cfg: RunConfig, *, argv: list[str] | None = None, stop_at: int | None 
 def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
     out = Path(cfg.out)
     device = info.device
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
+    num_threads = set_num_threads(cfg.num_threads)
 
     resume = None
     if cfg.resume:
@@ -271,7 +341,11 @@ def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
         cfg = RunConfig.from_dict(merged)
 
     ds = _load_dataset(cfg, info)
+    if cfg.preset is None:
+        cfg.preset = default_preset(cfg.dataset, ds.image_shape)
     model_cfg: VAEConfig = cfg.model_config(ds.image_shape[0])
+    if info.is_main:
+        warn_if_not_binary(ds, model_cfg, cfg)
     if ds.image_shape[1:] != (cfg.resolution, cfg.resolution):
         raise ValueError(f"dataset images are {ds.image_shape}, expected {cfg.resolution}×{cfg.resolution}")
 
@@ -284,6 +358,8 @@ def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
         ds, cfg.batch_size, device, seed=cfg.seed, hflip=cfg.hflip, rank=info.rank, world=info.world
     )
     total = cfg.steps if cfg.steps is not None else math.ceil(cfg.epochs * batches.steps_per_epoch)
+    if cfg.kl_warmup_steps is None:
+        cfg.kl_warmup_steps = default_kl_warmup_steps(total)
 
     start = 0
     torch.manual_seed(cfg.seed + 1 + info.rank)  # the reparameterization noise differs between ranks
@@ -320,6 +396,7 @@ def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
     log = MetricsLog(out / "metrics.jsonl", info.is_main, start if resume is not None else None)
     step_fn = make_train_step(model, optimizer, cfg, dist_info=info, total_steps=total)
     fixed = _fixed_images(ds, min(EVAL_IMAGES, cfg.eval_images), device)
+    tracker = HeldOutTracker(cfg, model, out, device) if info.is_main else None
     command = "python -m train " + shlex.join(argv if argv is not None else sys.argv[1:])
 
     def checkpoint(step):
@@ -342,10 +419,14 @@ def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
     window_t0, img_per_s = time.perf_counter(), float("nan")
     end = total if stop_at is None else min(total, stop_at)
     check_every = min(cfg.log_every, cfg.max_bad_steps)
-    interrupted = False
+    interrupted = out_of_time = False
+    deadline = None if cfg.time_limit is None else time.perf_counter() + cfg.time_limit
     model.train()
     try:
         while step < end:
+            if deadline is not None and _past(deadline, info, device):
+                out_of_time = True
+                break
             result = step_fn(batches.batch(step), step)
             step += 1
             ok = result.ok.float()
@@ -398,7 +479,12 @@ def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
                 counts[0] = 0
                 window_t0 = time.perf_counter()
             if info.is_main and (step % cfg.eval_every == 0 or step == total):
-                log.write({"step": step, **evaluate_fixed(model, fixed)})
+                log.write({"step": step, "eval_split": cfg.split, **evaluate_fixed(model, fixed)})
+                held_out = tracker.evaluate(step, _metadata(cfg, model_cfg, step, {}, partial=True))
+                if held_out:
+                    log.write(held_out)
+                    if progress is not None:
+                        progress.set_postfix_str(f"{tracker.split} ELBO {held_out['heldout_elbo']:.1f}")
                 save_grids(model, fixed, out, step)
             if step % cfg.checkpoint_every == 0 and step != total:
                 checkpoint(step)
@@ -411,6 +497,11 @@ def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
         if progress is not None:
             progress.close()
 
+    if out_of_time:
+        distributed.barrier(info)
+        if info.is_main:
+            print(f"--time-limit {cfg.time_limit:g} s reached at step {step}/{total}", file=sys.stderr)
+        total = step  # finish like a complete run: final checkpoint, evaluation and model card
     checkpoint(step)
     if interrupted or step < total:
         if info.is_main:
@@ -428,12 +519,23 @@ def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
 
     final = {}
     if info.is_main:
-        final = final_report(model, cfg, model_cfg, step, img_per_s, device, command, out)
+        extra = {"num_threads": num_threads, **(tracker.summary() if tracker else {})}
+        if out_of_time:
+            extra.update(time_limit_s=cfg.time_limit, planned_steps=end)
+        final = final_report(model, cfg, model_cfg, step, img_per_s, device, command, out, extra=extra)
         if cfg.push_to_hub:
             url = model.push_to_hub(cfg.push_to_hub, extra_files=[str(out / "README.md")])
             print(f"pushed to {url}")
     distributed.barrier(info)  # the other ranks wait for rank 0's report, then all shut down together
     return final
+
+
+def _past(deadline: float, info: distributed.DistInfo, device) -> bool:
+    """Whether the --time-limit deadline has passed; every rank takes the same decision."""
+    over = time.perf_counter() >= deadline
+    if info.enabled:
+        over = bool(distributed.all_max(torch.tensor(float(over), device=device), info).item())
+    return over
 
 
 def _metadata(cfg: RunConfig, model_cfg: VAEConfig, step: int, numbers: dict, partial: bool = False) -> dict:
@@ -452,19 +554,27 @@ def _metadata(cfg: RunConfig, model_cfg: VAEConfig, step: int, numbers: dict, pa
     }
 
 
-def final_report(model, cfg, model_cfg, step, img_per_s, device, command, out: Path) -> dict:
-    """Evaluate on held-out images, save weights + metadata, grids and the model card."""
-    def held_out_split(split: str) -> ImageDataset:
-        return dataset_for_split(cfg.to_dict(), split, limit=cfg.eval_images, progress=cfg.progress)
+def held_out_dataset(cfg: RunConfig, limit: int | None = None) -> tuple[str, ImageDataset]:
+    """The run's test split (first `limit` images), or its training split when the data has no test
+    split (e.g. a local CelebA copy without one): returns (split name, dataset)."""
 
-    eval_split = "test"  # a folder without a test split falls back below
+    def load(split: str) -> ImageDataset:
+        return dataset_for_split(cfg.to_dict(), split, limit=limit, progress=cfg.progress)
+
     try:
-        held_out = held_out_split(eval_split)
-    except (DataUnavailableError, ValueError):  # e.g. a local CelebA copy without a test split
-        eval_split = cfg.split
-        held_out = held_out_split(eval_split)
+        ds = load("test")
+        if ds.split == "test":  # a loader without splits hands back everything under its own name
+            return "test", ds
+    except (DataUnavailableError, ValueError):
+        pass
+    return cfg.split, load(cfg.split)
+
+
+def final_report(model, cfg, model_cfg, step, img_per_s, device, command, out: Path, extra=None) -> dict:
+    """Evaluate on held-out images, save weights + metadata, grids and the model card."""
+    eval_split, held_out = held_out_dataset(cfg, cfg.eval_images)
     x = held_out.tensor(range(len(held_out)), device)
-    final = {"step": step, "eval_split": eval_split, **evaluate_fixed(model, x)}
+    final = {"step": step, "eval_split": eval_split, **evaluate_fixed(model, x), **(extra or {})}
     final.update(img_per_s=_median_img_per_s(out / "metrics.jsonl", img_per_s), device=_device_name(device))
     model.save_pretrained(
         out,
