@@ -163,11 +163,26 @@ class RunConfig:
         self.check_resolution()
 
     def check_resolution(self) -> None:
-        """The preset must take --resolution; if not, name the flag and list the sizes that work."""
+        """The preset (when already known: a folder's follows its data) must take --resolution."""
         if self.resolution < 8:
             raise ValueError(f"--resolution {self.resolution}: must be at least 8 px")
-        try:
+        if self.preset is not None:
             self.model_config(1)
+
+    def model_config(self, image_channels: int) -> VAEConfig:
+        """The preset, with the image shape, latent size and likelihood this run asks for. A preset whose
+        size rule refuses --resolution raises a ValueError that names the flag and the sizes that work."""
+        if self.preset is None:
+            raise ValueError("the preset is decided from the data: call default_preset() first")
+        overrides = dict(image_channels=image_channels, image_size=self.resolution)
+        if self.latent_dim is not None:
+            overrides["latent_dim"] = self.latent_dim
+        if self.sigma is not None:
+            overrides["sigma"] = self.sigma
+        if self.likelihood is not None:
+            overrides["likelihood"] = self.likelihood
+        try:
+            return VAEConfig.preset(self.preset, **overrides)
         except ValueError as e:
             if "image_size" not in str(e):
                 raise
@@ -178,19 +193,6 @@ class RunConfig:
                 f"{self.resolution} images. Sizes that work: {shown}. Change --resolution, or pick another "
                 f"--preset"
             ) from None
-
-    def model_config(self, image_channels: int) -> VAEConfig:
-        """The preset, with the image shape, latent size and likelihood this run asks for."""
-        if self.preset is None:
-            raise ValueError("the preset is decided from the data: call default_preset() first")
-        overrides = dict(image_channels=image_channels, image_size=self.resolution)
-        if self.latent_dim is not None:
-            overrides["latent_dim"] = self.latent_dim
-        if self.sigma is not None:
-            overrides["sigma"] = self.sigma
-        if self.likelihood is not None:
-            overrides["likelihood"] = self.likelihood
-        return VAEConfig.preset(self.preset, **overrides)
 
     def to_dict(self) -> dict:
         return asdict(self)
