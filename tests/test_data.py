@@ -413,6 +413,23 @@ def test_folder_test_fraction_is_a_fixed_disjoint_split(tmp_path):
     assert not np.array_equal(other.images, test.images)
 
 
+def test_folder_resolution_defaults_to_the_images_own_size(tmp_path):
+    from train.config import parse_args
+
+    _folder(tmp_path / "digits", 3, size=(28, 28))
+    _folder(tmp_path / "photos", 3, size=(300, 300), mode="RGB")
+    _folder(tmp_path / "wide", 3, size=(40, 30))
+    kw = dict(cache_dir=tmp_path / "c", resolution=None, progress=False)
+    digits = get_dataset("folder", data_dir=tmp_path / "digits", **kw)
+    assert digits.image_shape == (1, 28, 28)  # no resize: the pixels as they are
+    assert np.array_equal(digits.images[0, 0], np.asarray(Image.open(tmp_path / "digits" / "000.png")))
+    assert get_dataset("folder", data_dir=tmp_path / "photos", **kw).image_shape == (3, 64, 64)
+    assert get_dataset("folder", data_dir=tmp_path / "wide", **kw).image_shape == (1, 64, 64)
+    assert parse_args(["--dataset", "folder", "--data-dir", "x"]).resolution is None  # decided by the data
+    assert parse_args([]).resolution == 64 and parse_args(["--resolution", "32", "--dataset", "folder",
+                                                          "--data-dir", "x"]).resolution == 32  # fmt: skip
+
+
 def test_folder_channels(tmp_path):
     _folder(tmp_path / "rgb", 3, mode="RGB")
     grey_rgb = tmp_path / "greyrgb"

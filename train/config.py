@@ -57,7 +57,7 @@ class RunConfig:
     kl_warmup_steps: int | None = None
     free_bits: float = 0.0
     latent_dim: int | None = None
-    resolution: int = 64
+    resolution: int | None = None
     channels: str = "auto"
     binarize: str = "none"
     test_fraction: float | None = None
@@ -88,6 +88,9 @@ class RunConfig:
     def __post_init__(self):
         if self.preset is None and self.dataset != "folder":
             self.preset = DEFAULT_PRESET[self.dataset]
+        if self.resolution is None and self.dataset != "folder":
+            self.resolution = 64
+        # folder: the resolution follows the images (their own size), set once the data is loaded.
         # folder: the preset follows the images' shape (`default_preset`), set once the data is loaded.
         if self.steps is None and self.epochs is None:
             self.steps = DEFAULT_STEPS
@@ -164,16 +167,16 @@ class RunConfig:
 
     def check_resolution(self) -> None:
         """The preset (when already known: a folder's follows its data) must take --resolution."""
-        if self.resolution < 8:
+        if self.resolution is not None and self.resolution < 8:
             raise ValueError(f"--resolution {self.resolution}: must be at least 8 px")
-        if self.preset is not None:
+        if self.preset is not None and self.resolution is not None:
             self.model_config(1)
 
     def model_config(self, image_channels: int) -> VAEConfig:
         """The preset, with the image shape, latent size and likelihood this run asks for. A preset whose
         size rule refuses --resolution raises a ValueError that names the flag and the sizes that work."""
-        if self.preset is None:
-            raise ValueError("the preset is decided from the data: call default_preset() first")
+        if self.preset is None or self.resolution is None:
+            raise ValueError("the preset and resolution are decided from the data: set them first")
         overrides = dict(image_channels=image_channels, image_size=self.resolution)
         if self.latent_dim is not None:
             overrides["latent_dim"] = self.latent_dim
@@ -278,9 +281,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--resolution",
         type=int,
-        default=d.resolution,
+        default=None,
         help="image side in pixels; images are resized only when their centered square crop is another "
-        "size. Conv presets need a multiple of 2^(number of stride-2 layers)",
+        "size. Conv presets need a multiple of 2^(number of stride-2 layers). When not given: 64, and "
+        "for a folder the images' own size when they are square and at most 128 px",
     )
     g.add_argument(
         "--channels",

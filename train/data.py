@@ -44,7 +44,7 @@ def get_dataset(
     name: str,
     split: str = "train",
     data_dir: str | os.PathLike | None = None,
-    resolution: int = 64,
+    resolution: int | None = 64,
     cache_dir: str | os.PathLike | None = None,
     *,
     limit: int | None = None,
@@ -65,14 +65,17 @@ def get_dataset(
       unless `channels` is "1".
     - `folder`: every readable image under `data_dir` (recursively); splits from `train/`, `test/`,
       `valid/` subfolders or `test_fraction` (see `train.folder`); largest centered square (or `crop` px)
-      → resize unless already `resolution`. Unreadable files are skipped and counted.
+      → resize unless already `resolution` (None: the images' own size when square and ≤ 128 px, else
+      64). Unreadable files are skipped and counted.
     channels: "auto" (grey data stays grey), "1" or "3". binarize: "none", "threshold" or "stochastic"
     (see `ImageDataset`). `limit` keeps only the first N images of the split (quick runs, tests).
     Stale temp files of crashed cache writes in the cache folder are removed first.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}: use one of {DATASETS}")
-    if resolution < 8:
+    if resolution is None and name != "folder":
+        resolution = 64
+    if resolution is not None and resolution < 8:
         raise ValueError(f"resolution must be at least 8 px, got {resolution}")
     if str(channels) not in CHANNEL_CHOICES:
         raise ValueError(f"channels must be one of {CHANNEL_CHOICES}, got {channels!r}")
@@ -115,7 +118,7 @@ def dataset_for_split(run_config: dict, split: str, *, limit: int | None = None,
     rc = run_config
     kwargs = dict(
         data_dir=rc.get("data_dir"),
-        resolution=rc.get("resolution", 64),
+        resolution=rc.get("resolution"),
         cache_dir=rc.get("cache_dir"),
         limit=limit,
         source=rc.get("celeba_source"),

@@ -341,6 +341,8 @@ def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
         cfg = RunConfig.from_dict(merged)
 
     ds = _load_dataset(cfg, info)
+    if cfg.resolution is None:  # a folder's own image size (train.folder)
+        cfg.resolution = ds.image_shape[1]
     if cfg.preset is None:
         cfg.preset = default_preset(cfg.dataset, ds.image_shape)
     model_cfg: VAEConfig = cfg.model_config(ds.image_shape[0])
