@@ -20,6 +20,8 @@ import torch
 from vae_triton.io import remove_stale_temps
 
 from . import dsprites as _dsprites
+from .celeba import load_celeba
+from .folder import load_folder
 from .imagecache import (  # noqa: F401  (re-exported: the loaders' shared names)
     BINARIZE_CHOICES,
     CHANNEL_CHOICES,
@@ -90,15 +92,11 @@ def get_dataset(
             raise ValueError("dsprites images are grey: use --channels auto or 1")
         ds = _dsprites_dataset(split, limit)
     elif name == "celeba":
-        from .celeba import load_celeba
-
         ds = load_celeba(
             split, data_dir, resolution, cache, crop=148 if crop is None else crop, source=source,
             channels=str(channels), progress=progress,
         )  # fmt: skip
     else:
-        from .folder import load_folder
-
         if data_dir is None:
             raise ValueError("the folder dataset needs --data-dir pointing at a directory of images")
         ds = load_folder(

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .imagecache import (
+    SPLIT_ALIASES,
     DataUnavailableError,
     DecodeSpec,
     ImageDataset,
@@ -34,7 +35,6 @@ from .imagecache import (
 )
 
 SPLIT_DIRS = {"train": ("train",), "test": ("test",), "valid": ("valid", "val", "validation")}
-SPLIT_ALIASES = {"validation": "valid", "val": "valid"}
 FOLDER_SPLITS = ("train", "valid", "test", "all")
 DEFAULT_RESOLUTION = 64
 NATIVE_MAX = 128  # larger square images are downscaled to DEFAULT_RESOLUTION unless --resolution says else

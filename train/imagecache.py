@@ -24,6 +24,7 @@ from vae_triton.io import atomic_path, remove_stale_temps, temp_dir, write_json_
 
 CHANNEL_CHOICES = ("auto", "1", "3")
 BINARIZE_CHOICES = ("none", "threshold", "stochastic")
+SPLIT_ALIASES = {"validation": "valid", "val": "valid"}  # other names users give the validation split
 EVAL_BINARIZE_SEED = 0  # stochastic binarization of held-out images: one fixed draw, the same every time
 
 
