@@ -36,6 +36,18 @@ def default_preset(dataset: str, image_shape: tuple[int, int, int]) -> str:
     if dataset != "dsprites" and c == 1 and max(h, w) <= MLP_MAX_SIZE:
         return "mlp"
     return DEFAULT_PRESET[dataset]
+# A CPU step is compute-bound at 64 already; a GPU needs a bigger batch to stay busy (the CUDA-graph step
+# at 256 is where the H200 measurements in DESIGN §8 were taken).
+DEFAULT_BATCH_SIZE = {"cpu": 64, "cuda": 256}
+
+
+def default_batch_size(device: str) -> int:
+    """The batch size a run on `device` ("auto", "cpu", "cuda", "cuda:1", ...) gets when none is given."""
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return DEFAULT_BATCH_SIZE.get(device.split(":")[0], DEFAULT_BATCH_SIZE["cpu"])
 
 
 @dataclass
@@ -49,7 +61,7 @@ class RunConfig:
     out: str = "runs/dsprites"
     steps: int | None = None
     epochs: float | None = None
-    batch_size: int = 64
+    batch_size: int | None = None  # None: default_batch_size(device), resolved on construction
     lr: float = 1e-3
     weight_decay: float = 0.0
     lr_schedule: str = "constant"
@@ -67,6 +79,7 @@ class RunConfig:
     device: str = "auto"
     precision: str = "auto"
     compile: bool = False
+    cuda_graph: bool = True  # capture the training step in a CUDA graph (CUDA only; see train/step.py)
     channels_last: bool = True
     grad_clip: float = 200.0
     max_bad_steps: int = 20
@@ -84,6 +97,7 @@ class RunConfig:
     likelihood: str | None = None
     time_limit: float | None = None
     keep_best: bool = False
+    quiet: bool = False
 
     def __post_init__(self):
         if self.preset is None and self.dataset != "folder":
@@ -94,6 +108,8 @@ class RunConfig:
         # folder: the preset follows the images' shape (`default_preset`), set once the data is loaded.
         if self.steps is None and self.epochs is None:
             self.steps = DEFAULT_STEPS
+        if self.batch_size is None:
+            self.batch_size = default_batch_size(self.device)
         if self.hflip is None:
             # Faces are left-right symmetric; elsewhere a flip can change what an image is (a mirrored
             # digit, dSprites' labelled posX), so flips are on for face data only.
@@ -225,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Output: model.safetensors + config.json (load with VAE.from_pretrained), run_config.json, "
             "metrics.jsonl, PNG grids, checkpoints/ and a README model card."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=OneDefaultHelpFormatter,
     )
     d = RunConfig()
     g = p.add_argument_group("data")
@@ -269,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--cache-dir",
         default=None,
-        help="where decoded uint8 caches live (default $VAE_TRITON_CACHE or ~/.cache/vae-triton)",
+        help="where decoded uint8 caches live (default: $VAE_TRITON_CACHE, else ~/.cache/vae-triton)",
     )
     g.add_argument(
         "--celeba-source",
@@ -283,8 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="image side in pixels; images are resized only when their centered square crop is another "
-        "size. Conv presets need a multiple of 2^(number of stride-2 layers). When not given: 64, and "
-        "for a folder the images' own size when they are square and at most 128 px",
+        "size. Conv presets need a multiple of 2^(number of stride-2 layers). Default: 64; for a "
+        "folder, the images' own size when they are square and at most 128 px",
     )
     g.add_argument(
         "--channels",
@@ -300,12 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
         "draw for each image in every epoch (dynamic binarization, as in the IWAE paper); held-out "
         "images use one fixed draw",
     )
-    g.add_argument(
-        "--hflip",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="random horizontal flips on the device (when not given: on for celeba, off otherwise)",
-    )
+    switch(g, "hflip", None, "random horizontal flips on the device", "on for celeba, off otherwise")
 
     g = p.add_argument_group("model")
     g.add_argument(
@@ -329,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--sigma",
         choices=("fixed", "scalar", "channel"),
         default=None,
-        help="Gaussian decoder σ: fixed at 1, or learned (scalar / per channel); default: the preset's",
+        help="Gaussian decoder σ: fixed at 1, or learned (scalar / per channel) (default: the preset's)",
     )
 
     g = p.add_argument_group("optimisation")
@@ -337,12 +348,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--steps",
         type=int,
         default=None,
-        help=f"optimizer steps to train for (default {DEFAULT_STEPS} unless --epochs is given)",
+        help=f"optimizer steps to train for (default: {DEFAULT_STEPS}, unless --epochs is given)",
     )
     g.add_argument(
         "--epochs", type=float, default=None, help="passes over the split (alternative to --steps)"
     )
-    g.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch (split over processes)")
+    g.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help=f"global batch (split over processes); default {DEFAULT_BATCH_SIZE['cpu']} on CPU, "
+        f"{DEFAULT_BATCH_SIZE['cuda']} on CUDA",
+    )
     g.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
     g.add_argument(
@@ -357,8 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="ramp β linearly from 0 over this many steps (avoids early posterior collapse); 0 = off. "
-        f"Default: the first {KL_WARMUP_FRACTION:.0%} of the run's steps (measured to help on the digits "
-        "benchmark, BENCHMARKS.md)",
+        f"Default: the first {round(100 * KL_WARMUP_FRACTION)} %% of the run's steps (measured to help on "
+        "the digits benchmark, BENCHMARKS.md)",
     )
     g.add_argument(
         "--free-bits",
@@ -391,12 +408,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.precision,
         help="auto: bf16 autocast on CUDA, fp32 on CPU",
     )
-    g.add_argument("--compile", action="store_true", help="torch.compile the model")
-    g.add_argument(
-        "--channels-last",
-        action=argparse.BooleanOptionalAction,
-        default=d.channels_last,
-        help="NHWC memory format (faster convs on GPUs and on CPU)",
+    switch(g, "compile", d.compile, "torch.compile the model (the CUDA graph then captures it)")
+    switch(g, "channels-last", d.channels_last, "NHWC memory format (faster convs on GPUs and on CPU)")
+    switch(
+        g,
+        "cuda-graph",
+        d.cuda_graph,
+        "CUDA: capture the whole training step (forward, backward, clipping, skip guard, AdamW) in one "
+        "CUDA graph and replay it; β and the learning rate stay scheduled. Ignored on CPU and with DDP",
     )
     g.add_argument(
         "--num-threads",
@@ -446,8 +465,38 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="REPO_ID",
         help="upload the final model and model card to this Hub model repo",
     )
-    g.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bar")
+    switch(
+        g,
+        "progress",
+        d.progress,
+        "progress bars (training and cache building); --no-progress prints a log line every "
+        "--log-every steps instead",
+    )
+    g.add_argument(
+        "--quiet",
+        action="store_true",
+        help="print only warnings and errors: no bars, start block, log lines or final block (scripts)",
+    )
     return p
+
+
+class OneDefaultHelpFormatter(argparse.HelpFormatter):
+    """Appends "(default: X)" to a flag's help unless the help already states its default or there is
+    none to state (None: the help says what happens; store_true flags: off)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, argparse.SUPPRESS) or action.nargs == 0:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def switch(group, name: str, default: bool | None, text: str, default_text: str | None = None):
+    """A --name / --no-name flag whose help states its default once, on any Python version."""
+    action = group.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=default)
+    shown = default_text or ("on" if default else "off")
+    action.help = f"{text} (default: {shown})"
+    return action
 
 
 def parse_args(argv=None) -> RunConfig:
