@@ -231,6 +231,8 @@ def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
             console.notice(line)
 
     ds = _load_dataset(cfg, info)
+    if cfg.resolution is None:  # a folder's own image size (train.folder)
+        cfg.resolution = ds.image_shape[1]
     if cfg.preset is None:
         cfg.preset = default_preset(cfg.dataset, ds.image_shape)
         cfg.check_resolution()
