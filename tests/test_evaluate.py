@@ -222,3 +222,49 @@ def test_a_bundled_model_is_evaluated_without_rewriting_its_tracked_file(tmp_pat
     assert (tmp_path / "runs" / "evaluate" / "copy" / "eval.json").is_file()
     assert run_cli(capsys, "--checkpoint", copy, *args[2:], "--output", copy / "eval.json")[0] == 0
     assert json.loads((copy / "eval.json").read_text())["settings"]["num_images"] == 2
+
+
+def test_num_threads_sets_torch_threads_and_is_reported(dsprites_model, capsys, tmp_path):
+    before = torch.get_num_threads()
+    try:
+        code, out, _ = run_cli(
+            capsys, "--checkpoint", dsprites_model, "--iw-samples", 2, "--num-images", 4,
+            "--latent-images", 8, "--num-threads", 1, "--output", tmp_path / "e.json",
+        )  # fmt: skip
+        assert code == 0, out
+        assert torch.get_num_threads() == 1
+        assert json.loads((tmp_path / "e.json").read_text())["num_threads"] == 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(SystemExit):
+        run_cli(capsys, "--checkpoint", dsprites_model, "--num-threads", 0)
+    assert "--num-threads" in capsys.readouterr().err
+
+
+def test_checkpoint_alone_finds_the_runs_data_and_test_split(tmp_path, capsys, monkeypatch):
+    """A folder run saved its data location in run_config.json: evaluate needs only --checkpoint."""
+    from train.__main__ import main as train_main
+
+    monkeypatch.setenv("VAE_TRITON_BACKEND", "torch")
+    data = tmp_path / "digits"
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 8), ("test", 5)):
+        (data / split).mkdir(parents=True)
+        for i in range(n):
+            img = (rng.random((28, 28)) > 0.5).astype(np.uint8) * 255
+            Image.fromarray(img).save(data / split / f"{i}.png")
+    run = tmp_path / "run"
+    args = ["--dataset", "folder", "--data-dir", str(data), "--resolution", "28",
+            "--steps", "1", "--batch-size", "4", "--no-progress", "--eval-images", "4",
+            "--cache-dir", str(tmp_path / "cache"), "--out", str(run)]  # fmt: skip
+    assert train_main(args) == 0
+    capsys.readouterr()  # the trainer's own output
+    assert json.loads((run / "run_config.json").read_text())["preset"] == "mlp"  # grey 28 px → mlp
+    code, out, err = run_cli(capsys, "--checkpoint", run, "--iw-samples", 2, "--num-images", 100)
+    assert code == 0, err
+    report = json.loads((run / "eval.json").read_text())
+    # the 5 images of test/, not the 8 of train/
+    assert (report["dataset"], report["split"], report["settings"]["num_images"]) == ("folder", "test", 5)
+    # the headline comes first: nats per image over the data's true D
+    assert out.splitlines()[1].startswith("NLL on test: ") and "nats per image" in out.splitlines()[1]
+    assert f"D = {report['metrics']['num_dims']} pixels" in out

@@ -242,8 +242,8 @@ def evaluate(args: argparse.Namespace, argv: list[str]) -> dict:
             "batch_size": args.batch_size,
             "seed": args.seed,
             "device": str(device),
-            "num_threads": num_threads,
         },
+        "num_threads": num_threads,
         "conventions": {
             "units": "nats per image: sums over the C·H·W pixels (no per-pixel means), means over images; "
             "*_sem are standard errors of those means",

@@ -331,7 +331,8 @@ def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
     end = total if stop_at is None else min(total, stop_at)
     check_every = min(cfg.log_every, cfg.max_bad_steps)
     interrupted = out_of_time = False
-    deadline = None if cfg.time_limit is None else time.perf_counter() + cfg.time_limit
+    loop_t0 = time.perf_counter()
+    deadline = None if cfg.time_limit is None else loop_t0 + cfg.time_limit
     model.train()
     try:
         while step < end:
@@ -412,6 +413,7 @@ def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
         if progress is not None:
             progress.close()
 
+    loop_seconds = time.perf_counter() - loop_t0
     if out_of_time:
         distributed.barrier(info)
         if info.is_main:
@@ -438,7 +440,8 @@ def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
         )
     final = {}
     if info.is_main:
-        extra = {"num_threads": num_threads, **(tracker.summary() if tracker else {})}
+        extra = {"num_threads": num_threads, "train_seconds": round(loop_seconds, 2)}
+        extra.update(tracker.summary() if tracker else {})
         if out_of_time:
             extra.update(time_limit_s=cfg.time_limit, planned_steps=end)
         final = final_report(model, cfg, model_cfg, step, img_per_s, device, command, out, extra=extra)
