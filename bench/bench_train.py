@@ -124,7 +124,7 @@ def baseline_loss(model: VAE, x: torch.Tensor, beta: float = 1.0, eps: torch.Ten
     mu, logvar = model.encode(x)
     std = torch.exp(0.5 * logvar)
     z = mu + std * (torch.randn_like(std) if eps is None else eps)
-    mean = model.decode(z)
+    mean = torch.sigmoid(model.decode(z))  # decode returns logits; their sigmoid is the mean image
     log_sigma = torch.as_tensor(model.effective_log_sigma(), device=x.device, dtype=torch.float32)
     log_sigma = log_sigma.reshape(-1, 1, 1) if log_sigma.dim() else log_sigma  # per channel or scalar
     nll = (x - mean) ** 2 / (2.0 * torch.exp(2.0 * log_sigma)) + log_sigma + HALF_LOG_2PI

@@ -51,7 +51,7 @@ def test_dsprites_model_evaluates_with_the_dataset_from_its_metadata(dsprites_mo
     assert files == ["config.json", "eval.json", "model.safetensors"]  # no temp file left
     report = json.loads((dsprites_model / "eval.json").read_text())
     assert (report["dataset"], report["split"], report["model"]["beta"]) == ("dsprites", "test", 4.0)
-    assert report["settings"] | {"device": "cpu"} == {
+    assert report["settings"] | {"device": "cpu", "num_threads": 1} == {
         "iw_samples": 3,
         "iw_chunk": None,
         "num_images": 4,
@@ -59,6 +59,7 @@ def test_dsprites_model_evaluates_with_the_dataset_from_its_metadata(dsprites_mo
         "batch_size": 2,
         "seed": 0,
         "device": "cpu",
+        "num_threads": 1,
     }
     r = report["metrics"]
     assert r["images"] == 4 and r["num_dims"] == 64 * 64 and r["latent_images"] == 64
@@ -106,6 +107,8 @@ def test_gaussian_model_on_an_image_folder_uses_the_dequantized_bits_per_dim(tmp
         images,
         "--cache-dir",
         tmp_path / "cache",
+        "--split",
+        "all",  # a flat folder: no train/test subfolders, no --test-fraction
         "--iw-samples",
         2,
         "--num-images",

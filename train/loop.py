@@ -17,20 +17,23 @@ import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from vae_triton.io import write_text_atomic
+from vae_triton.metrics import bits_per_dim
 from vae_triton.model import VAE, VAEConfig, kl_per_dim
 
 from . import distributed
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .command_line import explicit_fields, reproduce_command, resume_config
-from .config import RunConfig
-from .console import Console, cache_summary, set_bars
-from .data import DEFAULT_CACHE, BatchSource, DataUnavailableError, ImageDataset, get_dataset
+from .config import RunConfig, default_kl_warmup_steps, default_preset
+from .console import Console, cache_summary
+from .data import DEFAULT_CACHE, BatchSource, DataUnavailableError, ImageDataset, dataset_for_split
 from .paths import check_output_dir
 from .report import failure_card, interleave_rows, read_metrics, save_grid, write_model_card
+from .threads import set_num_threads
 
 EVAL_IMAGES = 512
 GRID = 64
@@ -55,7 +58,7 @@ class StepResult:
 
 def beta_at(cfg: RunConfig, step: int) -> float:
     """β ramps linearly from 0 to cfg.beta over the first kl_warmup_steps steps (step is 0-based)."""
-    if cfg.kl_warmup_steps <= 0:
+    if not cfg.kl_warmup_steps:  # 0, or None before the run resolves its default
         return cfg.beta
     return cfg.beta * min(1.0, (step + 1) / cfg.kl_warmup_steps)
 
@@ -169,9 +172,12 @@ def evaluate_fixed(model: VAE, x: torch.Tensor, *, seed: int = 0) -> dict:
         "active_units": int((mu.var(dim=0) > 0.01).sum().item()),
         "eval_images": int(x.shape[0]),
     }
-    if model.config.likelihood == "gaussian":
-        d = model.config.num_pixels
-        result["eval_bpd"] = (recon_m + kl_m + d * math.log(256)) / (d * math.log(2))
+    # bits/dim with D = C·H·W of the data: dequantized for a density (Gaussian), discrete for a pmf over
+    # binary pixels (Bernoulli); metrics.bits_per_dim states both conventions.
+    # A Bernoulli decoder on grey pixels is no likelihood of the data: no bits/dim then.
+    dequantized = model.config.likelihood == "gaussian"
+    if dequantized or bool(((x == 0) | (x == 1)).all()):
+        result["eval_bpd"] = bits_per_dim(recon_m + kl_m, model.config.num_pixels, dequantized=dequantized)
     return result
 
 
@@ -195,6 +201,71 @@ def save_grids(model: VAE, x: torch.Tensor, out: Path, step: int | None) -> None
 
 
 # ---- the run ------------------------------------------------------------------------------------
+def non_binary_share(ds: ImageDataset, max_images: int = 2000) -> float:
+    """Share of pixels that are neither 0 nor 255 among the first `max_images` images."""
+    x = np.asarray(ds.images[: min(len(ds), max_images)])
+    return float(np.count_nonzero((x != 0) & (x != 255)) / max(x.size, 1))
+
+
+def warn_if_not_binary(ds: ImageDataset, model_cfg: VAEConfig, cfg: RunConfig) -> None:
+    """A Bernoulli likelihood on grey pixels is not a normalised likelihood of the data: say so."""
+    if model_cfg.likelihood != "bernoulli" or getattr(cfg, "binarize", "none") not in (None, "none"):
+        return
+    share = non_binary_share(ds)
+    if share > 0:
+        print(
+            f"warning: --likelihood bernoulli on data whose pixels are not binary ({share:.1%} of the pixels "
+            "are neither 0 nor 255): the NLL is then a cross-entropy, not a likelihood of the data. Add "
+            "--binarize threshold (or stochastic), or use --likelihood gaussian",
+            file=sys.stderr,
+        )
+
+
+class HeldOutTracker:
+    """The held-out ELBO during training (`--eval-every`), and the best model by it (`--keep-best`).
+
+    Evaluates the first `eval_images` images of the run's test split in batches, without gradients,
+    with a fixed noise seed (`evaluate_fixed`), outside the training step. With no test split it
+    tracks nothing (a training-split number is not held out).
+    """
+
+    def __init__(self, cfg: RunConfig, model: VAE, out: Path, device):
+        self.cfg, self.model, self.out = cfg, model, out
+        split, ds = held_out_dataset(cfg, cfg.eval_images)
+        self.split = split
+        self.x = ds.tensor(range(len(ds)), device) if split != cfg.split else None
+        self.best: dict | None = None
+        self.last: dict | None = None
+
+    def evaluate(self, step: int, metadata: dict) -> dict | None:
+        if self.x is None:
+            return None
+        r = evaluate_fixed(self.model, self.x)
+        record = {
+            "step": step,
+            "heldout_split": self.split,
+            "heldout_images": r["eval_images"],
+            "heldout_elbo": r["eval_elbo"],
+            "heldout_recon": r["eval_recon"],
+            "heldout_kl": r["eval_kl"],
+        }
+        self.last = record
+        if self.best is None or record["heldout_elbo"] > self.best["heldout_elbo"]:
+            self.best = record
+            if self.cfg.keep_best:
+                self.model.save_pretrained(
+                    self.out / "best", metadata={**metadata, "selected_by": f"{self.split} ELBO", **record}
+                )
+        return record
+
+    def summary(self) -> dict:
+        """Numbers for the final metadata and model card (empty when nothing was tracked)."""
+        if self.best is None:
+            return {}
+        best = {f"best_{k}": v for k, v in self.best.items() if k not in ("heldout_split", "heldout_images")}
+        return {"heldout_split": self.split, **best, "best_saved": self.cfg.keep_best}
+
+
 class MetricsLog:
     """metrics.jsonl, appended line by line; on resume, lines past the checkpoint step are dropped."""
 
@@ -215,15 +286,8 @@ class MetricsLog:
 def _load_dataset(cfg: RunConfig, info: distributed.DistInfo) -> ImageDataset:
     # Rank 0 builds the cache; the others wait, then open the finished file.
     def load():
-        return get_dataset(
-            cfg.dataset,
-            cfg.split,
-            cfg.data_dir,
-            cfg.resolution,
-            cfg.cache_dir,
-            limit=cfg.limit,
-            source=cfg.celeba_source,
-        )
+        bars = cfg.progress and not cfg.quiet
+        return dataset_for_split(cfg.to_dict(), cfg.split, limit=cfg.limit, progress=bars)
 
     ds = load() if info.is_main else None
     distributed.barrier(info)
@@ -249,11 +313,9 @@ def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
     out = Path(cfg.out)
     device = info.device
     console = Console(quiet=cfg.quiet, is_main=info.is_main)
-    set_bars(cfg.progress and not cfg.quiet and info.is_main)
     if info.is_main:
         check_output_dir(out)  # before any work: a bad --out fails now, not after training
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
+    num_threads = set_num_threads(cfg.num_threads)
 
     resume = None
     if cfg.resume:
@@ -265,7 +327,11 @@ def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
             console.notice(line)
 
     ds = _load_dataset(cfg, info)
+    if cfg.preset is None:
+        cfg.preset = default_preset(cfg.dataset, ds.image_shape)
     model_cfg: VAEConfig = cfg.model_config(ds.image_shape[0])
+    if info.is_main:
+        warn_if_not_binary(ds, model_cfg, cfg)
     if ds.image_shape[1:] != (cfg.resolution, cfg.resolution):
         raise ValueError(f"dataset images are {ds.image_shape}, expected {cfg.resolution}×{cfg.resolution}")
     _refuse_batchnorm_of_one(cfg, model_cfg, info)
@@ -280,6 +346,8 @@ def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
         ds, cfg.batch_size, device, seed=cfg.seed, hflip=cfg.hflip, rank=info.rank, world=info.world
     )
     total = cfg.steps if cfg.steps is not None else math.ceil(cfg.epochs * batches.steps_per_epoch)
+    if cfg.kl_warmup_steps is None:
+        cfg.kl_warmup_steps = default_kl_warmup_steps(total)
     command = reproduce_command(cfg)
     if resume is not None and resume["step"] >= total:
         console.notice(
@@ -324,6 +392,7 @@ def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
     log = MetricsLog(out / "metrics.jsonl", info.is_main, start if resume is not None else None)
     step_fn = make_train_step(model, optimizer, cfg, dist_info=info, total_steps=total)
     fixed = _fixed_images(ds, min(EVAL_IMAGES, cfg.eval_images), device)
+    tracker = HeldOutTracker(cfg, model, out, device) if info.is_main else None
     console.start_block(
         cfg=cfg, dataset=ds, model=model, device=_device_name(device), total=total, start=start,
         cache=cache_summary(ds.images, Path(cfg.cache_dir) if cfg.cache_dir else DEFAULT_CACHE),
@@ -351,10 +420,14 @@ def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
     window_t0, img_per_s = time.perf_counter(), float("nan")
     end = total if stop_at is None else min(total, stop_at)
     check_every = min(cfg.log_every, cfg.max_bad_steps)
-    interrupted = False
+    interrupted = out_of_time = False
+    deadline = None if cfg.time_limit is None else time.perf_counter() + cfg.time_limit
     model.train()
     try:
         while step < end:
+            if deadline is not None and _past(deadline, info, device):
+                out_of_time = True
+                break
             result = step_fn(batches.batch(step), step)
             step += 1
             ok = result.ok.float()
@@ -413,7 +486,12 @@ def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
                 counts[0] = 0
                 window_t0, window_step0 = time.perf_counter(), step
             if info.is_main and (step % cfg.eval_every == 0 or step == total):
-                log.write({"step": step, **evaluate_fixed(model, fixed)})
+                log.write({"step": step, "eval_split": cfg.split, **evaluate_fixed(model, fixed)})
+                held_out = tracker.evaluate(step, _metadata(cfg, model_cfg, step, {}, partial=True))
+                if held_out:
+                    log.write(held_out)
+                    if progress is not None:
+                        progress.set_postfix_str(f"{tracker.split} ELBO {held_out['heldout_elbo']:.1f}")
                 save_grids(model, fixed, out, step)
             if step % cfg.checkpoint_every == 0 and step != total:
                 checkpoint(step)
@@ -426,6 +504,11 @@ def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
         if progress is not None:
             progress.close()
 
+    if out_of_time:
+        distributed.barrier(info)
+        if info.is_main:
+            print(f"--time-limit {cfg.time_limit:g} s reached at step {step}/{total}", file=sys.stderr)
+        total = step  # finish like a complete run: final checkpoint, evaluation and model card
     checkpoint(step)
     if interrupted or step < total:
         if info.is_main:
@@ -447,7 +530,10 @@ def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
         )
     final = {}
     if info.is_main:
-        final = final_report(model, cfg, model_cfg, step, img_per_s, device, command, out)
+        extra = {"num_threads": num_threads, **(tracker.summary() if tracker else {})}
+        if out_of_time:
+            extra.update(time_limit_s=cfg.time_limit, planned_steps=end)
+        final = final_report(model, cfg, model_cfg, step, img_per_s, device, command, out, extra=extra)
         console.final_block(final=final, out=out, elapsed=time.perf_counter() - run_t0, reproduce=command)
         if cfg.push_to_hub:
             url = model.push_to_hub(cfg.push_to_hub, extra_files=[str(out / "README.md")])
@@ -488,6 +574,14 @@ def _failed(cfg, command, info, what: str, has_checkpoint: bool, last_good: int)
     return f"{what} {kept}; no model was saved. Try again with a fix: {advice}"
 
 
+def _past(deadline: float, info: distributed.DistInfo, device) -> bool:
+    """Whether the --time-limit deadline has passed; every rank takes the same decision."""
+    over = time.perf_counter() >= deadline
+    if info.enabled:
+        over = bool(distributed.all_max(torch.tensor(float(over), device=device), info).item())
+    return over
+
+
 def _metadata(cfg: RunConfig, model_cfg: VAEConfig, step: int, numbers: dict, partial: bool = False) -> dict:
     return {
         "beta": cfg.beta,
@@ -504,20 +598,27 @@ def _metadata(cfg: RunConfig, model_cfg: VAEConfig, step: int, numbers: dict, pa
     }
 
 
-def final_report(model, cfg, model_cfg, step, img_per_s, device, command, out: Path) -> dict:
-    """Evaluate on held-out images, save weights + metadata, grids and the model card."""
-    def held_out_split(split: str) -> ImageDataset:
-        return get_dataset(cfg.dataset, split, cfg.data_dir, cfg.resolution, cfg.cache_dir,
-                           source=cfg.celeba_source, limit=cfg.eval_images)  # fmt: skip
+def held_out_dataset(cfg: RunConfig, limit: int | None = None) -> tuple[str, ImageDataset]:
+    """The run's test split (first `limit` images), or its training split when the data has no test
+    split (e.g. a local CelebA copy without one): returns (split name, dataset)."""
 
-    eval_split = {"dsprites": "test", "celeba": "test"}.get(cfg.dataset, cfg.split)
+    def load(split: str) -> ImageDataset:
+        return dataset_for_split(cfg.to_dict(), split, limit=limit, progress=cfg.progress and not cfg.quiet)
+
     try:
-        held_out = held_out_split(eval_split)
-    except (DataUnavailableError, ValueError):  # e.g. a local CelebA copy without a test split
-        eval_split = cfg.split
-        held_out = held_out_split(eval_split)
+        ds = load("test")
+        if ds.split == "test":  # a loader without splits hands back everything under its own name
+            return "test", ds
+    except (DataUnavailableError, ValueError):
+        pass
+    return cfg.split, load(cfg.split)
+
+
+def final_report(model, cfg, model_cfg, step, img_per_s, device, command, out: Path, extra=None) -> dict:
+    """Evaluate on held-out images, save weights + metadata, grids and the model card."""
+    eval_split, held_out = held_out_dataset(cfg, cfg.eval_images)
     x = held_out.tensor(range(len(held_out)), device)
-    final = {"step": step, "eval_split": eval_split, **evaluate_fixed(model, x)}
+    final = {"step": step, "eval_split": eval_split, **evaluate_fixed(model, x), **(extra or {})}
     final.update(img_per_s=_median_img_per_s(out / "metrics.jsonl", img_per_s), device=_device_name(device))
     model.save_pretrained(
         out,

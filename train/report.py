@@ -72,6 +72,7 @@ step, with one posterior sample per image (the ELBO is a lower bound on log p(x)
 | steps × batch | {final["step"]} × {run["batch_size"]} |
 
 Per-dimension KL (nats, sorted): {", ".join(f"{v:.2f}" for v in sorted(final["kl_per_dim"], reverse=True))}
+{splits_note(run, final)}
 
 Likelihood: {likelihood};
 latent {model_cfg["latent_dim"]}; data {model_cfg["image_channels"]}×{model_cfg["image_size"]}².
@@ -92,6 +93,29 @@ Files: `model.safetensors` + `config.json` (architecture and metadata), `run_con
 `metrics.jsonl` (training curves), `grids/` (reconstructions and samples during training).
 """
     return lines
+
+
+def splits_note(run: dict, final: dict) -> str:
+    """Which split each number of the card is on, the held-out tracking and a --time-limit stop."""
+    lines = [
+        "",
+        f"Splits: the table above is on the `{final['eval_split']}` split; the training curves in "
+        f"`metrics.jsonl` (`loss`, `recon`, `kl`) are on training batches of the `{run['split']}` split, "
+        "its `eval_*` lines on fixed training images and its `heldout_*` lines on the test split.",
+    ]
+    if "best_heldout_elbo" in final:
+        where = " (saved in `best/`)" if final.get("best_saved") else ""
+        lines.append(
+            f"Best held-out ELBO during training: {final['best_heldout_elbo']:.2f} nats/image on the "
+            f"`{final['heldout_split']}` split at step {final['best_step']}{where}; chosen on that split, "
+            "so its number there is optimistic."
+        )
+    if "time_limit_s" in final:
+        lines.append(
+            f"Stopped by `--time-limit {final['time_limit_s']:g}` after {final['step']} of "
+            f"{final['planned_steps']} planned steps."
+        )
+    return "\n".join(lines)
 
 
 def write_model_card(out: Path, run: dict, final: dict, command: str, model_cfg: dict) -> None:
