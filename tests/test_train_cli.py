@@ -261,6 +261,15 @@ def _scripted_steps(monkeypatch, bad_at):
     monkeypatch.setattr(loop, "make_train_step", make)
 
 
+def test_lr_10_stops_and_claims_no_checkpoint_that_does_not_exist(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = [*SPRITES, "--preset", "dsprites", "--steps", "40", "--lr", "10", "--max-bad-steps", "3"]
+    code, _, err = run(capsys, *args, "--log-every", "1", "--eval-images", "32", "--num-threads", "1",
+                       "--out", out, "--no-progress")  # fmt: skip
+    assert code == 3 and "No checkpoint was written" in err and "Traceback" not in err, err
+    assert not (out / "checkpoints").exists() and not (out / "model.safetensors").exists()
+
+
 def test_divergence_before_the_first_checkpoint_claims_no_checkpoint(tmp_path, capsys, monkeypatch):
     _scripted_steps(monkeypatch, lambda i: True)  # what --lr 10 does on step 1
     out = tmp_path / "run"
