@@ -104,3 +104,9 @@ def test_the_clis_run_from_another_folder(installed, tmp_path):
     for module, flag in (("train", "--kl-warmup-steps"), ("train.evaluate", "--iw-samples")):
         r = _run(installed, ["-m", module, "--help"], cwd=tmp_path)
         assert r.returncode == 0 and flag in r.stdout, r.stderr
+
+
+def test_the_browser_test_prerequisite_is_documented_and_its_absence_skips():
+    assert "apt-get install -y chromium" in README
+    browser_test = (REPO / "tests" / "test_app_browser.py").read_text()
+    assert 'shutil.which("chromium")' in browser_test and "skipif(CHROMIUM is None" in browser_test
