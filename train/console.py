@@ -103,7 +103,7 @@ class Console:
             f"{record['img_per_s']:,.0f} img/s  eta {eta}"
         )
 
-    def final_block(self, *, final: dict, out: Path, elapsed: float, reproduce: str) -> None:
+    def final_block(self, *, final: dict, out: Path, elapsed: float, reproduce: str, likelihood: str) -> None:
         out = Path(out)
         recon, kl = final["eval_recon"], final["eval_kl"]
         rows = [
@@ -117,7 +117,8 @@ class Console:
             ("ELBO", f"{-(recon + kl):.2f}"),
         ]
         if "eval_bpd" in final:
-            rows.append(("bits/dim", f"{final['eval_bpd']:.4f} (ELBO bound, dequantized 8-bit)"))
+            rule = "dequantized 8-bit" if likelihood == "gaussian" else "binary pixels"
+            rows.append(("bits/dim", f"{final['eval_bpd']:.4f} (ELBO bound, {rule})"))
         rows += [
             ("active units", str(final["active_units"])),
             ("elapsed", human_seconds(elapsed)),

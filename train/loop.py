@@ -534,7 +534,8 @@ def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
         if out_of_time:
             extra.update(time_limit_s=cfg.time_limit, planned_steps=end)
         final = final_report(model, cfg, model_cfg, step, img_per_s, device, command, out, extra=extra)
-        console.final_block(final=final, out=out, elapsed=time.perf_counter() - run_t0, reproduce=command)
+        console.final_block(final=final, out=out, elapsed=time.perf_counter() - run_t0, reproduce=command,
+                            likelihood=model_cfg.likelihood)  # fmt: skip
         if cfg.push_to_hub:
             url = model.push_to_hub(cfg.push_to_hub, extra_files=[str(out / "README.md")])
             console.say(f"pushed to {url}")
