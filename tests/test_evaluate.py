@@ -107,8 +107,8 @@ def test_gaussian_model_on_an_image_folder_uses_the_dequantized_bits_per_dim(tmp
         images,
         "--cache-dir",
         tmp_path / "cache",
-        "--split",
-        "all",  # a flat folder: no train/test subfolders, no --test-fraction
+        "--split",  # a flat folder has no test split: evaluate every file
+        "all",
         "--iw-samples",
         2,
         "--num-images",

@@ -36,6 +36,18 @@ def default_preset(dataset: str, image_shape: tuple[int, int, int]) -> str:
     if dataset != "dsprites" and c == 1 and max(h, w) <= MLP_MAX_SIZE:
         return "mlp"
     return DEFAULT_PRESET[dataset]
+# A CPU step is compute-bound at 64 already; a GPU needs a bigger batch to stay busy (the CUDA-graph step
+# at 256 is where the H200 measurements in DESIGN §8 were taken).
+DEFAULT_BATCH_SIZE = {"cpu": 64, "cuda": 256}
+
+
+def default_batch_size(device: str) -> int:
+    """The batch size a run on `device` ("auto", "cpu", "cuda", "cuda:1", ...) gets when none is given."""
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return DEFAULT_BATCH_SIZE.get(device.split(":")[0], DEFAULT_BATCH_SIZE["cpu"])
 
 
 @dataclass
@@ -49,7 +61,7 @@ class RunConfig:
     out: str = "runs/dsprites"
     steps: int | None = None
     epochs: float | None = None
-    batch_size: int = 64
+    batch_size: int | None = None  # None: default_batch_size(device), resolved on construction
     lr: float = 1e-3
     weight_decay: float = 0.0
     lr_schedule: str = "constant"
@@ -67,6 +79,7 @@ class RunConfig:
     device: str = "auto"
     precision: str = "auto"
     compile: bool = False
+    cuda_graph: bool = True  # capture the training step in a CUDA graph (CUDA only; see train/step.py)
     channels_last: bool = True
     grad_clip: float = 200.0
     max_bad_steps: int = 20
@@ -92,6 +105,8 @@ class RunConfig:
         # folder: the preset follows the images' shape (`default_preset`), set once the data is loaded.
         if self.steps is None and self.epochs is None:
             self.steps = DEFAULT_STEPS
+        if self.batch_size is None:
+            self.batch_size = default_batch_size(self.device)
         if self.hflip is None:
             # Faces are left-right symmetric; elsewhere a flip can change what an image is (a mirrored
             # digit, dSprites' labelled posX), so flips are on for face data only.
@@ -165,7 +180,7 @@ class RunConfig:
         """The preset must take --resolution; if not, name the flag and list the sizes that work."""
         if self.resolution < 8:
             raise ValueError(f"--resolution {self.resolution}: must be at least 8 px")
-        if self.preset is None:  # decided from the data once it is loaded (`default_preset`)
+        if self.preset is None:  # decided from the data's shape once it is loaded; checked again then
             return
         try:
             self.model_config(1)
@@ -332,7 +347,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--epochs", type=float, default=None, help="passes over the split (alternative to --steps)"
     )
-    g.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch (split over processes)")
+    g.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help=f"global batch (split over processes); default {DEFAULT_BATCH_SIZE['cpu']} on CPU, "
+        f"{DEFAULT_BATCH_SIZE['cuda']} on CUDA",
+    )
     g.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
     g.add_argument(
@@ -347,8 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="ramp β linearly from 0 over this many steps (avoids early posterior collapse); 0 = off. "
-        f"Default: the first {KL_WARMUP_FRACTION * 100:.0f}%% of the run's steps (measured to help on the "
-        "digits benchmark, BENCHMARKS.md)",
+        f"Default: the first {round(100 * KL_WARMUP_FRACTION)} %% of the run's steps (measured to help on "
+        "the digits benchmark, BENCHMARKS.md)",
     )
     g.add_argument(
         "--free-bits",
@@ -381,8 +402,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.precision,
         help="auto: bf16 autocast on CUDA, fp32 on CPU",
     )
-    switch(g, "compile", d.compile, "torch.compile the model")
+    switch(g, "compile", d.compile, "torch.compile the model (the CUDA graph then captures it)")
     switch(g, "channels-last", d.channels_last, "NHWC memory format (faster convs on GPUs and on CPU)")
+    switch(
+        g,
+        "cuda-graph",
+        d.cuda_graph,
+        "CUDA: capture the whole training step (forward, backward, clipping, skip guard, AdamW) in one "
+        "CUDA graph and replay it; β and the learning rate stay scheduled. Ignored on CPU and with DDP",
+    )
     g.add_argument(
         "--num-threads",
         type=int,

@@ -224,8 +224,9 @@ class BatchSource:
         idx = perm[start : start + self.per_rank]
         return idx, flips[start : start + self.per_rank]
 
-    def batch(self, step: int) -> torch.Tensor:
-        """uint8 (B/world, C, H, W) on the device."""
+    def batch(self, step: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        """uint8 (B/world, C, H, W) on the device; gathered into `out` when given (a buffer of that shape,
+        such as the training step's static CUDA-graph input), and then `out` is returned."""
         idx, flip = self.indices(step)
         if self._rendered:
             x = self.dataset.images.render(idx.sort().values, self.device)
@@ -233,7 +234,7 @@ class BatchSource:
         elif self._resident is not None:
             start = (step % self.steps_per_epoch) * self.batch_size + self.rank * self.per_rank
             rows = slice(start, start + self.per_rank)
-            x = self._resident.index_select(0, self._perm_dev[rows])
+            x = torch.index_select(self._resident, 0, self._perm_dev[rows], out=out)
             flip = self._flips_dev[rows]
         else:
             # Sorted reads are sequential on a memmap; the order inside a batch does not matter
@@ -250,7 +251,7 @@ class BatchSource:
             x = binarize(x, "stochastic", g)
         elif self.dataset.binarize == "threshold":
             x = binarize(x, "threshold")
-        return x
+        return x if out is None or x is out else out.copy_(x, non_blocking=True)
 
 
 def _stream_seed(seed: int, step: int, rank: int) -> int:

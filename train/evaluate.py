@@ -168,12 +168,10 @@ def load_data(args: argparse.Namespace, model):
     """The first max(N, M) images of the split, checked against the model's image shape. Data flags
     not given default to the run's own (its saved run_config.json), so `--checkpoint RUN` alone finds
     the run's test split."""
-    from train.data import get_dataset
+    from train.data import dataset_for_split
 
     run = saved_run_config(args.checkpoint)
-    if args.dataset is None or args.dataset == run.get("dataset"):
-        args.data_dir = args.data_dir or run.get("data_dir")
-        args.cache_dir = args.cache_dir or run.get("cache_dir")
+    same_data = args.dataset is None or args.dataset == run.get("dataset")
     name = args.dataset or run.get("dataset") or model.metadata.get("dataset")
     if not name:
         raise ValueError("the model's metadata does not say which dataset it was trained on: pass --dataset")
@@ -181,16 +179,13 @@ def load_data(args: argparse.Namespace, model):
     expected = (cfg.image_channels, cfg.image_size, cfg.image_size)
     if name == "dsprites" and expected != (1, 64, 64):
         raise ValueError(f"dsprites images are (1, 64, 64) but the model takes {expected}: pick its dataset")
-    ds = get_dataset(
-        name,
-        args.split,
-        args.data_dir,
-        resolution=cfg.image_size,
-        cache_dir=args.cache_dir,
-        limit=max(args.num_images, args.latent_images),
-        progress=args.progress,  # --no-progress silences the cache-building bar too
-        **({"source": run["celeba_source"]} if name == "celeba" and run.get("celeba_source") else {}),
-    )
+    # The run's own data rule (folder, split rule, binarization, cache) unless a flag says otherwise;
+    # the model fixes the image shape.
+    data = {**(run if same_data else {}), "dataset": name}
+    data.update({k: v for k, v in (("data_dir", args.data_dir), ("cache_dir", args.cache_dir)) if v})
+    data.update(resolution=cfg.image_size, channels=str(cfg.image_channels))
+    limit = max(args.num_images, args.latent_images)
+    ds = dataset_for_split(data, args.split, limit=limit, progress=args.progress)  # --no-progress: no bars
     if tuple(ds.image_shape) != expected:
         raise ValueError(
             f"{name}/{args.split} images are {tuple(ds.image_shape)} but the model takes {expected}"

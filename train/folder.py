@@ -125,7 +125,7 @@ def split_files(root: Path, split: str, test_fraction: float | None, split_seed:
     raise DataUnavailableError(
         f"--data-dir {root} has no {split} split: it has {_describe(root)} and no train/ and {split}/ "
         f"folders. Add train/ and {split}/ subfolders, or pass --test-fraction 0.2 to hold out 20 % "
-        f"of the files (fixed seed)"
+        f"of the files (fixed seed), or use --split all for every file"
     )
 
 
