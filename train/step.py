@@ -172,9 +172,7 @@ class TrainStep:
                 group["lr"] = self.lr_t  # after any load_state_dict, which would bring its own value
         blocker = self._graph_blocker()
         self.graph_wanted = blocker is None
-        for group in optimizer.param_groups:
-            # Fused AdamW runs the same kernel either way; the flag only allows (or forbids) the capture.
-            group["capturable"] = self.graph_wanted
+        self._set_capturable(self.graph_wanted)
         if self.graph_wanted:
             self.graph_status = f"CUDA graph: on (captured after {GRAPH_WARMUP_STEPS} eager warm-up steps)"
         else:
@@ -184,6 +182,12 @@ class TrainStep:
         self.graph: torch.cuda.CUDAGraph | None = None
         self._static: tuple[torch.Tensor, ...] | None = None
         self._eager_calls = 0
+
+    def _set_capturable(self, on: bool) -> None:
+        # Fused AdamW runs the same kernel either way; the flag only allows (or forbids) the capture.
+        if self.on_device_skip:
+            for group in self.optimizer.param_groups:
+                group["capturable"] = on
 
     def _graph_blocker(self) -> str | None:
         if not self.cfg.cuda_graph:
@@ -283,6 +287,7 @@ class TrainStep:
             generator.graphsafe_set_state(rng_before)
             torch.cuda.synchronize(self.device)
             self.graph_wanted = False
+            self._set_capturable(False)
             self.graph_status = (
                 f"CUDA graph: off — the capture failed at step {step_index} ({_first_line(e)}); the step "
                 "runs eagerly from here (--no-cuda-graph skips the attempt)"
