@@ -1,29 +1,30 @@
-"""Images in and out of the demo: safe decoding of uploads, the training preprocessing, and PNG/GIF layout.
+"""Images in and out of the demo: uploads through the training decoder, and PNG/GIF layout.
 
+Uploads are decoded by `vae_triton.images.decode`, the function the training loaders fill their caches
+with, using the preprocessing of the model's dataset, so the model sees the pixels it was trained on.
 No Gradio here. Bad uploads raise `InputError` (a ValueError) with a message meant for the user.
 """
 
 from __future__ import annotations
 
 import functools
-import io
 import math
 import os
 import tempfile
 import time
 import uuid
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageFont
 
+from vae_triton import images as decoder
 from vae_triton.io import atomic_path
 
-# Decompression-bomb guard: PIL warns past MAX_IMAGE_PIXELS and refuses past twice that; both refuse here.
-# 40 MP covers any phone photo (a 64×64 model never needs more).
+# Decompression-bomb limit for uploads: 40 MP covers any phone photo (a 64×64 model never needs more).
+# Checked from the image header before decoding (vae_triton.images); Pillow's own check uses it too.
 MAX_IMAGE_PIXELS = 40_000_000
 Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 
@@ -45,13 +46,14 @@ class Preprocess:
     """
 
     crop_fraction: float = 1.0
-    background: int = 255
+    background: int = decoder.BACKGROUND
 
 
 # CelebA-64: center crop 148 of the aligned 178×218 image, i.e. 148/178 of the shorter side, then resize.
-# dSprites: white sprites on black, already 64×64; any other image: largest centered square.
+# dSprites: white sprites on black (its training images have no alpha; a transparent upload goes on
+# black like them); any other image: largest centered square, alpha over the decoder's white.
 PREPROCESS = {
-    "celeba": Preprocess(crop_fraction=148 / 178, background=255),
+    "celeba": Preprocess(crop_fraction=148 / 178),
     "dsprites": Preprocess(crop_fraction=1.0, background=0),
 }
 DEFAULT_PREPROCESS = Preprocess()
@@ -62,83 +64,28 @@ def open_image(source: str | os.PathLike | bytes) -> Image.Image:
     if source is None:
         raise InputError("no image given: upload an image or pick one of the examples")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            stream = io.BytesIO(source) if isinstance(source, bytes) else source
-            with Image.open(stream) as img:
-                img.load()  # decode now: a truncated file fails here, not later in the pipeline
-                return ImageOps.exif_transpose(img)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise InputError(
-            f"the image is too large to decode safely (more than {MAX_IMAGE_PIXELS:,} pixels): "
-            "downscale it first"
-        ) from None
-    except UnidentifiedImageError:
-        raise InputError(
-            "the upload is not an image PIL can read: use a PNG, JPEG, GIF, BMP or WebP file"
-        ) from None
-    except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt data inside a known format
-        raise InputError(f"the image file is damaged or truncated ({e}): try another file") from None
-
-
-def _to_8bit(img: Image.Image) -> Image.Image:
-    """16-bit and float images → 8-bit grey (PIL's convert clips them instead of scaling)."""
-    arr = np.asarray(img, dtype=np.float64)
-    top = (
-        1.0
-        if img.mode == "F" and arr.max(initial=0) <= 1.0
-        else (65535.0 if arr.max(initial=0) > 255 else 255.0)
-    )
-    return Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
-
-
-def _flatten(img: Image.Image, background: int) -> Image.Image:
-    """Any PIL mode → 'RGB' or 'L', transparent pixels composited over `background`."""
-    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
-        return _to_8bit(img)
-    if img.mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
-        under = Image.new("RGBA", rgba.size, (background, background, background, 255))
-        return Image.alpha_composite(under, rgba).convert("RGB")
-    if img.mode in ("L", "RGB"):
-        return img
-    try:
-        return img.convert("RGB")  # 1, CMYK, YCbCr, HSV, ...
-    except ValueError:
-        raise InputError(
-            f"images in PIL mode {img.mode!r} are not supported: save it as an RGB PNG"
-        ) from None
+        return decoder.load(source, max_pixels=Image.MAX_IMAGE_PIXELS)
+    except decoder.ImageTooLargeError as e:
+        raise InputError(str(e)) from None
+    except decoder.ImageDecodeError as e:
+        raise InputError(f"the upload cannot be used: {e}; try another file") from None
 
 
 def to_model_input(img: Image.Image, channels: int, size: int, dataset: str | None = None) -> torch.Tensor:
     """A PIL image of any size and mode → float tensor (1, channels, size, size) in [0, 1].
 
-    The training preprocessing of `dataset` (see PREPROCESS): centered square crop, antialiased bilinear
-    resize (what the training data path uses), then grey or RGB as the model expects.
+    Exactly `vae_triton.images.decode` with the training preprocessing of `dataset` (see PREPROCESS):
+    centered square crop, bilinear resize when the size differs, grey or RGB as the model expects.
     """
     prep = PREPROCESS.get(dataset or "", DEFAULT_PREPROCESS)
-    flat = _flatten(img, prep.background)
-    w, h = flat.size
-    if min(w, h) < 1:
-        raise InputError(f"the image is empty ({w}×{h} px)")
-    side = max(1, round(min(w, h) * prep.crop_fraction))
-    left, top = (w - side) // 2, (h - side) // 2
-    square = flat.crop((left, top, left + side, top + side))
-    if square.size != (size, size):
-        square = square.resize((size, size), Image.Resampling.BILINEAR)
-    square = square.convert("L" if channels == 1 else "RGB")
-    arr = np.asarray(square, dtype=np.float32) / 255.0
-    if channels == 1:
-        arr = arr[None]
-    elif channels == 3:
-        arr = arr.transpose(2, 0, 1)
-    else:
-        raise InputError(
-            f"the model expects {channels}-channel images; only 1 (grey) and 3 (RGB) are supported"
-        )
-    return torch.from_numpy(np.ascontiguousarray(arr))[None]
+    crop = None if prep.crop_fraction == 1.0 else prep.crop_fraction
+    try:
+        x = decoder.decode(img, channels=channels, size=size, crop=crop, background=prep.background)
+    except decoder.ImageDecodeError as e:
+        raise InputError(f"the image cannot be used: {e}") from None
+    except ValueError as e:  # a model with another channel count
+        raise InputError(f"the model expects {channels}-channel images: {e}") from None
+    return x.float().div_(255.0)[None]
 
 
 # ---- output layout ------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 from torch.distributions import Bernoulli, Normal, kl_divergence
 
+from vae_triton import ops
 from vae_triton.model import PRESETS, VAE, VAEConfig
 
 SMALL = dict(image_size=16, channels=(4, 8), hidden_dim=16, latent_dim=3)
@@ -61,13 +62,33 @@ def test_gaussian_terms_match_torch_distributions():
     std = torch.exp(0.5 * logvar)
     torch.testing.assert_close(out.z, mu + std * eps)
     kl_ref = kl_divergence(Normal(mu, std), Normal(0.0, 1.0)).sum(1)
-    mean = model.decode(out.z)
+    mean = torch.sigmoid(model.decode(out.z))  # decode gives logits; the mean image is their sigmoid
     sigma = model.log_sigma.exp().view(1, 3, 1, 1).expand_as(x)
     recon_ref = -Normal(mean, sigma).log_prob(x).flatten(1).sum(1)
     torch.testing.assert_close(out.kl, kl_ref, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(out.recon_nll, recon_ref, rtol=1e-4, atol=1e-3)
     torch.testing.assert_close(out.loss, (recon_ref + 2.5 * kl_ref).mean(), rtol=1e-4, atol=1e-3)
     assert out.recon_nll.shape == out.kl.shape == (x.shape[0],)
+
+
+@pytest.mark.parametrize("sigma", ["fixed", "scalar", "channel"])
+def test_saved_gaussian_model_gives_the_nll_it_gave_when_decode_returned_the_mean(tmp_path, sigma):
+    """decode now returns logits for the Gaussian decoder too and the NLL fuses the sigmoid: a model saved
+    before (same weights) loads and scores exactly what sigmoid-then-gaussian_nll scored."""
+    model = small_model(sigma=sigma, log_sigma=-1.5)
+    if model.log_sigma is not None:
+        with torch.no_grad():
+            model.log_sigma.add_(0.2 * torch.randn(model.log_sigma.shape))
+    model.save_pretrained(tmp_path)
+    loaded = VAE.from_pretrained(tmp_path)
+    x = images(loaded)
+    eps = torch.randn(x.shape[0], loaded.config.latent_dim)
+    out = loaded(x, eps=eps)
+    mean_before = torch.sigmoid(loaded.decode(out.z))  # what the old decode returned
+    before = ops.gaussian_nll(mean_before, x, loaded.effective_log_sigma())
+    torch.testing.assert_close(out.recon_nll, before, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(loaded.output_to_image(out.output), mean_before)
+    assert loaded.reconstruct(x).min() >= 0 and loaded.reconstruct(x).max() <= 1
 
 
 def test_bernoulli_terms_match_torch_distributions():
@@ -208,3 +229,67 @@ def test_push_to_hub_uploads_the_saved_folder(tmp_path, monkeypatch):
     assert url.endswith("someone/vae") and calls["repo"] == ("someone/vae", False, True)
     assert calls["files"] == ["README.md", "config.json", "model.safetensors"]
     assert calls["config"]["metadata"] == {"beta": 2.0}
+
+
+# ---- the mlp preset ---------------------------------------------------------------------------
+def test_mlp_preset_is_the_two_hidden_layer_benchmark_net():
+    cfg = VAEConfig.preset("mlp")
+    model = VAE(cfg)
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert not any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    d = cfg.image_channels * cfg.image_size**2
+    assert (cfg.image_channels, cfg.image_size, cfg.likelihood, d) == (1, 28, "bernoulli", 784)
+    h1, h2 = cfg.mlp_hidden
+    # encoder 784-h1-h2-(μ, log σ²), decoder latent-h2-h1-784
+    assert [(m.in_features, m.out_features) for m in linears] == [
+        (784, h1), (h1, h2), (h2, 2 * cfg.latent_dim), (cfg.latent_dim, h2), (h2, h1), (h1, 784)
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+def test_mlp_terms_match_torch_distributions_at_any_image_size(likelihood):
+    cfg = VAEConfig.preset("mlp", image_channels=2, image_size=7, mlp_hidden=(12, 6), latent_dim=3,
+                           likelihood=likelihood, activation="tanh")  # fmt: skip
+    model = VAE(cfg)
+    x = (torch.rand(5, 2, 7, 7) > 0.5).float()
+    eps = torch.randn(5, 3)
+    out = model(x, beta=0.5, eps=eps)
+    mu, logvar = model.encode(x)
+    std = torch.exp(0.5 * logvar)
+    torch.testing.assert_close(out.z, mu + std * eps)
+    kl_ref = kl_divergence(Normal(mu, std), Normal(0.0, 1.0)).sum(1)
+    if likelihood == "bernoulli":
+        recon_ref = -Bernoulli(logits=out.output).log_prob(x).flatten(1).sum(1)
+    else:  # sigma "fixed" from the preset: log σ = 0
+        recon_ref = -Normal(torch.sigmoid(out.output), 1.0).log_prob(x).flatten(1).sum(1)  # decode → logits
+    assert out.output.shape == x.shape
+    torch.testing.assert_close(out.kl, kl_ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out.recon_nll, recon_ref, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(out.loss, (recon_ref + 0.5 * kl_ref).mean(), rtol=1e-4, atol=1e-3)
+    out.loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_mlp_round_trip_and_old_configs_load_as_conv(tmp_path):
+    model = VAE(VAEConfig.preset("mlp", latent_dim=2)).eval()
+    model.save_pretrained(tmp_path / "mlp")
+    loaded = VAE.from_pretrained(tmp_path / "mlp")
+    x = (torch.rand(3, 1, 28, 28) > 0.5).float()
+    assert loaded.config == model.config and loaded.config.arch == "mlp"
+    torch.testing.assert_close(loaded.reconstruct(x), model.reconstruct(x), rtol=0, atol=0)
+    # A config.json written before `arch` existed has neither field: it is a conv net.
+    small_model().save_pretrained(tmp_path / "old")
+    doc = json.loads((tmp_path / "old" / "config.json").read_text())
+    for key in ("arch", "mlp_hidden"):
+        del doc["config"][key]
+    (tmp_path / "old" / "config.json").write_text(json.dumps(doc))
+    assert VAE.from_pretrained(tmp_path / "old").config.arch == "conv"
+
+
+def test_mlp_config_errors_name_the_field():
+    with pytest.raises(ValueError, match="mlp_hidden"):
+        VAEConfig.preset("mlp", mlp_hidden=())
+    with pytest.raises(ValueError, match="arch"):
+        VAEConfig.preset("mlp", arch="transformer")
+    with pytest.raises(ValueError, match="image_size"):
+        VAEConfig.preset("celeba64", image_size=28)  # conv size rule still applies to conv nets

@@ -22,8 +22,10 @@ def elbo_terms(params, x, log_sigma, seed):
     z, kl = ops.reparameterize_kl(mu, logvar, seed=seed)
     decoded = z[:, : x.shape[1], None, None] + x.flip(-1)  # something image-shaped that depends on z
     gauss = ops.gaussian_nll(torch.sigmoid(decoded), x, log_sigma)
+    fused = ops.gaussian_nll_logits(decoded, x, log_sigma) + ops.gaussian_nll_logits(decoded, x, -0.5)
+    fixed = ops.gaussian_nll(torch.sigmoid(decoded), x, 0.25)
     bern = ops.bernoulli_nll(decoded, x)
-    return (gauss + bern + kl).mean(), z
+    return (gauss + fused + fixed + bern + kl).mean(), z
 
 
 def run_with_grads(fn, params, x, log_sigma, seed):
@@ -95,9 +97,13 @@ def test_opcheck_every_custom_op():
         (vt.reparameterize_kl, (mu, logvar, None, torch.randn(3, 5), -1.0, 1.0)),
         (vt.reparameterize_kl_backward,
          (torch.randn(3, 5), torch.randn(3), mu.detach(), logvar.detach(), seed, None, -30.0, 20.0)),
-        (vt.squared_error_sums, (mean, x, 3)),
-        (vt.squared_error_sums, (mean.contiguous(memory_format=torch.channels_last), x, 1)),
-        (vt.squared_error_sums_backward, (grad_sums, mean.detach(), x.detach(), True, True)),
+        (vt.squared_error_sums, (mean, x, 3, False)),
+        (vt.squared_error_sums, (mean.contiguous(memory_format=torch.channels_last), x, 1, True)),
+        (vt.squared_error_sums_backward, (grad_sums, mean.detach(), x.detach(), True, True, False)),
+        (vt.squared_error_sums_backward, (grad_sums, mean.detach(), x.detach(), True, False, True)),
+        (vt.gaussian_nll_fixed, (mean, x, -0.7, False)),
+        (vt.gaussian_nll_fixed, (mean.contiguous(memory_format=torch.channels_last), x, 0.3, True)),
+        (vt.gaussian_nll_fixed_backward, (grad_nll, mean.detach(), x.detach(), 0.3, True, True, True)),
         (vt.bernoulli_nll, (mean, x)),
         (vt.bernoulli_nll_backward, (grad_nll, mean.detach(), x.detach(), True, False)),
     ]  # fmt: skip
@@ -105,21 +111,69 @@ def test_opcheck_every_custom_op():
         torch.library.opcheck(op, args)
 
 
+def _all_ops(params, x, log_sigma, seed, eps):
+    """Every public op, every σ kind, with x requiring grad too: one scalar and z to differentiate."""
+    mu, logvar = params.chunk(2, dim=1)
+    z, kl = ops.reparameterize_kl(mu, logvar, seed=seed)
+    z_eps, kl_eps = ops.reparameterize_kl(mu, logvar, eps=eps, logvar_clamp=(-1.0, 1.0))
+    image = z[:, : x.shape[1], None, None] + z_eps[:, : x.shape[1], None, None] * x.flip(-1)
+    terms = [
+        kl, kl_eps,
+        ops.gaussian_nll(torch.sigmoid(image), x, log_sigma), ops.gaussian_nll(torch.sigmoid(image), x, -0.3),
+        ops.gaussian_nll(torch.sigmoid(image), x, log_sigma[:1]),
+        ops.gaussian_nll_logits(image, x, log_sigma), ops.gaussian_nll_logits(image, x, 0.4),
+        ops.gaussian_nll_logits(image.contiguous(memory_format=torch.channels_last), x, log_sigma[1:]),
+        ops.bernoulli_nll(image, x),
+    ]  # fmt: skip
+    return torch.stack(terms).sum(0), z
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_light_eager_path_equals_the_custom_ops_bitwise(monkeypatch, dtype):
+    """autograd.Function (eager) and custom_op (compile, opcheck) wrap the same launchers: same bits."""
+    params, x, log_sigma, seed = inputs()
+    params, x = params.to(dtype), x.to(dtype)
+    eps = torch.randn(3, 5, dtype=dtype)
+    w = torch.randn(3)
+    results = {}
+    for light in (True, False):
+        monkeypatch.setattr(ops, "LIGHT_EAGER", light)
+        leaves = [t.detach().clone().requires_grad_() for t in (params, x, log_sigma, eps)]
+        nll, z = _all_ops(*leaves[:3], seed, leaves[3])
+        assert _wrappers(nll) == {"function" if light else "custom_op"}
+        grads = torch.autograd.grad((w * nll).sum() + z.float().square().sum(), leaves)
+        results[light] = (nll, z, *grads)
+    for a, b in zip(results[True], results[False], strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape and a.stride() == b.stride()
+        assert torch.equal(a, b)
+
+
 # ------------------------------------------------------------------------------------------ dispatch
 
 
-def _is_custom_op(t: torch.Tensor) -> bool:
-    """Whether a vae_triton custom op appears anywhere in t's autograd graph."""
-    stack, seen = [t.grad_fn], set()
+def _wrappers(t: torch.Tensor) -> set[str]:
+    """Which vae_triton autograd wrappers appear in t's autograd graph: 'custom_op' and/or 'function'."""
+    stack, seen, found = [t.grad_fn], set(), set()
     while stack:
         node = stack.pop()
         if node is None or node in seen:
             continue
         seen.add(node)
         if "vae_triton" in type(node).__name__:
-            return True
+            found.add("custom_op")
+        elif getattr(getattr(node, "_forward_cls", None), "__module__", "") == "vae_triton.ops":
+            found.add("function")
         stack.extend(fn for fn, _ in node.next_functions)
-    return False
+    return found
+
+
+def _is_custom_op(t: torch.Tensor) -> bool:
+    return "custom_op" in _wrappers(t)
+
+
+def _runs_kernels(t: torch.Tensor) -> bool:
+    return bool(_wrappers(t))
 
 
 def test_env_var_forces_the_torch_reference(monkeypatch):
@@ -129,8 +183,9 @@ def test_env_var_forces_the_torch_reference(monkeypatch):
     z, _ = ops.reparameterize_kl(mu, logvar, seed=5)
     generator = torch.Generator().manual_seed(5)
     assert torch.equal(z, reference.reparameterize_kl(mu, logvar, generator=generator)[0])
-    assert not _is_custom_op(z)
-    assert not _is_custom_op(ops.bernoulli_nll(mu, torch.rand(3, 4)))
+    assert not _runs_kernels(z)
+    assert not _runs_kernels(ops.bernoulli_nll(mu, torch.rand(3, 4)))
+    assert not _runs_kernels(ops.gaussian_nll_logits(mu, torch.rand(3, 4), torch.zeros(())))
     assert ops.backend_for(mu) == "torch"
 
 
@@ -140,15 +195,15 @@ def test_env_var_forces_triton_and_auto_picks_it_when_interpreting(monkeypatch):
     for value in ["triton", "", "auto", " Triton "]:
         monkeypatch.setenv("VAE_TRITON_BACKEND", value)
         assert ops.backend_for(mu) == "triton"
-        assert _is_custom_op(ops.reparameterize_kl(mu, torch.zeros(3, 4))[0])
-        assert _is_custom_op(ops.gaussian_nll(mu, torch.rand(3, 4)))
+        assert _runs_kernels(ops.reparameterize_kl(mu, torch.zeros(3, 4))[0])
+        assert _runs_kernels(ops.gaussian_nll(mu, torch.rand(3, 4)))
 
 
 def test_float64_always_runs_the_reference(monkeypatch):
     monkeypatch.delenv("VAE_TRITON_BACKEND", raising=False)
     mu = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
     assert ops.backend_for(mu) == "torch"
-    assert not _is_custom_op(ops.gaussian_nll(mu, torch.rand(3, 4, dtype=torch.float64)))
+    assert not _runs_kernels(ops.gaussian_nll(mu, torch.rand(3, 4, dtype=torch.float64)))
 
 
 def test_cpu_without_interpreter_or_without_triton_uses_torch(monkeypatch):
@@ -240,6 +295,21 @@ BAD_INPUTS = [
     (lambda: ops.bernoulli_nll(IMG, torch.zeros(2, 3, 16)), "`x` has shape"),
     (lambda: ops.bernoulli_nll(torch.zeros(5), torch.zeros(5)), "`logits` must be a batch"),
     (lambda: ops.bernoulli_nll(IMG, None), "`x` must be a torch.Tensor"),
+    # value ranges (issue 13): σ with σ² and 1/σ² finite in float32; exp(logvar_clamp high) finite
+    (lambda: ops.gaussian_nll(IMG, IMG, -1000.0), "gaussian_nll: `log_sigma` must be in [-40, 40]"),
+    (lambda: ops.gaussian_nll(IMG, IMG, 40.5), "`log_sigma` must be in [-40, 40]"),
+    (lambda: ops.gaussian_nll(IMG, IMG, -(10**400)), "`log_sigma` must be in [-40, 40]"),
+    (lambda: ops.reparameterize_kl(M, M, logvar_clamp=(-30.0, 89.0)), "`logvar_clamp` high must be ≤ 88"),
+    (lambda: ops.reparameterize_kl(M, M, logvar_clamp=(0.0, float("inf"))), "`logvar_clamp` high must be"),
+    # the fused sigmoid + Gaussian NLL
+    (lambda: ops.gaussian_nll_logits(IMG.long(), IMG), "gaussian_nll_logits: `logits` has dtype torch.int64"),
+    (lambda: ops.gaussian_nll_logits(IMG, IMG[:, :2]), "`x` has shape"),
+    (lambda: ops.gaussian_nll_logits(torch.zeros(4), torch.zeros(4)), "`logits` must be a batch"),
+    (lambda: ops.gaussian_nll_logits(IMG, None), "`x` must be a torch.Tensor"),
+    (lambda: ops.gaussian_nll_logits(IMG, IMG, torch.zeros(2)), "`log_sigma` must be a float, a one-element"),
+    (lambda: ops.gaussian_nll_logits(IMG, IMG, -1000.0), "gaussian_nll_logits: `log_sigma` must be in"),
+    (lambda: ops.gaussian_nll_logits(IMG, IMG, float("nan")), "`log_sigma` must be finite"),
+    (lambda: ops.gaussian_nll_logits(IMG, IMG, None), "`log_sigma` must be a float or a tensor"),
 ]
 
 
@@ -249,3 +319,50 @@ def test_bad_input_raises_value_error_naming_the_argument(monkeypatch, backend, 
     monkeypatch.setenv("VAE_TRITON_BACKEND", backend)
     with pytest.raises(ValueError, match=re.escape(message)):
         call()
+
+
+# ------------------------------------------------------------------- edges of the documented ranges
+
+EDGE_IMAGES = [  # finite inputs: pixel targets, far-off means, saturated and huge logits
+    (torch.tensor([0.0, 1.0, 0.5, 1.0]), torch.tensor([1.0, 0.0, 0.5, 1.0])),
+    (torch.tensor([1e4, -1e4, 40.0, -40.0]), torch.tensor([0.0, 1.0, 1.0, 0.0])),
+    (torch.tensor([1e30, -1e30, 0.0, 3.0]), torch.tensor([1.0, 0.0, 0.0, 0.5])),
+]
+
+
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+@pytest.mark.parametrize("log_sigma", [-40.0, 40.0, "tensor"])
+@pytest.mark.parametrize("images", range(len(EDGE_IMAGES)))
+@pytest.mark.parametrize("grad_scale", [0.0, 1.0])
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # the interpreter's numpy: to inf
+def test_no_nan_at_the_edges_of_the_sigma_range(monkeypatch, backend, log_sigma, images, grad_scale):
+    """σ at the ends of [e⁻⁴⁰, e⁴⁰] (tensor σ: −1000 / +1000, clamped there) with finite images: values
+    and gradients may reach ±inf in float32, never NaN — also when the upstream gradient is 0."""
+    monkeypatch.setenv("VAE_TRITON_BACKEND", backend)
+    a, b = (t.repeat(2, 2, 1).reshape(2, 2, 2, 2) for t in EDGE_IMAGES[images])
+    ls = torch.tensor([-1000.0, 1000.0], requires_grad=True) if log_sigma == "tensor" else log_sigma
+    for op in (ops.gaussian_nll, ops.gaussian_nll_logits, ops.bernoulli_nll):
+        if op is ops.bernoulli_nll and (images == 2 or log_sigma != -40.0):
+            continue  # its logits carry no σ: one pass over the moderate images is enough
+        mean, x = a.clone().requires_grad_(), b.clone().requires_grad_()
+        nll = op(mean, x) if op is ops.bernoulli_nll else op(mean, x, ls)
+        leaves = [t for t in (mean, x, ls) if isinstance(t, torch.Tensor)]
+        grads = torch.autograd.grad((grad_scale * nll).sum(), leaves)
+        for t in (nll, *grads):
+            assert not t.isnan().any(), (op.__name__, t)
+
+
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+@pytest.mark.parametrize("clamp", [(-30.0, 20.0), (float("-inf"), 88.0), None])
+def test_no_nan_at_the_edges_of_the_logvar_range(monkeypatch, backend, clamp):
+    """logvar at and past the clamp ends (and up to 88 with no clamp), ε = 0 included: no NaN anywhere."""
+    monkeypatch.setenv("VAE_TRITON_BACKEND", backend)
+    mu = torch.tensor([[1e3, -1e3, 0.0, 5.0]] * 2, requires_grad=True)
+    big = 88.0 if clamp is None else 1e30
+    logvar = torch.tensor([[big, -1e30, 88.0, -88.0]] * 2, requires_grad=True)
+    eps = torch.tensor([[0.0, 1.0, -1.0, 0.0]] * 2)
+    for grad_kl in (0.0, 1.0):
+        z, kl = ops.reparameterize_kl(mu, logvar, eps=eps, logvar_clamp=clamp)
+        grads = torch.autograd.grad(z.sum() + grad_kl * kl.sum(), (mu, logvar))
+        for t in (z, kl, *grads):
+            assert not t.isnan().any(), t

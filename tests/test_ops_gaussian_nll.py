@@ -37,11 +37,12 @@ def sigma_for(kind: str, channels: int):
     return (torch.randn(channels) * 0.5).requires_grad_()
 
 
-def check(mean, x, log_sigma, dtype=torch.float32):
-    """Values, and gradients of Σ w·nll for every input that requires grad, against the float64 oracle."""
+def check(mean, x, log_sigma, dtype=torch.float32, op=ops.gaussian_nll, oracle=oracle):
+    """Values, and gradients of Σ w·nll for every input that requires grad, against the float64 oracle;
+    gradients laid out like their inputs. `op`/`oracle` default to gaussian_nll and Normal.log_prob."""
     w = torch.randn(mean.shape[0])
     leaves = [t for t in (mean, x, log_sigma) if isinstance(t, torch.Tensor) and t.requires_grad]
-    nll = ops.gaussian_nll(mean, x, log_sigma)
+    nll = op(mean, x, log_sigma)
     got = torch.autograd.grad((w * nll).sum(), leaves) if leaves else ()
 
     def as64(t):
@@ -55,6 +56,7 @@ def check(mean, x, log_sigma, dtype=torch.float32):
     torch.testing.assert_close(nll.double(), ref.detach(), rtol=2e-6, atol=1e-4)
     for g, g64, leaf in zip(got, want, leaves, strict=True):
         assert g.dtype == leaf.dtype and g.shape == leaf.shape
+        assert g.stride() == torch.empty_like(leaf).stride()
         torch.testing.assert_close(g.double(), g64, rtol=TOL[dtype], atol=TOL[dtype])
 
 

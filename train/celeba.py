@@ -3,7 +3,8 @@
 Sources: `flwrlabs/celeba` (config `img_align+identity+attr`: official train/valid/test splits, columns
 `image`, `celeb_id`, 40 bool attributes) and `nielsr/CelebA-faces` (one train split, `image` only).
 Preprocessing (the common 64×64 recipe): center crop 148×148 of the aligned 178×218 image, then an
-antialiased bilinear resize to the target resolution.
+antialiased bilinear resize to the target resolution, by `vae_triton.images.decode` (the app's decoder).
+CelebA is colour: `channels` "auto" means RGB; "1" makes it grey.
 
 Where the parquet files come from, in order: `data_dir` (a folder of parquet files in the Hub layout,
 or a `datasets.save_to_disk` folder); else the Hugging Face cache; else a download. Offline
@@ -15,19 +16,17 @@ from __future__ import annotations
 
 import os
 import socket
-from concurrent.futures import ThreadPoolExecutor
-from io import BytesIO
 from pathlib import Path
 from urllib.parse import urlparse
 
 import numpy as np
 
-from .data import (
+from .imagecache import (
     DataUnavailableError,
+    DecodeSpec,
     ImageDataset,
-    build_cache,
     cache_key,
-    center_crop_resize,
+    decode_to_cache,
     open_cache,
     write_array_atomic,
 )
@@ -58,6 +57,8 @@ def load_celeba(
     *,
     crop: int = DEFAULT_CROP,
     source: str | None = None,
+    channels: str = "auto",
+    progress: bool = True,
 ) -> ImageDataset:
     source = source or "flwrlabs/celeba"
     if source not in SOURCES:
@@ -68,11 +69,13 @@ def load_celeba(
         raise ValueError(f"{source} has splits {splits}, got split={split!r}")
 
     origin = source if data_dir is None else f"local-{cache_key(str(Path(data_dir).resolve()))}"
-    stem = f"celeba-{origin.replace('/', '--')}-{split}-{resolution}px-crop{crop}"
+    spec = DecodeSpec(channels="3" if str(channels) == "auto" else channels, size=resolution, crop=crop)
+    grey = "-grey" if spec.channels == "1" else ""
+    stem = f"celeba-{origin.replace('/', '--')}-{split}-{resolution}px-crop{crop}{grey}"
     images_path, attrs_path = cache / f"{stem}.npy", cache / f"{stem}.attrs.npy"
     if not images_path.exists():
         table = _open_table(source, folder, split, data_dir)
-        _decode_into_cache(table, images_path, attrs_path, resolution, crop, f"decoding CelebA {split}")
+        _decode_into_cache(table, images_path, attrs_path, spec, f"decoding CelebA {split}", progress)
     images = open_cache(images_path)
     attrs = np.load(attrs_path) if attrs_path.exists() else None
     names, sizes = (list(ATTRIBUTES), [2] * len(ATTRIBUTES)) if attrs is not None else ([], [])
@@ -172,34 +175,21 @@ def _how_to_get(source: str, split: str, reason: str) -> str:
 
 # ---- decoding -----------------------------------------------------------------------------------
 def _decode_into_cache(
-    table, images_path: Path, attrs_path: Path, resolution: int, crop: int, desc: str
+    table, images_path: Path, attrs_path: Path, spec: DecodeSpec, desc: str, progress: bool
 ) -> None:
-    from PIL import Image
-
     n = len(table)
     if n == 0:
         raise DataUnavailableError(f"the CelebA table for {images_path.stem} is empty")
 
-    def decode(cell) -> np.ndarray:
-        data = cell["bytes"] if cell.get("bytes") is not None else Path(cell["path"]).read_bytes()
-        with Image.open(BytesIO(data)) as img:
-            return center_crop_resize(img, resolution, crop)
+    def sources(start: int, stop: int) -> list:
+        cells = table[start:stop]["image"]
+        return [c["bytes"] if c.get("bytes") is not None else Path(c["path"]).read_bytes() for c in cells]
 
-    has_attrs = all(a in table.column_names for a in ATTRIBUTES)
-    if has_attrs:
+    if all(a in table.column_names for a in ATTRIBUTES):
+        # Labels first: the images file appearing is what marks the cache complete.
         attrs = np.stack([np.asarray(table[a], dtype=np.int64) for a in ATTRIBUTES], axis=1)
-
-    def fill(out: np.ndarray, progress) -> None:
-        # PIL releases the GIL while decoding and resizing, so threads use every core.
-        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            for start in range(0, n, 1024):
-                cells = table[start : start + 1024]["image"]
-                for i, arr in enumerate(pool.map(decode, cells)):
-                    out[start + i] = arr
-                progress.update(len(cells))
-
-    cache_dir = images_path.parent
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    if has_attrs:  # labels first: the images file appearing is what marks the cache complete
         write_array_atomic(attrs_path, attrs)
-    build_cache(images_path, (n, 3, resolution, resolution), fill, desc=desc)
+    decode_to_cache(
+        n, sources, images_path, spec, desc=desc, skip_bad=False, name_of=lambda i: f"CelebA row {i}",
+        progress=progress,
+    )  # fmt: skip

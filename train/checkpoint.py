@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from vae_triton.io import atomic_path, write_json_atomic
+from vae_triton.io import atomic_path, remove_stale_temps, write_json_atomic
 
 CHECKPOINT_DIR = "checkpoints"
 POINTER = "latest.json"
@@ -54,6 +54,7 @@ def save_checkpoint(
     """
     ckpt_dir = Path(out_dir) / CHECKPOINT_DIR
     ckpt_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(ckpt_dir)  # temp files of a writer killed mid-checkpoint
     stem = f"step-{step:08d}"
     weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     with atomic_path(ckpt_dir / f"{stem}.safetensors") as tmp:
@@ -91,6 +92,7 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
     Returns {"step", "model" (state dict), "optimizer", "rng", "run_config", "extra"}.
     """
     ckpt_dir = find_checkpoint(path)
+    remove_stale_temps(ckpt_dir)  # temp files of a writer killed mid-checkpoint
     try:
         pointer = json.loads((ckpt_dir / POINTER).read_text())
         weights_file, state_file = ckpt_dir / pointer["weights"], ckpt_dir / pointer["state"]

@@ -4,11 +4,18 @@ The spec: shape ∈ {square, ellipse, heart}, 6 scales linearly in [0.5, 1], 40 
 32 × 32 positions, every combination once (737,280 images). Rendered here rather than downloaded, so it
 is deterministic and works offline; the exact pixels differ from DeepMind's file, the factor
 structure is the same.
+
+Two renderers of the same geometry: `render` (NumPy, the reference: the bundled models were trained on
+its images) and `render_torch` (torch, on any device, used to render each training batch on demand from
+its factors — no cache, no wait). They agree pixel for pixel: the torch one repeats the reference's float32
+arithmetic operation by operation, with the same float32 tables (cos, sin, centres, radii) computed by
+NumPy; tests/test_data.py checks a sample, bench/check_dsprites_render.py checks all 737,280 images.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 FACTOR_NAMES = ["shape", "scale", "orientation", "posX", "posY"]
 FACTOR_SIZES = [3, 6, 40, 32, 32]
@@ -87,3 +94,124 @@ def _render_chunk(f: np.ndarray, out: np.ndarray) -> None:
     heart = (hx * hx + hy * hy - 1.0) ** 3 - hx * hx * hy**3 <= 0.0
     window = np.where(shape == 0, square, np.where(shape == 1, ellipse, heart)).astype(np.uint8) * 255
     out[np.arange(len(f))[:, None, None], rows[:, :, None], cols[:, None, :]] = window
+
+
+# ---- the same images in torch, on any device ----------------------------------------------------------
+# Per-factor float32 tables, computed exactly as `_render_chunk` computes them per image.
+_F32 = np.float32
+_CENTRES = (_CENTRE_MIN + _CENTRE_SPAN * POSITIONS).astype(_F32)
+_RADII = (_HALF_EXTENT * SCALES).astype(_F32)
+_THETA = ORIENTATIONS.astype(_F32)
+_COS, _SIN = np.cos(_THETA), np.sin(_THETA)
+_TABLES: dict[torch.device, tuple[torch.Tensor, ...]] = {}
+
+
+def _tables(device: torch.device) -> tuple[torch.Tensor, ...]:
+    if device not in _TABLES:
+        _TABLES[device] = tuple(torch.from_numpy(t).to(device) for t in (_CENTRES, _RADII, _COS, _SIN))
+    return _TABLES[device]
+
+
+def render_torch(factors: torch.Tensor) -> torch.Tensor:
+    """`render` on factors' device: int64 (N, 5) factor indices → uint8 (N, 1, 64, 64), 0 or 255.
+
+    Same images as `render`. Do not torch.compile it: fused multiply-adds would change the rounding.
+    Indices are not range-checked here (the caller draws them from the factor grid); see `render`."""
+    f = torch.as_tensor(factors)
+    if f.ndim != 2 or f.shape[1] != 5 or f.is_floating_point():
+        raise ValueError(f"factors must be integer indices of shape (N, 5), got {f.dtype} {tuple(f.shape)}")
+    device, n = f.device, len(f)
+    centres, radii, cos_t, sin_t = _tables(device)
+    cx, cy = centres[f[:, 3]], centres[f[:, 4]]
+    ox = (cx.floor().long() - _WINDOW // 2).clamp(0, IMAGE_SIZE - _WINDOW)
+    oy = (cy.floor().long() - _WINDOW // 2).clamp(0, IMAGE_SIZE - _WINDOW)
+    span = torch.arange(_WINDOW, device=device)
+    cols, rows = ox[:, None] + span, oy[:, None] + span
+    # NumPy computes `cols + 0.5 - cx` in float64 (int64 + float), then rounds to float32: so do we.
+    dx = (cols.double() + 0.5 - cx.double()[:, None]).float()[:, None, :]
+    dy = (rows.double() + 0.5 - cy.double()[:, None]).float()[:, :, None]
+    radius = radii[f[:, 1]][:, None, None]
+    cos, sin = cos_t[f[:, 2]][:, None, None], sin_t[f[:, 2]][:, None, None]
+    u = (cos * dx - sin * dy) / radius
+    v = (sin * dx + cos * dy) / -radius
+    shape = f[:, 0]
+    if device.type == "cpu":  # shade each image's own shape only; on a GPU the grouping would sync
+        window = torch.empty(u.shape, dtype=torch.bool)
+        for s, inside in enumerate(_INSIDE):
+            sel = (shape == s).nonzero().squeeze(1)
+            if len(sel):
+                window[sel] = inside(u[sel], v[sel])
+    else:
+        s = shape[:, None, None]
+        window = torch.where(s == 0, _square(u, v), torch.where(s == 1, _ellipse(u, v), _heart(u, v)))
+    out = torch.zeros(n, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8, device=device)
+    out[torch.arange(n, device=device)[:, None, None], rows[:, :, None], cols[:, None, :]] = (
+        window.to(torch.uint8) * 255
+    )
+    return out[:, None]
+
+
+def _square(u, v):
+    return (u.abs() <= 1.0) & (v.abs() <= 1.0)
+
+
+def _ellipse(u, v):
+    return (u * u + 4.0 * v * v) <= 1.0
+
+
+def _heart(u, v):
+    hx, hy = u * 1.14, v * 1.12 + 0.12
+    a = hx * hx + hy * hy - 1.0
+    return a * a * a - hx * hx * (hy * hy * hy) <= 0.0
+
+
+_INSIDE = (_square, _ellipse, _heart)
+
+
+class RenderedImages:
+    """dSprites images for a fixed list of factor rows, rendered when read: an array-like uint8
+    (N, 1, 64, 64) that needs no memory or disk for the images themselves.
+
+    Indexing (an int, a slice, an index array) returns a NumPy array like a memmap read would;
+    `render(indices, device)` renders rows straight on a torch device (what training batches use)."""
+
+    dtype = np.dtype(np.uint8)
+
+    def __init__(self, factors: np.ndarray):
+        self.factors = np.asarray(factors, dtype=np.int64)
+        self._on: dict[torch.device, torch.Tensor] = {}
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self.factors), 1, IMAGE_SIZE, IMAGE_SIZE)
+
+    @property
+    def ndim(self) -> int:
+        return 4
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape))
+
+    def __len__(self) -> int:
+        return len(self.factors)
+
+    def __getitem__(self, index) -> np.ndarray:
+        rows = self.factors[index]
+        single = rows.ndim == 1
+        out = render_torch(torch.from_numpy(np.atleast_2d(rows))).numpy()
+        return out[0] if single else out
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
+
+    def head(self, n: int) -> RenderedImages:
+        return RenderedImages(self.factors[:n])
+
+    def render(self, indices: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """uint8 (len(indices), 1, 64, 64) on `device` for rows `indices` (a tensor on that device)."""
+        device = torch.device(device)
+        if device not in self._on:  # the factor table moves to the device once (5.9 MB for all of dSprites)
+            self._on[device] = torch.from_numpy(self.factors).to(device)
+        return render_torch(self._on[device][indices.to(device)])

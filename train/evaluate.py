@@ -10,6 +10,7 @@ next to the checkpoint (atomically).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import shlex
 import sys
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from train.paths import check_output_file
+from train.threads import set_num_threads
 from vae_triton.io import write_json_atomic
 
 DEFAULTS = {
@@ -45,9 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--dataset",
         default=None,
         choices=("dsprites", "celeba", "folder"),
-        help="default: the dataset recorded in the model's metadata",
+        help="default: the run's dataset (its run_config.json, else the model's metadata)",
     )
-    p.add_argument("--data-dir", default=None, help="local data (required by `folder`; a local CelebA copy)")
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="local data (`folder`; a local CelebA copy). Default: the run's, from the run_config.json "
+        "that `python -m train` saved next to the model (or one folder up, for OUT/best)",
+    )
     p.add_argument("--cache-dir", default=None, help="where decoded uint8 image caches live")
     p.add_argument("--split", default=DEFAULTS["split"], help="dataset split to evaluate (default: test)")
     p.add_argument(
@@ -86,7 +94,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the convolutions in NHWC layout (same numbers; ~1.8x faster decoding on CPU)",
     )
     p.add_argument("--seed", type=int, default=0, help="seeds the sampling noise (results are reproducible)")
-    p.add_argument("--output", default=None, help="where to write the JSON (default: DIR/eval.json)")
+    p.add_argument(
+        "--num-threads",
+        type=int,
+        default=None,
+        help="torch CPU threads. Default: the cores not busy now, round(cores − 1-min load average), at "
+        "least 1 (on a shared 2-core machine 2 busy-waiting threads ran 25–60× slower than 1; "
+        "train/threads.py)",
+    )
+    p.add_argument(
+        "--output",
+        default=None,
+        help="where to write the JSON (default: DIR/eval.json; for a model bundled in demo/models, "
+        "runs/evaluate/<its path>/eval.json, so the tracked file changes only when named here)",
+    )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bars")
     return p
 
@@ -103,6 +124,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             raise ValueError(f"{flag} must be a positive number, got {getattr(args, name)}")
     if args.iw_samples < 0:
         raise ValueError(f"--iw-samples must be 0 (ELBO only) or a positive K, got {args.iw_samples}")
+    if args.num_threads is not None and args.num_threads < 1:
+        raise ValueError(f"--num-threads must be a positive number of CPU threads, got {args.num_threads}")
     if args.iw_chunk is not None and args.iw_chunk < 1:
         raise ValueError(f"--iw-chunk must be a positive number of samples, got {args.iw_chunk}")
     return args
@@ -129,25 +152,39 @@ def load_model(checkpoint: str, device: torch.device):
     return VAE.from_pretrained(checkpoint, map_location=device)
 
 
-def load_data(args: argparse.Namespace, model):
-    """The first max(N, M) images of the split, checked against the model's image shape."""
-    from train.data import get_dataset
+def saved_run_config(checkpoint: str) -> dict:
+    """The run_config.json `python -m train` saved with this model ({} for a Hub id or a bare model)."""
+    folder = Path(checkpoint)
+    for candidate in (folder / "run_config.json", folder.parent / "run_config.json"):
+        if folder.is_dir() and candidate.is_file():
+            try:
+                return json.loads(candidate.read_text())
+            except json.JSONDecodeError:
+                return {}
+    return {}
 
-    name = args.dataset or model.metadata.get("dataset")
+
+def load_data(args: argparse.Namespace, model):
+    """The first max(N, M) images of the split, checked against the model's image shape. Data flags
+    not given default to the run's own (its saved run_config.json), so `--checkpoint RUN` alone finds
+    the run's test split."""
+    from train.data import dataset_for_split
+
+    run = saved_run_config(args.checkpoint)
+    same_data = args.dataset is None or args.dataset == run.get("dataset")
+    name = args.dataset or run.get("dataset") or model.metadata.get("dataset")
     if not name:
         raise ValueError("the model's metadata does not say which dataset it was trained on: pass --dataset")
     cfg = model.config
     expected = (cfg.image_channels, cfg.image_size, cfg.image_size)
     if name == "dsprites" and expected != (1, 64, 64):
         raise ValueError(f"dsprites images are (1, 64, 64) but the model takes {expected}: pick its dataset")
-    ds = get_dataset(
-        name,
-        args.split,
-        args.data_dir,
-        resolution=cfg.image_size,
-        cache_dir=args.cache_dir,
-        limit=max(args.num_images, args.latent_images),
-    )
+    # The run's own data rule (folder, split rule, binarization, cache) unless a flag says otherwise;
+    # the model fixes the image shape.
+    data = {**(run if same_data else {}), "dataset": name}
+    data.update({k: v for k, v in (("data_dir", args.data_dir), ("cache_dir", args.cache_dir)) if v})
+    data.update(resolution=cfg.image_size, channels=str(cfg.image_channels))
+    ds = dataset_for_split(data, args.split, limit=max(args.num_images, args.latent_images))
     if tuple(ds.image_shape) != expected:
         raise ValueError(
             f"{name}/{args.split} images are {tuple(ds.image_shape)} but the model takes {expected}"
@@ -156,9 +193,12 @@ def load_data(args: argparse.Namespace, model):
 
 
 def evaluate(args: argparse.Namespace, argv: list[str]) -> dict:
+    from train.console import set_bars
     from vae_triton import metrics
 
+    set_bars(args.progress)  # --no-progress silences the cache-building bars too
     device = resolve_device(args.device)
+    num_threads = set_num_threads(args.num_threads)
     torch.manual_seed(args.seed)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     model = load_model(args.checkpoint, device)
@@ -202,6 +242,7 @@ def evaluate(args: argparse.Namespace, argv: list[str]) -> dict:
             "batch_size": args.batch_size,
             "seed": args.seed,
             "device": str(device),
+            "num_threads": num_threads,
         },
         "conventions": {
             "units": "nats per image: sums over the C·H·W pixels (no per-pixel means), means over images; "
@@ -219,6 +260,21 @@ def evaluate(args: argparse.Namespace, argv: list[str]) -> dict:
 
 def _num(v: float, digits: int = 3) -> str:
     return f"{v:,.{digits}f}" if isinstance(v, float) and math.isfinite(v) else str(v)
+
+
+def headline(report: dict) -> str:
+    """The number papers compare, first: −log p(x) in nats per image (an upper bound from the IW bound,
+    or from the ELBO when K = 0), with D = C·H·W of the data."""
+    r, k = report["metrics"], report["settings"]["iw_samples"]
+    bound, how = (r["elbo"], "ELBO")
+    if "iw_log_likelihood" in r:
+        bound, how = r["iw_log_likelihood"], f"IW bound, K={k}"
+    bpd = r.get("bpd_iw", r.get("bpd_elbo"))
+    per_dim = f", {bpd:.4f} bits/dim" if bpd is not None else ""
+    return (
+        f"NLL on {report['split']}: {-bound:.2f} nats per image (−{how}; D = {r['num_dims']} pixels"
+        f"{per_dim})"
+    )
 
 
 def format_table(report: dict) -> str:
@@ -245,6 +301,7 @@ def format_table(report: dict) -> str:
         f"(latents: {s['latent_images']}), seed {s['seed']}, {s['device']}",
         f"{'metric':<34}{'value':>14}{'± s.e.':>10}  unit",
     ]
+    lines.insert(1, headline(report))
     for label, value, sem, unit in rows:
         lines.append(f"{label:<34}{_num(value, 4):>14}{_num(sem, 4) if sem is not None else '':>10}  {unit}")
     lines.append(f"{'active units (Cov_x E_q[z] > 0.01)':<34}{r['active_units']:>14} / {r['latent_dim']}")
@@ -257,11 +314,20 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+BUNDLED = Path(__file__).resolve().parents[1] / "demo" / "models"
+
+
 def output_path(args: argparse.Namespace) -> Path:
+    """--output, else eval.json next to the checkpoint; a bundled model's tracked eval.json is rewritten
+    only when --output names it."""
     if args.output:
         return Path(args.output)
     folder = Path(args.checkpoint)
-    return folder / "eval.json" if folder.is_dir() else Path("eval.json")
+    if not folder.is_dir():
+        return Path("eval.json")
+    if folder.resolve().is_relative_to(BUNDLED):
+        return Path("runs", "evaluate", folder.resolve().relative_to(BUNDLED), "eval.json")
+    return folder / "eval.json"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -273,13 +339,13 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         build_parser().error(str(e))  # exits 2 with usage
     try:
+        path = check_output_file(output_path(args))  # before the metrics: a bad path fails in a second
         report = evaluate(args, argv)
     except KeyboardInterrupt:
         return 130
     except (DataUnavailableError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    path = output_path(args)
     write_json_atomic(path, report, indent=2)  # readers see the old file or the new one
     print(format_table(report))
     print(f"wrote {path}")

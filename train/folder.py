@@ -1,96 +1,153 @@
-"""Any local folder of images (recursively) as a dataset; unreadable files are skipped and counted.
+"""Any local folder of images (recursively) as a dataset, with its splits; unreadable files are skipped
+and counted.
 
-Each image is converted to RGB, center-cropped (the largest centered square, or `crop` px), resized,
-and stored in the uint8 cache. The cache key covers the folder's path and every file's name, size and
-modification time, so adding or changing a file rebuilds it.
+Splits, in order:
+- split subfolders: `train/`, `test/` (and `valid/`; `val/` and `validation/` also count) directly under
+  the folder. `--split` picks one; asking for one that is not there is an error that lists what is.
+- otherwise, `--test-fraction F`: a fixed-seed shuffle of the sorted file list (seed `split_seed`, 0 by
+  default, independent of the training seed), whose first round(F·N) files are `test` and the rest
+  `train`. The same folder and F give the same split on every machine and every run.
+- otherwise the whole folder is `train` (and `all`); there is no test split.
+Each image goes through `vae_triton.images.decode` (the app's decoder): largest centered square (or `crop`
+px), resized to the resolution only when it differs, grey or RGB by `channels`. The cache key covers the
+folder's path, every selected file's name, size and modification time, and the decoding settings, so
+adding or changing a file rebuilds it.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import sys
-import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from vae_triton.io import write_json_atomic
+from .imagecache import (
+    DataUnavailableError,
+    DecodeSpec,
+    ImageDataset,
+    cache_key,
+    decode_to_cache,
+    open_cache,
+    read_report,
+)
 
-from .data import DataUnavailableError, ImageDataset, build_cache, cache_key, center_crop_resize, open_cache
+SPLIT_DIRS = {"train": ("train",), "test": ("test",), "valid": ("valid", "val", "validation")}
+SPLIT_ALIASES = {"validation": "valid", "val": "valid"}
+FOLDER_SPLITS = ("train", "valid", "test", "all")
 
 
-def load_folder(data_dir, resolution: int, cache: Path, *, crop: int | None = None) -> ImageDataset:
+def load_folder(
+    data_dir,
+    resolution: int,
+    cache: Path,
+    *,
+    split: str = "train",
+    channels: str = "auto",
+    crop: int | None = None,
+    test_fraction: float | None = None,
+    split_seed: int = 0,
+    progress: bool = True,
+) -> ImageDataset:
     root = Path(data_dir)
     if not root.is_dir():
         raise DataUnavailableError(f"--data-dir {root} is not a directory of images")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
-    if not files:
-        raise DataUnavailableError(f"--data-dir {root} contains no files")
+    split = SPLIT_ALIASES.get(split, split)
+    files, rule = split_files(root, split, test_fraction, split_seed)
     listing = [(str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-    key = cache_key(str(root.resolve()), listing)
-    stem = f"folder-{root.resolve().name}-{key}-{resolution}px-crop{crop or 'square'}"
-    path, report_path = cache / f"{stem}.npy", cache / f"{stem}.json"
+    spec = DecodeSpec(channels=channels, size=resolution, crop=crop)
+    key = cache_key(str(root.resolve()), listing, spec.channels, spec.crop)
+    path = cache / f"folder-{root.resolve().name}-{split}-{key}-{resolution}px-c{spec.channels}.npy"
     if not path.exists():
-        _build(files, root, path, report_path, resolution, crop)
-    report = json.loads(report_path.read_text())
+        try:
+            decode_to_cache(
+                len(files), lambda a, b: files[a:b], path, spec, desc=f"decoding {root.name}/{split}",
+                skip_bad=True, name_of=lambda i: str(files[i].relative_to(root)), progress=progress,
+            )  # fmt: skip
+        except DataUnavailableError as e:
+            raise DataUnavailableError(f"--data-dir {root} ({rule}): {e}") from None
+    report = read_report(path)
     if report["skipped"]:
         print(
-            f"folder {root}: skipped {report['skipped']} unreadable or non-image files "
+            f"folder {root} ({split}): skipped {report['skipped']} unreadable or non-image files "
             f"(e.g. {', '.join(report['examples'])})",
             file=sys.stderr,
         )
-    info = {"skipped": report["skipped"], "skipped_examples": report["examples"], "cache": str(path)}
-    return ImageDataset(open_cache(path), None, [], [], name="folder", split="train", info=info)
+    info = {
+        "skipped": report["skipped"],
+        "skipped_examples": report["examples"],
+        "cache": str(path),
+        "split_rule": rule,
+        "channels": report["channels"],
+    }
+    return ImageDataset(open_cache(path), None, [], [], name="folder", split=split, info=info)
 
 
-def _decode(path: Path, resolution: int, crop: int | None) -> np.ndarray | None:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            img.load()  # header-only opens succeed on truncated files; force the full decode
-            return center_crop_resize(img, resolution, crop)
-    except Exception:  # PIL raises many types for non-images and damaged files; all mean "skip"
-        return None
-
-
-def _build(files, root: Path, path: Path, report_path: Path, resolution: int, crop: int | None) -> None:
-    cache = path.parent
-    cache.mkdir(parents=True, exist_ok=True)
-    shape = (3, resolution, resolution)
-    # Decode into a scratch memmap (the good count is unknown until the end), then copy the good rows.
-    with tempfile.TemporaryDirectory(dir=cache) as tmp:
-        scratch = np.lib.format.open_memmap(
-            os.path.join(tmp, "scratch.npy"), "w+", np.uint8, (len(files), *shape)
-        )
-        skipped: list[str] = []
-        good = 0
-        from tqdm.auto import tqdm
-
-        with (
-            ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool,
-            tqdm(total=len(files), desc=f"decoding {root.name}", unit="img", dynamic_ncols=True) as progress,
-        ):
-            for f, arr in zip(files, pool.map(lambda p: _decode(p, resolution, crop), files), strict=True):
-                if arr is None:
-                    skipped.append(str(f.relative_to(root)))
-                else:
-                    scratch[good] = arr
-                    good += 1
-                progress.update(1)
-        if good == 0:
-            raise DataUnavailableError(
-                f"--data-dir {root}: none of its {len(files)} files is a readable image"
+def split_files(root: Path, split: str, test_fraction: float | None, split_seed: int = 0):
+    """The sorted files of `split` under `root` and a sentence saying which rule chose them."""
+    if split not in FOLDER_SPLITS:
+        raise ValueError(f"--split {split!r}: a folder has splits {FOLDER_SPLITS}")
+    found = {name: _split_dir(root, name) for name in SPLIT_DIRS}
+    found = {name: d for name, d in found.items() if d is not None}
+    if found:
+        if test_fraction:
+            raise ValueError(
+                f"--data-dir {root} already has split folders "
+                f"({', '.join(d.name + '/' for d in found.values())}): drop --test-fraction"
             )
+        if split == "all":
+            files = sorted(f for d in found.values() for f in _images(d))
+        elif split not in found:
+            raise DataUnavailableError(
+                f"--data-dir {root} has no {split}/ folder for --split {split}: it has "
+                f"{_describe(root)}. Use --split {' or --split '.join(found)}, or add {root / split}/"
+            )
+        else:
+            files = _images(found[split])
+        rule = f"split folder {split}/" if split != "all" else "all split folders"
+        return _nonempty(files, root, rule), rule
+    files = _images(root)
+    if not files:
+        raise DataUnavailableError(f"--data-dir {root} contains no files")
+    if test_fraction:
+        if not 0.0 < test_fraction < 1.0:
+            raise ValueError(f"--test-fraction {test_fraction}: must lie strictly between 0 and 1")
+        n_test = min(len(files) - 1, max(1, round(len(files) * test_fraction)))
+        order = np.random.default_rng(split_seed).permutation(len(files))
+        chosen = {"test": order[:n_test], "train": order[n_test:], "all": order}.get(split)
+        if chosen is None:
+            raise DataUnavailableError(
+                f"--split {split}: --test-fraction makes only train and test splits of {root}"
+            )
+        rule = f"--test-fraction {test_fraction} (seed {split_seed}): {len(chosen)} of {len(files)} files"
+        return [files[i] for i in sorted(chosen)], rule
+    if split in ("train", "all"):
+        return files, "the whole folder"
+    raise DataUnavailableError(
+        f"--data-dir {root} has no {split} split: it has {_describe(root)} and no train/ and {split}/ "
+        f"folders. Add train/ and {split}/ subfolders, or pass --test-fraction 0.2 to hold out 20 % "
+        f"of the files (fixed seed), or use --split all for every file"
+    )
 
-        def fill(out, progress, src=scratch):
-            for s in range(0, good, 4096):
-                out[s : s + 4096] = src[s : min(s + 4096, good)]
-                progress.update(min(4096, good - s))
 
-        report = {"images": good, "skipped": len(skipped), "examples": skipped[:5]}
-        write_json_atomic(report_path, report)
-        build_cache(path, (good, *shape), fill, desc="writing cache")
-        del scratch
+def _split_dir(root: Path, split: str) -> Path | None:
+    for name in SPLIT_DIRS[split]:
+        if (root / name).is_dir():
+            return root / name
+    return None
+
+
+def _images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def _nonempty(files: list[Path], root: Path, rule: str) -> list[Path]:
+    if not files:
+        raise DataUnavailableError(f"--data-dir {root}: the {rule} contains no files")
+    return files
+
+
+def _describe(root: Path) -> str:
+    dirs = sorted(p.name + "/" for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    n_files = sum(1 for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
+    parts = [f"subfolders {', '.join(dirs)}" if dirs else "no subfolders", f"{n_files} files at the top"]
+    return " and ".join(parts)

@@ -9,22 +9,27 @@ from __future__ import annotations
 
 import json
 import math
-import shlex
 import statistics
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from vae_triton.io import write_text_atomic
+from vae_triton.metrics import bits_per_dim
 from vae_triton.model import VAE, VAEConfig, kl_per_dim
 
 from . import distributed
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import RunConfig
-from .data import BatchSource, DataUnavailableError, ImageDataset, get_dataset
-from .report import interleave_rows, save_grid, write_model_card
+from .command_line import explicit_fields, reproduce_command, resume_config
+from .config import RunConfig, default_kl_warmup_steps, default_preset
+from .console import Console, cache_summary, set_bars
+from .data import DEFAULT_CACHE, BatchSource, DataUnavailableError, ImageDataset, dataset_for_split
+from .paths import check_output_dir
+from .report import failure_card, interleave_rows, read_metrics, save_grid, write_model_card
 from .step import (  # noqa: F401 — StepResult, autocast_dtype, beta_at, lr_at: names train.loop always had
     StepResult,
     StepStats,
@@ -34,6 +39,7 @@ from .step import (  # noqa: F401 — StepResult, autocast_dtype, beta_at, lr_at
     make_optimizer,
     make_train_step,
 )
+from .threads import set_num_threads
 
 EVAL_IMAGES = 512
 GRID = 64
@@ -70,9 +76,12 @@ def evaluate_fixed(model: VAE, x: torch.Tensor, *, seed: int = 0) -> dict:
         "active_units": int((mu.var(dim=0) > 0.01).sum().item()),
         "eval_images": int(x.shape[0]),
     }
-    if model.config.likelihood == "gaussian":
-        d = model.config.num_pixels
-        result["eval_bpd"] = (recon_m + kl_m + d * math.log(256)) / (d * math.log(2))
+    # bits/dim with D = C·H·W of the data: dequantized for a density (Gaussian), discrete for a pmf over
+    # binary pixels (Bernoulli); metrics.bits_per_dim states both conventions.
+    # A Bernoulli decoder on grey pixels is no likelihood of the data: no bits/dim then.
+    dequantized = model.config.likelihood == "gaussian"
+    if dequantized or bool(((x == 0) | (x == 1)).all()):
+        result["eval_bpd"] = bits_per_dim(recon_m + kl_m, model.config.num_pixels, dequantized=dequantized)
     return result
 
 
@@ -96,18 +105,79 @@ def save_grids(model: VAE, x: torch.Tensor, out: Path, step: int | None) -> None
 
 
 # ---- the run ------------------------------------------------------------------------------------
+def non_binary_share(ds: ImageDataset, max_images: int = 2000) -> float:
+    """Share of pixels that are neither 0 nor 255 among the first `max_images` images."""
+    x = np.asarray(ds.images[: min(len(ds), max_images)])
+    return float(np.count_nonzero((x != 0) & (x != 255)) / max(x.size, 1))
+
+
+def warn_if_not_binary(ds: ImageDataset, model_cfg: VAEConfig, cfg: RunConfig) -> None:
+    """A Bernoulli likelihood on grey pixels is not a normalised likelihood of the data: say so."""
+    if model_cfg.likelihood != "bernoulli" or getattr(cfg, "binarize", "none") not in (None, "none"):
+        return
+    share = non_binary_share(ds)
+    if share > 0:
+        print(
+            f"warning: --likelihood bernoulli on data whose pixels are not binary ({share:.1%} of the pixels "
+            "are neither 0 nor 255): the NLL is then a cross-entropy, not a likelihood of the data. Add "
+            "--binarize threshold (or stochastic), or use --likelihood gaussian",
+            file=sys.stderr,
+        )
+
+
+class HeldOutTracker:
+    """The held-out ELBO during training (`--eval-every`), and the best model by it (`--keep-best`).
+
+    Evaluates the first `eval_images` images of the run's test split in batches, without gradients,
+    with a fixed noise seed (`evaluate_fixed`), outside the training step. With no test split it
+    tracks nothing (a training-split number is not held out).
+    """
+
+    def __init__(self, cfg: RunConfig, model: VAE, out: Path, device):
+        self.cfg, self.model, self.out = cfg, model, out
+        split, ds = held_out_dataset(cfg, cfg.eval_images)
+        self.split = split
+        self.x = ds.tensor(range(len(ds)), device) if split != cfg.split else None
+        self.best: dict | None = None
+        self.last: dict | None = None
+
+    def evaluate(self, step: int, metadata: dict) -> dict | None:
+        if self.x is None:
+            return None
+        r = evaluate_fixed(self.model, self.x)
+        record = {
+            "step": step,
+            "heldout_split": self.split,
+            "heldout_images": r["eval_images"],
+            "heldout_elbo": r["eval_elbo"],
+            "heldout_recon": r["eval_recon"],
+            "heldout_kl": r["eval_kl"],
+        }
+        self.last = record
+        if self.best is None or record["heldout_elbo"] > self.best["heldout_elbo"]:
+            self.best = record
+            if self.cfg.keep_best:
+                self.model.save_pretrained(
+                    self.out / "best", metadata={**metadata, "selected_by": f"{self.split} ELBO", **record}
+                )
+        return record
+
+    def summary(self) -> dict:
+        """Numbers for the final metadata and model card (empty when nothing was tracked)."""
+        if self.best is None:
+            return {}
+        best = {f"best_{k}": v for k, v in self.best.items() if k not in ("heldout_split", "heldout_images")}
+        return {"heldout_split": self.split, **best, "best_saved": self.cfg.keep_best}
+
+
 class MetricsLog:
     """metrics.jsonl, appended line by line; on resume, lines past the checkpoint step are dropped."""
 
     def __init__(self, path: Path, enabled: bool, resume_step: int | None):
         self.path, self.enabled = path, enabled
         if enabled and resume_step is not None and path.exists():
-            kept = [
-                ln
-                for ln in path.read_text().splitlines()
-                if ln and json.loads(ln).get("step", 0) <= resume_step
-            ]
-            write_text_atomic(path, "".join(ln + "\n" for ln in kept))
+            kept = [r for r in read_metrics(path) if r.get("step", 0) <= resume_step]
+            write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
         elif enabled and resume_step is None:
             write_text_atomic(path, "")
 
@@ -120,15 +190,7 @@ class MetricsLog:
 def _load_dataset(cfg: RunConfig, info: distributed.DistInfo) -> ImageDataset:
     # Rank 0 builds the cache; the others wait, then open the finished file.
     def load():
-        return get_dataset(
-            cfg.dataset,
-            cfg.split,
-            cfg.data_dir,
-            cfg.resolution,
-            cfg.cache_dir,
-            limit=cfg.limit,
-            source=cfg.celeba_source,
-        )
+        return dataset_for_split(cfg.to_dict(), cfg.split, limit=cfg.limit, progress=cfg.progress)
 
     ds = load() if info.is_main else None
     distributed.barrier(info)
@@ -153,42 +215,35 @@ def train(cfg: RunConfig, *, argv: list[str] | None = None, stop_at: int | None 
 def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
     out = Path(cfg.out)
     device = info.device
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
+    num_threads = set_num_threads(cfg.num_threads)
+    console = Console(quiet=cfg.quiet, is_main=info.is_main)
+    set_bars(cfg.progress and not cfg.quiet and info.is_main)
+    if info.is_main:
+        check_output_dir(out)  # before any work: a bad --out fails now, not after training
 
     resume = None
     if cfg.resume:
         resume = load_checkpoint(out if cfg.resume == "auto" else Path(cfg.resume), map_location="cpu")
-        saved = RunConfig.from_dict(resume["run_config"])
         # The saved run defines the experiment; only the length, logging and hardware may change.
-        keep = {
-            "steps",
-            "epochs",
-            "device",
-            "num_threads",
-            "progress",
-            "resume",
-            "out",
-            "checkpoint_every",
-            "log_every",
-            "eval_every",
-            "push_to_hub",
-            "cache_dir",
-            "data_dir",
-            "compile",
-            "cuda_graph",
-            "max_bad_steps",
-        }
-        merged = {**saved.to_dict(), **{k: v for k, v in cfg.to_dict().items() if k in keep}}
-        cfg = RunConfig.from_dict(merged)
+        given = explicit_fields(argv) if argv is not None else _non_default_fields(cfg)
+        cfg, notices = resume_config(cfg, resume["run_config"], given)
+        for line in notices:
+            console.notice(line)
 
     ds = _load_dataset(cfg, info)
+    if cfg.preset is None:
+        cfg.preset = default_preset(cfg.dataset, ds.image_shape)
+        cfg.check_resolution()
     model_cfg: VAEConfig = cfg.model_config(ds.image_shape[0])
+    if info.is_main:
+        warn_if_not_binary(ds, model_cfg, cfg)
     if ds.image_shape[1:] != (cfg.resolution, cfg.resolution):
         raise ValueError(f"dataset images are {ds.image_shape}, expected {cfg.resolution}×{cfg.resolution}")
+    _refuse_batchnorm_of_one(cfg, model_cfg, info)
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = VAE(model_cfg).to(device)
+    model.check_inputs = False  # uint8 / 255 is in [0, 1] by construction; no host sync per step
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, cfg)
@@ -196,6 +251,16 @@ def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
         ds, cfg.batch_size, device, seed=cfg.seed, hflip=cfg.hflip, rank=info.rank, world=info.world
     )
     total = cfg.steps if cfg.steps is not None else math.ceil(cfg.epochs * batches.steps_per_epoch)
+    if cfg.kl_warmup_steps is None:
+        cfg.kl_warmup_steps = default_kl_warmup_steps(total)
+    command = reproduce_command(cfg)
+    if resume is not None and resume["step"] >= total:
+        console.notice(
+            f"{out} already finished: its checkpoint is at step {resume['step']} of {total}, so there is "
+            f"nothing to train. To train longer, raise --steps: "
+            f"{command} --steps {2 * resume['step']} --resume"
+        )
+        return {"step": resume["step"], "already_finished": True}
 
     start = 0
     torch.manual_seed(cfg.seed + 1 + info.rank)  # the reparameterization noise differs between ranks
@@ -234,12 +299,16 @@ def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
     # logging: loss, recon, kl, grad-norm (good steps), then good steps, skipped steps, the current run of
     # skipped steps and the longest such run.
     stats = StepStats(device)
-    note = (lambda line: print(line, file=sys.stderr)) if info.is_main else (lambda line: None)
     step_fn = make_train_step(
-        model, optimizer, cfg, dist_info=info, total_steps=total, stats=stats, note=note
+        model, optimizer, cfg, dist_info=info, total_steps=total, stats=stats, note=console.say
     )
     fixed = _fixed_images(ds, min(EVAL_IMAGES, cfg.eval_images), device)
-    command = "python -m train " + shlex.join(argv if argv is not None else sys.argv[1:])
+    tracker = HeldOutTracker(cfg, model, out, device) if info.is_main else None
+    console.start_block(
+        cfg=cfg, dataset=ds, model=model, device=_device_name(device), total=total, start=start,
+        cache=cache_summary(ds.images, Path(cfg.cache_dir) if cfg.cache_dir else DEFAULT_CACHE),
+    )  # fmt: skip
+    run_t0 = time.perf_counter()
 
     def checkpoint(step):
         distributed.check_in_sync(model, info)
@@ -248,20 +317,25 @@ def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
             save_checkpoint(out, model, optimizer, step, cfg.to_dict(), rng=rng)
 
     progress = None
-    if info.is_main and cfg.progress:
+    if info.is_main and cfg.progress and not cfg.quiet:
         from tqdm.auto import tqdm
 
         progress = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
 
     step, last_good = start, start
+    has_checkpoint, total_skipped, window_step0 = resume is not None, 0, start
     sums, counts = stats.sums, stats.counts
     window_t0, img_per_s = time.perf_counter(), float("nan")
     end = total if stop_at is None else min(total, stop_at)
     check_every = min(cfg.log_every, cfg.max_bad_steps)
-    interrupted = False
+    interrupted = out_of_time = False
+    deadline = None if cfg.time_limit is None else time.perf_counter() + cfg.time_limit
     model.train()
     try:
         while step < end:
+            if deadline is not None and _past(deadline, info, device):
+                out_of_time = True
+                break
             # The batch is gathered straight into the step's static input (its CUDA graph reads it there).
             result = step_fn(batches.batch(step, out=getattr(step_fn, "input", None)), step)
             step += 1
@@ -270,17 +344,21 @@ def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
             log_now = step % cfg.log_every == 0 or step == end
             if log_now or step % check_every == 0:
                 good, skipped, _, longest = counts.tolist()
-                if skipped and info.is_main:
-                    print(
-                        f"warning: {int(skipped)} step(s) with a non-finite loss or gradient skipped "
-                        f"before step {step}",
-                        file=sys.stderr,
+                total_skipped += int(skipped)
+                if skipped:
+                    console.warn(
+                        f"{int(skipped)} step(s) with a non-finite loss or gradient skipped "
+                        f"before step {step}"
                     )
-                if longest >= cfg.max_bad_steps:
+                if longest >= cfg.max_bad_steps or total_skipped > cfg.max_bad_steps:
+                    what = (
+                        f"{int(longest)} non-finite steps in a row"
+                        if longest >= cfg.max_bad_steps
+                        else f"{total_skipped} non-finite steps in all (more than --max-bad-steps)"
+                    )
                     raise TrainingDiverged(
-                        f"{int(longest)} non-finite steps in a row (up to step {step}); stopped. The "
-                        f"last good checkpoint (step {last_good}) is kept: lower --lr or --beta, or raise "
-                        "--kl-warmup-steps"
+                        _failed(cfg, command, info, f"{what}, up to step {step}; stopped.", has_checkpoint,
+                                last_good)  # fmt: skip
                     )
                 counts[1] = 0
                 counts[3] = counts[2]
@@ -306,16 +384,23 @@ def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
                     log.write(record)
                     if progress is not None:
                         progress.set_postfix(loss=f"{loss:.1f}", kl=f"{kl:.1f}", img_s=f"{img_per_s:.0f}")
+                    else:
+                        console.log_line(record, end, elapsed / max(step - window_step0, 1))
                 sums.zero_()
                 counts[0] = 0
-                window_t0 = time.perf_counter()
+                window_t0, window_step0 = time.perf_counter(), step
             paused = time.perf_counter()  # evaluation, grids and checkpoints stay out of img/s
             if info.is_main and (step % cfg.eval_every == 0 or step == total):
-                log.write({"step": step, **evaluate_fixed(model, fixed)})
+                log.write({"step": step, "eval_split": cfg.split, **evaluate_fixed(model, fixed)})
+                held_out = tracker.evaluate(step, _metadata(cfg, model_cfg, step, {}, partial=True))
+                if held_out:
+                    log.write(held_out)
+                    if progress is not None:
+                        progress.set_postfix_str(f"{tracker.split} ELBO {held_out['heldout_elbo']:.1f}")
                 save_grids(model, fixed, out, step)
             if step % cfg.checkpoint_every == 0 and step != total:
                 checkpoint(step)
-                last_good = step
+                last_good, has_checkpoint = step, True
             window_t0 += time.perf_counter() - paused
             if progress is not None:
                 progress.update(1)
@@ -325,29 +410,80 @@ def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
         if progress is not None:
             progress.close()
 
+    if out_of_time:
+        distributed.barrier(info)
+        if info.is_main:
+            print(f"--time-limit {cfg.time_limit:g} s reached at step {step}/{total}", file=sys.stderr)
+        total = step  # finish like a complete run: final checkpoint, evaluation and model card
     checkpoint(step)
     if interrupted or step < total:
         if info.is_main:
             model.save_pretrained(
                 out, metadata=_metadata(cfg, model_cfg, step, {"img_per_s": img_per_s}, partial=True)
             )
-            print(
-                f"stopped at step {step}/{total}; checkpoint saved. Continue with: {command} --resume",
-                file=sys.stderr,
+            console.notice(
+                f"stopped at step {step}/{total}; checkpoint saved. Continue with: {command} --resume"
             )
         if interrupted:
             raise KeyboardInterrupt
         distributed.barrier(info)
         return {"step": step}
 
+    if 2 * total_skipped > step - start:  # most steps skipped: the weights are not a result
+        raise TrainingDiverged(
+            _failed(cfg, command, info, f"{total_skipped} of its {step - start} steps were skipped "
+                    "(non-finite loss or gradient).", True, step)  # fmt: skip
+        )
     final = {}
     if info.is_main:
-        final = final_report(model, cfg, model_cfg, step, img_per_s, device, command, out)
+        extra = {"num_threads": num_threads, **(tracker.summary() if tracker else {})}
+        if out_of_time:
+            extra.update(time_limit_s=cfg.time_limit, planned_steps=end)
+        final = final_report(model, cfg, model_cfg, step, img_per_s, device, command, out, extra=extra)
+        console.final_block(final=final, out=out, elapsed=time.perf_counter() - run_t0, reproduce=command)
         if cfg.push_to_hub:
             url = model.push_to_hub(cfg.push_to_hub, extra_files=[str(out / "README.md")])
-            print(f"pushed to {url}")
+            console.say(f"pushed to {url}")
     distributed.barrier(info)  # the other ranks wait for rank 0's report, then all shut down together
     return final
+
+
+def _past(deadline: float, info: distributed.DistInfo, device) -> bool:
+    """Whether the --time-limit deadline has passed; every rank takes the same decision."""
+    over = time.perf_counter() >= deadline
+    if info.enabled:
+        over = bool(distributed.all_max(torch.tensor(float(over), device=device), info).item())
+    return over
+def _non_default_fields(cfg: RunConfig) -> set[str]:
+    """For `train(cfg)` called from Python: the fields set to something other than the default."""
+    default = RunConfig(dataset=cfg.dataset)
+    return {f.name for f in fields(RunConfig) if getattr(cfg, f.name) != getattr(default, f.name)}
+
+
+def _refuse_batchnorm_of_one(cfg: RunConfig, model_cfg: VAEConfig, info: distributed.DistInfo) -> None:
+    """BatchNorm cannot train on one image per batch (and fails outright on a 1×1 feature map): refuse
+    before anything is written, with the fix."""
+    per_rank = cfg.batch_size // info.world
+    if model_cfg.norm == "batch" and per_rank < 2:
+        raise ValueError(
+            f"--batch-size {cfg.batch_size} gives {per_rank} image per process, and the {cfg.preset} preset "
+            "uses BatchNorm, which needs at least 2 images per batch to train: use --batch-size "
+            f"{2 * info.world} or more"
+        )
+
+
+def _failed(cfg, command, info, what: str, has_checkpoint: bool, last_good: int) -> str:
+    """Write the failed run's card (no numbers) and return the message for the user."""
+    kept = (
+        f"The last good checkpoint (step {last_good}) is kept in {Path(cfg.out) / 'checkpoints'}"
+        if has_checkpoint
+        else "No checkpoint was written (the run failed before its first --checkpoint-every)"
+    )
+    advice = "lower --lr or --beta, or raise --kl-warmup-steps"
+    if info.is_main:
+        card = failure_card(cfg.to_dict(), command, f"{what} {kept}.")
+        write_text_atomic(Path(cfg.out) / "README.md", card)
+    return f"{what} {kept}; no model was saved. Try again with a fix: {advice}"
 
 
 def _metadata(cfg: RunConfig, model_cfg: VAEConfig, step: int, numbers: dict, partial: bool = False) -> dict:
@@ -366,20 +502,27 @@ def _metadata(cfg: RunConfig, model_cfg: VAEConfig, step: int, numbers: dict, pa
     }
 
 
-def final_report(model, cfg, model_cfg, step, img_per_s, device, command, out: Path) -> dict:
-    """Evaluate on held-out images, save weights + metadata, grids and the model card."""
-    def held_out_split(split: str) -> ImageDataset:
-        return get_dataset(cfg.dataset, split, cfg.data_dir, cfg.resolution, cfg.cache_dir,
-                           source=cfg.celeba_source, limit=cfg.eval_images)  # fmt: skip
+def held_out_dataset(cfg: RunConfig, limit: int | None = None) -> tuple[str, ImageDataset]:
+    """The run's test split (first `limit` images), or its training split when the data has no test
+    split (e.g. a local CelebA copy without one): returns (split name, dataset)."""
 
-    eval_split = {"dsprites": "test", "celeba": "test"}.get(cfg.dataset, cfg.split)
+    def load(split: str) -> ImageDataset:
+        return dataset_for_split(cfg.to_dict(), split, limit=limit, progress=cfg.progress)
+
     try:
-        held_out = held_out_split(eval_split)
-    except (DataUnavailableError, ValueError):  # e.g. a local CelebA copy without a test split
-        eval_split = cfg.split
-        held_out = held_out_split(eval_split)
+        ds = load("test")
+        if ds.split == "test":  # a loader without splits hands back everything under its own name
+            return "test", ds
+    except (DataUnavailableError, ValueError):
+        pass
+    return cfg.split, load(cfg.split)
+
+
+def final_report(model, cfg, model_cfg, step, img_per_s, device, command, out: Path, extra=None) -> dict:
+    """Evaluate on held-out images, save weights + metadata, grids and the model card."""
+    eval_split, held_out = held_out_dataset(cfg, cfg.eval_images)
     x = held_out.tensor(range(len(held_out)), device)
-    final = {"step": step, "eval_split": eval_split, **evaluate_fixed(model, x)}
+    final = {"step": step, "eval_split": eval_split, **evaluate_fixed(model, x), **(extra or {})}
     final.update(img_per_s=_median_img_per_s(out / "metrics.jsonl", img_per_s), device=_device_name(device))
     model.save_pretrained(
         out,
@@ -397,11 +540,7 @@ def final_report(model, cfg, model_cfg, step, img_per_s, device, command, out: P
 def _median_img_per_s(metrics: Path, fallback: float) -> float:
     """Throughput over the whole run: the median of the logging windows (one window can hold an
     evaluation or a busy neighbour; the median ignores both)."""
-    rates = [
-        r["img_per_s"]
-        for r in map(json.loads, metrics.read_text().splitlines())
-        if "img_per_s" in r and not r.get("final")
-    ]
+    rates = [r["img_per_s"] for r in read_metrics(metrics) if "img_per_s" in r and not r.get("final")]
     return float(statistics.median(rates)) if rates else fallback
 
 

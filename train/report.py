@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +72,7 @@ step, with one posterior sample per image (the ELBO is a lower bound on log p(x)
 | steps × batch | {final["step"]} × {run["batch_size"]} |
 
 Per-dimension KL (nats, sorted): {", ".join(f"{v:.2f}" for v in sorted(final["kl_per_dim"], reverse=True))}
+{splits_note(run, final)}
 
 Likelihood: {likelihood};
 latent {model_cfg["latent_dim"]}; data {model_cfg["image_channels"]}×{model_cfg["image_size"]}².
@@ -92,5 +95,75 @@ Files: `model.safetensors` + `config.json` (architecture and metadata), `run_con
     return lines
 
 
+def splits_note(run: dict, final: dict) -> str:
+    """Which split each number of the card is on, the held-out tracking and a --time-limit stop."""
+    lines = [
+        "",
+        f"Splits: the table above is on the `{final['eval_split']}` split; the training curves in "
+        f"`metrics.jsonl` (`loss`, `recon`, `kl`) are on training batches of the `{run['split']}` split, "
+        "its `eval_*` lines on fixed training images and its `heldout_*` lines on the test split.",
+    ]
+    if "best_heldout_elbo" in final:
+        where = " (saved in `best/`)" if final.get("best_saved") else ""
+        lines.append(
+            f"Best held-out ELBO during training: {final['best_heldout_elbo']:.2f} nats/image on the "
+            f"`{final['heldout_split']}` split at step {final['best_step']}{where}; chosen on that split, "
+            "so its number there is optimistic."
+        )
+    if "time_limit_s" in final:
+        lines.append(
+            f"Stopped by `--time-limit {final['time_limit_s']:g}` after {final['step']} of "
+            f"{final['planned_steps']} planned steps."
+        )
+    return "\n".join(lines)
+
+
 def write_model_card(out: Path, run: dict, final: dict, command: str, model_cfg: dict) -> None:
     write_text_atomic(out / "README.md", model_card(run, final, command, model_cfg))
+
+
+def read_metrics(path: Path, *, warn=None) -> list[dict]:
+    """metrics.jsonl as a list of records. A torn last line (a crash mid-append) is dropped with a notice
+    naming the file; a bad line anywhere else raises ValueError naming the file and the line."""
+    path = Path(path)
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines() if path.exists() else []
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as e:
+            if number == len(lines):
+                message = f"{path}: dropped a torn last line ({len(line)} characters; {e})"
+                (warn or (lambda m: print(f"warning: {m}", file=sys.stderr)))(message)
+                break
+            raise ValueError(
+                f"{path} line {number} is not a JSON record ({e}); fix or delete that line"
+            ) from None
+        records.append(record)
+    return records
+
+
+def failure_card(run: dict, command: str, reason: str) -> str:
+    """The model card of a run that failed: the reason and the command, and no numbers to quote."""
+    return f"""---
+library_name: vae-triton
+tags: [vae, failed-run]
+---
+
+# Failed run: `{run["preset"]}` preset, β = {run["beta"]:g}, on {run["dataset"]}
+
+**This run failed and its weights are not a result.** {reason}
+
+No model was saved (no `model.safetensors`) and no numbers are reported. `checkpoints/` holds the last
+state for inspection; `metrics.jsonl` the training curve up to the failure.
+
+## Command
+
+```bash
+{command}
+```
+"""

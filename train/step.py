@@ -84,7 +84,7 @@ class StepStats:
 
 def beta_at(cfg: RunConfig, step: int) -> float:
     """β ramps linearly from 0 to cfg.beta over the first kl_warmup_steps steps (step is 0-based)."""
-    if cfg.kl_warmup_steps <= 0:
+    if not cfg.kl_warmup_steps:  # 0, or None before the run resolves its default
         return cfg.beta
     return cfg.beta * min(1.0, (step + 1) / cfg.kl_warmup_steps)
 

@@ -1,4 +1,4 @@
-"""Convolutional VAE, its config dataclass, and safetensors save/load (DESIGN §4).
+"""Convolutional and MLP VAEs, their config dataclass, and safetensors save/load (DESIGN §4).
 
 Loss terms are per-image sums in nats, shape (B,); the training loss is mean_b(recon_b + β·kl_b). The
 reparameterization, the KL and the reconstruction NLL go through `vae_triton.ops` (the fused Triton
@@ -31,7 +31,12 @@ CONFIG_NAME = "config.json"
 LIKELIHOODS = ("gaussian", "bernoulli")
 SIGMA_MODES = ("fixed", "scalar", "channel")
 NORMS = ("none", "batch")
-ACTIVATIONS = ("relu", "leaky_relu")
+ACTIVATIONS = ("relu", "leaky_relu", "tanh")
+ARCHITECTURES = ("conv", "mlp")
+
+
+class ConfigError(ValueError):
+    """A saved model's `config.json` (or a config dict) is malformed; the message names the file and field."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,11 @@ class VAEConfig:
     convs. `head="conv"` ends the decoder like the common CelebA reference (one more upsampling block
     at width channels[0], then a 3×3 conv to the image channels); `head="deconv"` ends it with a single
     transposed conv straight to the image channels (the β-VAE paper's net).
+
+    `arch="mlp"` replaces the convs by fully connected layers of widths `mlp_hidden` on the flattened
+    C·H·W image (any size; `channels`, `kernel_size`, `hidden_dim` and `head` are then unused); the
+    decoder mirrors the widths and ends with a linear map back to C·H·W. Configs saved before `arch`
+    existed load as `conv`.
     """
 
     image_channels: int = 3
@@ -59,10 +69,13 @@ class VAEConfig:
     log_sigma: float = 0.0
     min_log_sigma: float = -6.0
     logvar_clamp: tuple[float, float] = (-30.0, 20.0)
+    arch: str = "conv"
+    mlp_hidden: tuple[int, ...] = ()
 
     def __post_init__(self):
         # JSON gives lists back; keep tuples so configs compare equal after a round trip.
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
+        object.__setattr__(self, "mlp_hidden", tuple(int(c) for c in self.mlp_hidden))
         object.__setattr__(self, "logvar_clamp", tuple(float(v) for v in self.logvar_clamp))
         self.validate()
 
@@ -78,6 +91,10 @@ class VAEConfig:
             bad("norm", self.norm, f"use one of {NORMS}")
         if self.activation not in ACTIVATIONS:
             bad("activation", self.activation, f"use one of {ACTIVATIONS}")
+        if self.arch not in ARCHITECTURES:
+            bad("arch", self.arch, f"use one of {ARCHITECTURES}")
+        if self.arch == "mlp" and (not self.mlp_hidden or min(self.mlp_hidden) < 1):
+            bad("mlp_hidden", self.mlp_hidden, "the mlp architecture needs one positive width per layer")
         if self.head not in ("conv", "deconv"):
             bad("head", self.head, "use 'conv' or 'deconv'")
         if self.kernel_size not in (3, 4):
@@ -91,7 +108,9 @@ class VAEConfig:
         if self.hidden_dim < 0:
             bad("hidden_dim", self.hidden_dim, "use 0 (no hidden layer) or a positive width")
         factor = 2 ** len(self.channels)
-        if self.image_size % factor or self.image_size < factor:
+        if self.image_size < 1:
+            bad("image_size", self.image_size, "needs at least one pixel")
+        if self.arch == "conv" and (self.image_size % factor or self.image_size < factor):
             bad("image_size", self.image_size, f"must be a multiple of 2**len(channels) = {factor}")
         lo, hi = self.logvar_clamp
         if not lo < hi:
@@ -120,16 +139,63 @@ class VAEConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["channels"] = list(self.channels)
+        d["mlp_hidden"] = list(self.mlp_hidden)
         d["logvar_clamp"] = list(self.logvar_clamp)
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> VAEConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
+    def from_dict(cls, d: dict[str, Any], *, source: str | os.PathLike | None = None) -> VAEConfig:
+        """Build a config from a JSON-style dict, checking every field's type before its value.
+
+        `source` (e.g. the config.json path) prefixes every error. Raises `ConfigError` (a ValueError)
+        naming the field: unknown fields, wrong types ("latent_dim": "ten", "channels": "abc") and
+        values `validate` rejects.
+        """
+        where = f"{source}: " if source is not None else ""
+        if not isinstance(d, dict):
+            raise ConfigError(f"{where}the model config must be a JSON object, got {type(d).__name__}")
+        unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
-            raise ValueError(f"config has unknown field(s) {sorted(unknown)}: written by a newer version?")
-        return cls(**d)
+            raise ConfigError(
+                f"{where}config has unknown field(s) {sorted(unknown)}: written by a newer version?"
+            )
+        defaults = cls()
+        for name, value in d.items():
+            problem = _field_type_problem(getattr(defaults, name), value)
+            if problem:
+                raise ConfigError(f"{where}field config.{name} = {value!r} {problem}")
+        try:
+            return cls(**d)
+        except ValueError as e:
+            raise ConfigError(f"{where}{e}") from None
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _field_type_problem(default: Any, value: Any) -> str | None:
+    """Why `value` cannot stand in for a field whose default is `default` (None when it can)."""
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "must be true or false"
+    if isinstance(default, int):
+        return None if isinstance(value, int) and not isinstance(value, bool) else "must be an integer"
+    if isinstance(default, float):
+        return None if _is_number(value) else "must be a finite number"
+    if isinstance(default, str):
+        return None if isinstance(value, str) else "must be a string"
+    if isinstance(default, tuple):
+        if not isinstance(value, list | tuple):
+            return "must be a list"
+        first = default[0] if default else 0  # an empty default (mlp_hidden of a conv net) holds ints
+        item_ok = (lambda v: isinstance(v, int) and not isinstance(v, bool)) if isinstance(
+            first, int
+        ) else _is_number
+        if not all(item_ok(v) for v in value):
+            return "must be a list of " + ("integers" if isinstance(first, int) else "numbers")
+        if isinstance(first, float) and len(value) != len(default):
+            return f"must be a list of {len(default)} numbers"
+    return None
 
 
 PRESETS: dict[str, VAEConfig] = {
@@ -148,6 +214,22 @@ PRESETS: dict[str, VAEConfig] = {
         norm="none",
         activation="relu",
         head="deconv",
+        likelihood="bernoulli",
+        sigma="fixed",
+    ),
+    # The standard MLP VAE of the MNIST likelihood benchmarks (Burda, Grosse & Salakhutdinov, "Importance
+    # Weighted Autoencoders", ICLR 2016, §5 and appendix: 784-200-200-50 with tanh for one stochastic
+    # layer; Kingma & Welling 2014 used one hidden layer of 500): two deterministic hidden layers in the
+    # encoder, mirrored in the decoder, a Bernoulli decoder on 1×28² binarized digits. Widths 512-256,
+    # latent 16 and ReLU-family units train fastest on a CPU within a minute (bench/bench_digits.py).
+    "mlp": VAEConfig(
+        arch="mlp",
+        image_channels=1,
+        image_size=28,
+        mlp_hidden=(512, 256),
+        latent_dim=16,
+        norm="none",
+        activation="leaky_relu",
         likelihood="bernoulli",
         sigma="fixed",
     ),
@@ -178,7 +260,16 @@ class VAEOutput(NamedTuple):
 
 
 def _activation(cfg: VAEConfig) -> nn.Module:
-    return nn.LeakyReLU(0.2) if cfg.activation == "leaky_relu" else nn.ReLU()
+    return {"leaky_relu": lambda: nn.LeakyReLU(0.2), "relu": nn.ReLU, "tanh": nn.Tanh}[cfg.activation]()
+
+
+def _mlp(cfg: VAEConfig, widths: tuple[int, ...]) -> nn.Sequential:
+    """Linear + (BatchNorm1d) + activation for each consecutive pair of `widths`."""
+    layers: list[nn.Module] = []
+    for a, b in zip(widths, widths[1:], strict=False):
+        norm = nn.BatchNorm1d(b) if cfg.norm == "batch" else nn.Identity()
+        layers += [nn.Linear(a, b), norm, _activation(cfg)]
+    return nn.Sequential(*layers)
 
 
 def _block(cfg: VAEConfig, conv: nn.Module, width: int) -> nn.Sequential:
@@ -198,7 +289,7 @@ def _up(cfg: VAEConfig, cin: int, cout: int) -> nn.ConvTranspose2d:
 
 
 class VAE(nn.Module):
-    """Convolutional VAE with a diagonal-Gaussian posterior and a N(0, I) prior."""
+    """Convolutional (or MLP, `config.arch`) VAE with a diagonal-Gaussian posterior and a N(0, I) prior."""
 
     def __init__(self, config: VAEConfig):
         super().__init__()
@@ -206,7 +297,28 @@ class VAE(nn.Module):
             raise ValueError(f"config must be a VAEConfig, got {type(config).__name__}")
         self.config = cfg = config
         self.metadata: dict[str, Any] = {}
+        if cfg.arch == "mlp":
+            self._build_mlp(cfg)
+        else:
+            self._build_conv(cfg)
+        if cfg.likelihood == "gaussian" and cfg.sigma != "fixed":
+            shape = (cfg.image_channels,) if cfg.sigma == "channel" else ()
+            self.log_sigma = nn.Parameter(torch.full(shape, float(cfg.log_sigma)))
+        else:
+            self.register_parameter("log_sigma", None)
+        # Check that images are finite and in [0, 1] (one host sync per call). The training loop turns it
+        # off: its data is in [0, 1] by construction, and a sync per step would stall the GPU.
+        self.check_inputs = True
 
+    def _build_mlp(self, cfg: VAEConfig) -> None:
+        # encoder: D → h1 → … → hn → (μ, log σ²); decoder: latent → hn → … → h1 → D (logits or pre-sigmoid).
+        widths = (cfg.num_pixels,) + cfg.mlp_hidden
+        self.encoder = _mlp(cfg, widths)
+        self.to_params = nn.Linear(widths[-1], 2 * cfg.latent_dim)
+        self.from_latent = _mlp(cfg, (cfg.latent_dim,) + widths[::-1][:-1])
+        self.decoder = nn.Linear(widths[1], cfg.num_pixels)
+
+    def _build_conv(self, cfg: VAEConfig) -> None:
         widths = (cfg.image_channels,) + cfg.channels
         self.encoder = nn.Sequential(
             *[_block(cfg, _down(cfg, a, b), b) for a, b in zip(widths, widths[1:], strict=False)]
@@ -240,30 +352,35 @@ class VAE(nn.Module):
             head = [_up(cfg, cfg.channels[0], cfg.image_channels)]
         self.decoder = nn.Sequential(*ups, *head)
 
-        if cfg.likelihood == "gaussian" and cfg.sigma != "fixed":
-            shape = (cfg.image_channels,) if cfg.sigma == "channel" else ()
-            self.log_sigma = nn.Parameter(torch.full(shape, float(cfg.log_sigma)))
-        else:
-            self.register_parameter("log_sigma", None)
-
     # ---- the model protocol -------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images (B, C, H, W) in [0, 1] → (μ, log σ²), each (B, latent_dim)."""
+        """Images (B, C, H, W) in [0, 1] → (μ, log σ²), each (B, latent_dim).
+
+        Raises ValueError for a wrong shape or dtype, and (while `check_inputs` is True) for values
+        outside [0, 1] or non-finite ones, with the conversion to use.
+        """
         self._check_images(x, "x")
-        h = rearrange(self.encoder(x), "b c h w -> b (c h w)")
+        if self.config.arch == "mlp":
+            h = self.encoder(rearrange(x, "b c h w -> b (c h w)"))
+        else:
+            h = rearrange(self.encoder(x), "b c h w -> b (c h w)")
         # Row-strided views of one tensor: the fused op reads them in place.
         mu, logvar = self.to_params(h).chunk(2, dim=1)
         return mu, logvar
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Latents (B, latent_dim) → Gaussian mean in [0, 1], or Bernoulli logits, (B, C, H, W)."""
+        """Latents (B, latent_dim) → logits (B, C, H, W) float32, for both likelihoods: the mean image is
+        `output_to_image(output)` = sigmoid(logits) (the Gaussian NLL fuses that sigmoid into its kernel)."""
         if z.dim() != 2 or z.shape[1] != self.config.latent_dim:
             raise ValueError(f"z must have shape (B, {self.config.latent_dim}), got {tuple(z.shape)}")
-        s = self.config.bottom_size
-        h = rearrange(self.from_latent(z), "b (c h w) -> b c h w", h=s, w=s)
-        # fp32 before the last nonlinearity: a bf16 sigmoid would quantise the mean the NLL scores.
-        out = self.decoder(h).float()
-        return torch.sigmoid(out) if self.config.likelihood == "gaussian" else out
+        cfg = self.config
+        h = self.from_latent(z)
+        # fp32 logits: a bf16 sigmoid would quantise the mean the NLL scores.
+        if cfg.arch == "mlp":
+            s = cfg.image_size
+            return rearrange(self.decoder(h).float(), "b (c h w) -> b c h w", h=s, w=s)
+        s = cfg.bottom_size
+        return self.decoder(rearrange(h, "b (c h w) -> b c h w", h=s, w=s)).float()
 
     def effective_log_sigma(self) -> torch.Tensor | float:
         """log σ of the Gaussian decoder (a float when fixed; a tensor with gradient when learned)."""
@@ -273,10 +390,10 @@ class VAE(nn.Module):
         return self.log_sigma.clamp(min=self.config.min_log_sigma)
 
     def recon_nll(self, output: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """−log p(x | z) per image, (B,) float32 nats."""
+        """−log p(x | z) per image, (B,) float32 nats; `output` is `decode`'s logits."""
         if self.config.likelihood == "bernoulli":
             return ops.bernoulli_nll(output, x)
-        return ops.gaussian_nll(output, x, self.effective_log_sigma())
+        return ops.gaussian_nll_logits(output, x, self.effective_log_sigma())
 
     def forward(
         self,
@@ -303,20 +420,21 @@ class VAE(nn.Module):
         return VAEOutput(loss, recon, kl, z, output, mu, logvar)
 
     def output_to_image(self, output: torch.Tensor) -> torch.Tensor:
-        """Decoder output → the mean image in [0, 1] (sigmoid of logits for Bernoulli)."""
-        if self.config.likelihood == "bernoulli":
-            return torch.sigmoid(output.float())
-        return output.float().clamp(0.0, 1.0)
+        """Decoder output (logits) → the mean image in [0, 1]: sigmoid, for both likelihoods."""
+        return torch.sigmoid(output.float())
 
     @torch.no_grad()
     def sample(
         self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """n images from the prior, z ~ N(0, temperature²·I), as mean images in [0, 1]."""
+        """n images from the prior, z ~ N(0, temperature²·I), as mean images in [0, 1].
+
+        Raises ValueError for n < 1 or a temperature that is negative, NaN or infinite.
+        """
         if n < 1:
             raise ValueError(f"n must be a positive number of samples, got {n}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if not (math.isfinite(float(temperature)) and float(temperature) >= 0):
+            raise ValueError(f"temperature must be a finite number >= 0 (1 = the prior), got {temperature}")
         device = self._device()
         gen_device = generator.device if generator is not None else device
         z = torch.randn(n, self.config.latent_dim, generator=generator, device=gen_device).to(device)
@@ -367,15 +485,8 @@ class VAE(nn.Module):
                 raise FileNotFoundError(
                     f"{f} is missing: point at a directory written by VAE.save_pretrained"
                 )
-        try:
-            doc = json.loads(cfg_file.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{cfg_file} is not valid JSON ({e}); re-save the model") from None
-        if doc.get("model_type") != MODEL_TYPE:
-            raise ValueError(f"{cfg_file} has model_type {doc.get('model_type')!r}, expected {MODEL_TYPE!r}")
-        if int(doc.get("format_version", 0)) > FORMAT_VERSION:
-            raise ValueError(f"{cfg_file} uses format {doc['format_version']}; upgrade vae-triton to load it")
-        model = cls(VAEConfig.from_dict(doc["config"]))
+        doc = _read_config_file(cfg_file)
+        model = cls(VAEConfig.from_dict(doc["config"], source=cfg_file))
         try:
             state = load_file(str(weights_file), device=str(map_location))
         except Exception as e:  # safetensors raises its own error type for truncated/foreign files
@@ -427,6 +538,33 @@ class VAE(nn.Module):
             raise ValueError(
                 f"{name} must be a float tensor in [0, 1], got dtype {x.dtype}: divide uint8 by 255"
             )
+        if self.check_inputs and x.numel() and not _capturing(x):
+            check_unit_range(x, name)
+
+
+def _capturing(x: torch.Tensor) -> bool:
+    """Inside torch.compile tracing or a CUDA-graph capture a value check (a host sync) cannot run."""
+    return torch.compiler.is_compiling() or (x.is_cuda and torch.cuda.is_current_stream_capturing())
+
+
+def check_unit_range(x: torch.Tensor, name: str = "x") -> None:
+    """Raise ValueError unless every value of `x` is finite and in [0, 1] (one reduction, one host sync).
+
+    The likelihoods are defined on [0, 1]: a Bernoulli NLL with x = −1 has no lower bound, and 0-255 pixels
+    give ELBOs tens of thousands of nats off. The message says how to convert common ranges.
+    """
+    lo, hi = torch.stack(torch.aminmax(x.detach())).float().tolist()
+    if lo >= 0.0 and hi <= 1.0:
+        return
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        fix = "it holds NaN or inf values; find where they come from (they are not images)"
+    elif lo >= 0.0 and hi <= 255.0:
+        fix = "it looks like 0-255 pixels: use x / 255"
+    elif lo >= -1.0 and hi <= 1.0:
+        fix = "it looks like [-1, 1] data: use (x + 1) / 2"
+    else:
+        fix = "rescale it to [0, 1]"
+    raise ValueError(f"{name} must hold images in [0, 1], got values in [{lo:g}, {hi:g}]: {fix}")
 
 
 def free_bits_kl(
@@ -456,6 +594,32 @@ def _json_default(o):
     if isinstance(o, float) and not math.isfinite(o):
         return str(o)
     raise TypeError(f"cannot store {type(o).__name__} in config.json metadata")
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    """config.json as written by `save_pretrained`, checked key by key; ConfigError names file and key."""
+    try:
+        doc = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path} is not valid JSON ({e}); re-save the model") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: the top level must be a JSON object, got a {type(doc).__name__}")
+    if doc.get("model_type") != MODEL_TYPE:
+        raise ConfigError(f"{path}: field model_type is {doc.get('model_type')!r}, expected {MODEL_TYPE!r}")
+    version = doc.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ConfigError(f"{path}: field format_version = {version!r} must be an integer")
+    if version > FORMAT_VERSION:
+        raise ConfigError(f"{path} uses format {version}; upgrade vae-triton to load it")
+    if "config" not in doc:
+        raise ConfigError(f"{path}: the field config (the architecture) is missing; re-save the model")
+    if not isinstance(doc["config"], dict):
+        raise ConfigError(f"{path}: field config must be a JSON object, got a {type(doc['config']).__name__}")
+    if doc.get("metadata") is not None and not isinstance(doc["metadata"], dict):
+        raise ConfigError(
+            f"{path}: field metadata must be a JSON object, got a {type(doc['metadata']).__name__}"
+        )
+    return doc
 
 
 def _download_from_hub(repo_id: str, revision: str | None) -> Path:

@@ -2,6 +2,7 @@
 
     reparameterize_kl(mu, logvar, *, seed=None, eps=None, logvar_clamp=(-30., 20.)) -> (z, kl)
     gaussian_nll(mean, x, log_sigma=0.0) -> (B,) float32 nats
+    gaussian_nll_logits(logits, x, log_sigma=0.0) -> (B,) float32 nats   (mean = sigmoid(logits), fused)
     bernoulli_nll(logits, x) -> (B,) float32 nats
 
 Dispatch (`backend_for`): CUDA tensors run the Triton kernels; CPU tensors run `vae_triton.reference`,
@@ -10,10 +11,25 @@ is how CPU CI tests the real kernels). `VAE_TRITON_BACKEND=triton|torch` forces 
 the reference: the kernels compute in fp32 and would silently drop the precision asked for. Under
 `torch.compile` the choice is made once, while tracing.
 
-The Triton path goes through `torch.library.custom_op`s (namespace `vae_triton`) with fake kernels and
-registered autograd, so `torch.compile(fullgraph=True)` traces them and `torch.library.opcheck` passes.
+The Triton path has two autograd wrappers around the same launchers, so their values and gradients are
+bitwise equal (tested):
+- under `torch.compile` (`torch.compiler.is_compiling()`), `torch.library.custom_op`s (namespace
+  `vae_triton`) with fake kernels and registered autograd, so `torch.compile(fullgraph=True)` traces them
+  and `torch.library.opcheck` passes;
+- in eager mode, plain `torch.autograd.Function`s: the custom-op dispatch and its generated autograd
+  wrapper cost far more host time per call than the kernels' own launches (DESIGN §8), and a training
+  step outside a CUDA graph is host-bound. `LIGHT_EAGER = False` routes eager calls through the custom
+  ops too (benchmarks and tests compare the two).
+Per call the host validates Python scalars and tensor metadata only (nothing allocated, no sync); what
+depends only on shapes and strides is cached; a fixed σ is folded into the Gaussian kernels.
 The random seed travels as a 1-element int64 tensor on the device (drawn there with `torch.randint`
 when `seed=None`), so there is no host sync and no recompilation per seed.
+
+Value ranges (outside them a ValueError names the argument and the range; inside them no op returns NaN
+for finite inputs): `log_sigma` within LOG_SIGMA_RANGE = [−40, 40] (σ² and 1/σ² stay finite normal
+float32 numbers); a tensor `log_sigma` is clamped to that range on the device (no host sync; `torch.clamp`'s
+gradient). `logvar_clamp` high ≤ LOGVAR_MAX = 88 (exp(logvar) finite in float32); with
+`logvar_clamp=None`, logvar itself must stay ≤ 88. Sums that exceed float32 give ±inf, not NaN.
 """
 
 from __future__ import annotations
@@ -42,6 +58,10 @@ TRITON_AVAILABLE = TRITON_IMPORT_ERROR is None
 BACKEND_ENV = "VAE_TRITON_BACKEND"
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _SEED_HIGH = 2**62  # exclusive bound of drawn seeds; any int64 ≥ 0 is accepted from the caller
+LOG_SIGMA_RANGE = (-40.0, 40.0)  # σ² ≥ e⁻⁸⁰ ≈ 1.8e-35 and 1/σ² ≤ e⁸⁰ ≈ 5.5e34: both normal float32
+LOGVAR_MAX = 88.0  # exp(88) ≈ 1.7e38 < float32 max ≈ 3.4e38
+LIGHT_EAGER = True  # eager Triton calls use autograd.Function (False: the custom ops, as under compile)
+_NO_CONTEXT = contextlib.nullcontext()
 
 
 # --------------------------------------------------------------------------------------- dispatch
@@ -66,10 +86,18 @@ def backend_for(*tensors: torch.Tensor) -> str:
 
 
 def _launching_on(t: torch.Tensor):
-    """Triton launches on torch's current CUDA device, so make it the tensor's (multi-GPU, DDP)."""
+    """Triton launches on torch's current CUDA device, so make it the tensor's (multi-GPU, DDP); switching
+    devices costs host time, so only when it differs."""
     if not TRITON_AVAILABLE:
         raise RuntimeError(f"the vae_triton Triton kernels are unavailable: {TRITON_IMPORT_ERROR!r}")
-    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+    if t.device.type != "cuda" or t.device.index == torch.cuda.current_device():
+        return _NO_CONTEXT
+    return torch.cuda.device(t.device)
+
+
+def _eager_light() -> bool:
+    """Whether this call takes the light autograd.Function path (eager, not being traced)."""
+    return LIGHT_EAGER and not torch.compiler.is_compiling()
 
 
 # ------------------------------------------------------------------------------------- validation
@@ -104,6 +132,11 @@ def _check_clamp(op: str, logvar_clamp) -> tuple[float, float]:
         ) from None
     if not lo <= hi:  # also rejects NaN
         raise ValueError(f"{op}: `logvar_clamp` needs low ≤ high, got ({lo}, {hi})")
+    if hi > LOGVAR_MAX:
+        raise ValueError(
+            f"{op}: `logvar_clamp` high must be ≤ {LOGVAR_MAX:g} so exp(logvar) stays finite in float32, "
+            f"got {hi}"
+        )
     return lo, hi
 
 
@@ -142,38 +175,103 @@ def _check_images(op: str, first: str, a, second: str, b) -> None:
         )
 
 
-def _check_log_sigma(mean: torch.Tensor, log_sigma):
-    """A finite float, or a float tensor holding one value or one per channel (dim 1 of `mean`)."""
-    op = "gaussian_nll"
+def _check_log_sigma(op: str, mean: torch.Tensor, log_sigma):
+    """A float in LOG_SIGMA_RANGE, or a float tensor holding one value or one per channel (dim 1 of `mean`),
+    returned clamped to LOG_SIGMA_RANGE on its device (no host sync)."""
     if isinstance(log_sigma, torch.Tensor):
         _check_float(op, "log_sigma", log_sigma)
         if log_sigma.device != mean.device:
-            raise ValueError(f"{op}: `log_sigma` is on {log_sigma.device} but `mean` is on {mean.device}")
+            raise ValueError(
+                f"{op}: `log_sigma` is on {log_sigma.device} but the images are on {mean.device}"
+            )
         channels = mean.shape[1]
         if log_sigma.numel() != 1 and tuple(log_sigma.shape) != (channels,):
             raise ValueError(
                 f"{op}: `log_sigma` must be a float, a one-element tensor or shape ({channels},) — one per "
-                f"channel of `mean` {tuple(mean.shape)} — got shape {tuple(log_sigma.shape)}"
+                f"channel of the images {tuple(mean.shape)} — got shape {tuple(log_sigma.shape)}"
             )
-        return log_sigma
+        return log_sigma.clamp(*LOG_SIGMA_RANGE)
     if isinstance(log_sigma, bool) or not isinstance(log_sigma, numbers.Real):
         raise ValueError(f"{op}: `log_sigma` must be a float or a tensor, got {type(log_sigma).__name__}")
-    if not math.isfinite(float(log_sigma)):
+    lo, hi = LOG_SIGMA_RANGE
+    if isinstance(log_sigma, float) and not math.isfinite(log_sigma):
         raise ValueError(f"{op}: `log_sigma` must be finite, got {log_sigma}")
+    if not lo <= log_sigma <= hi:  # compares before float(): a huge int would overflow it
+        raise ValueError(
+            f"{op}: `log_sigma` must be in [{lo:g}, {hi:g}] (σ = exp(log_sigma) with σ² and 1/σ² finite in "
+            f"float32), got {log_sigma}"
+        )
     return float(log_sigma)
 
 
-# ------------------------------------------------------------------------ custom ops: reparam + KL
+# ------------------------------------------------------------------------------------ launchers
+# Each custom op and each autograd.Function below calls these, so both wrappers run the same kernels.
 
 Tensor = torch.Tensor
+
+
+def _reparameterize_kl_fwd(mu, logvar, seed, eps, lo, hi):
+    with _launching_on(mu):
+        return _reparameterize_kernels.reparameterize_kl_fwd(mu, logvar, seed, eps, lo, hi)
+
+
+def _reparameterize_kl_bwd(grad_z, grad_kl, mu, logvar, seed, eps, lo, hi):
+    with _launching_on(grad_z):
+        return _reparameterize_kernels.reparameterize_kl_bwd(grad_z, grad_kl, mu, logvar, seed, eps, lo, hi)
+
+
+def _gaussian_fixed_fwd(mean, x, log_sigma, sigmoid):
+    with _launching_on(mean):
+        return _gaussian_kernels.gaussian_nll_fixed(mean, x, log_sigma, sigmoid)
+
+
+def _gaussian_fixed_bwd(grad, mean, x, log_sigma, need_mean, need_x, sigmoid):
+    scale, _ = _gaussian_kernels.fixed_sigma_scale(log_sigma, 0)
+    with _launching_on(grad):
+        return _gaussian_kernels.squared_error_sums_bwd(grad, mean, x, need_mean, need_x, scale, sigmoid)
+
+
+def _sums_fwd(mean, x, groups, sigmoid):
+    with _launching_on(mean):
+        return _gaussian_kernels.squared_error_sums(mean, x, groups, sigmoid)
+
+
+def _sums_bwd(grad_sums, mean, x, need_mean, need_x, sigmoid):
+    with _launching_on(grad_sums):
+        return _gaussian_kernels.squared_error_sums_bwd(grad_sums, mean, x, need_mean, need_x, 1.0, sigmoid)
+
+
+def _bernoulli_fwd(logits, x):
+    with _launching_on(logits):
+        return _bernoulli_kernels.bernoulli_nll_fwd(logits, x)
+
+
+def _bernoulli_bwd(grad, logits, x, need_logits, need_x):
+    with _launching_on(grad):
+        return _bernoulli_kernels.bernoulli_nll_bwd(grad, logits, x, need_logits, need_x)
+
+
+def _reparameterize_kl_grads(backward, needs_input_grad, grad_z, grad_kl, mu, logvar, seed, eps, lo, hi):
+    grad_mu, grad_logvar = backward(grad_z, grad_kl, mu, logvar, seed, eps, lo, hi)
+    grad_eps = None
+    if eps is not None and needs_input_grad[3]:  # rare (ε is noise): plain torch is fine here
+        grad_eps = (grad_z.float() * torch.exp(0.5 * logvar.float().clamp(lo, hi))).to(eps.dtype)
+    return grad_mu, grad_logvar, None, grad_eps, None, None
+
+
+def _pair(grads, needs):
+    """Gradients of (images, x): None where not asked for (the kernels return empty placeholders)."""
+    return tuple(g if need else None for g, need in zip(grads, needs, strict=True))
+
+
+# ------------------------------------------------------------- custom ops (torch.compile, opcheck)
 
 
 @torch.library.custom_op("vae_triton::reparameterize_kl", mutates_args=())
 def _reparameterize_kl_op(
     mu: Tensor, logvar: Tensor, seed: Tensor | None, eps: Tensor | None, lo: float, hi: float
 ) -> tuple[Tensor, Tensor]:
-    with _launching_on(mu):
-        return _reparameterize_kernels.reparameterize_kl_fwd(mu, logvar, seed, eps, lo, hi)
+    return _reparameterize_kl_fwd(mu, logvar, seed, eps, lo, hi)
 
 
 @_reparameterize_kl_op.register_fake
@@ -186,8 +284,7 @@ def _reparameterize_kl_backward_op(
     grad_z: Tensor, grad_kl: Tensor, mu: Tensor, logvar: Tensor, seed: Tensor | None, eps: Tensor | None,
     lo: float, hi: float,
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
-    with _launching_on(grad_z):
-        return _reparameterize_kernels.reparameterize_kl_bwd(grad_z, grad_kl, mu, logvar, seed, eps, lo, hi)
+    return _reparameterize_kl_bwd(grad_z, grad_kl, mu, logvar, seed, eps, lo, hi)
 
 
 @_reparameterize_kl_backward_op.register_fake
@@ -203,68 +300,93 @@ def _reparameterize_kl_setup(ctx, inputs, output):
 
 def _reparameterize_kl_grad(ctx, grad_z, grad_kl):
     mu, logvar, seed, eps = ctx.saved_tensors
-    lo, hi = ctx.clamp
-    grad_mu, grad_logvar = _reparameterize_kl_backward_op(grad_z, grad_kl, mu, logvar, seed, eps, lo, hi)
-    grad_eps = None
-    if eps is not None and ctx.needs_input_grad[3]:  # rare (ε is noise): plain torch is fine here
-        grad_eps = (grad_z.float() * torch.exp(0.5 * logvar.float().clamp(lo, hi))).to(eps.dtype)
-    return grad_mu, grad_logvar, None, grad_eps, None, None
+    backward, needs = _reparameterize_kl_backward_op, ctx.needs_input_grad
+    return _reparameterize_kl_grads(backward, needs, grad_z, grad_kl, mu, logvar, seed, eps, *ctx.clamp)
 
 
 _reparameterize_kl_op.register_autograd(_reparameterize_kl_grad, setup_context=_reparameterize_kl_setup)
 
 
-# ----------------------------------------------------------------- custom ops: squared-error sums
+@torch.library.custom_op("vae_triton::gaussian_nll_fixed", mutates_args=())
+def _gaussian_fixed_op(mean: Tensor, x: Tensor, log_sigma: float, sigmoid: bool) -> Tensor:
+    return _gaussian_fixed_fwd(mean, x, log_sigma, sigmoid)
 
 
-@torch.library.custom_op("vae_triton::squared_error_sums", mutates_args=())
-def _squared_error_sums_op(mean: Tensor, x: Tensor, groups: int) -> Tensor:
-    with _launching_on(mean):
-        return _gaussian_kernels.squared_error_sums(mean, x, groups)
+@_gaussian_fixed_op.register_fake
+def _(mean, x, log_sigma, sigmoid):
+    return mean.new_empty(mean.shape[0], dtype=torch.float32)
 
 
-@_squared_error_sums_op.register_fake
-def _(mean, x, groups):
-    return mean.new_empty((mean.shape[0], groups), dtype=torch.float32)
-
-
-@torch.library.custom_op("vae_triton::squared_error_sums_backward", mutates_args=())
-def _squared_error_sums_backward_op(
-    grad_sums: Tensor, mean: Tensor, x: Tensor, need_mean: bool, need_x: bool
+@torch.library.custom_op("vae_triton::gaussian_nll_fixed_backward", mutates_args=())
+def _gaussian_fixed_backward_op(
+    grad: Tensor, mean: Tensor, x: Tensor, log_sigma: float, need_mean: bool, need_x: bool, sigmoid: bool
 ) -> tuple[Tensor, Tensor]:
-    with _launching_on(grad_sums):
-        return _gaussian_kernels.squared_error_sums_bwd(grad_sums, mean, x, need_mean, need_x)
+    return _gaussian_fixed_bwd(grad, mean, x, log_sigma, need_mean, need_x, sigmoid)
 
 
-@_squared_error_sums_backward_op.register_fake
-def _(grad_sums, mean, x, need_mean, need_x):
+def _grads_like_fake(mean, x, need_mean, need_x):
     return (
         torch.empty_like(mean) if need_mean else mean.new_empty(0),
         torch.empty_like(x) if need_x else x.new_empty(0),
     )
 
 
+@_gaussian_fixed_backward_op.register_fake
+def _(grad, mean, x, log_sigma, need_mean, need_x, sigmoid):
+    return _grads_like_fake(mean, x, need_mean, need_x)
+
+
 def _pair_setup(ctx, inputs, output):
     ctx.save_for_backward(inputs[0], inputs[1])
+    ctx.args = inputs[2:]
+
+
+def _gaussian_fixed_grad(ctx, grad):
+    mean, x = ctx.saved_tensors
+    log_sigma, sigmoid = ctx.args
+    needs = ctx.needs_input_grad[:2]
+    grads = _gaussian_fixed_backward_op(grad, mean, x, log_sigma, *needs, sigmoid)
+    return (*_pair(grads, needs), None, None)
+
+
+_gaussian_fixed_op.register_autograd(_gaussian_fixed_grad, setup_context=_pair_setup)
+
+
+@torch.library.custom_op("vae_triton::squared_error_sums", mutates_args=())
+def _squared_error_sums_op(mean: Tensor, x: Tensor, groups: int, sigmoid: bool) -> Tensor:
+    return _sums_fwd(mean, x, groups, sigmoid)
+
+
+@_squared_error_sums_op.register_fake
+def _(mean, x, groups, sigmoid):
+    return mean.new_empty((mean.shape[0], groups), dtype=torch.float32)
+
+
+@torch.library.custom_op("vae_triton::squared_error_sums_backward", mutates_args=())
+def _squared_error_sums_backward_op(
+    grad_sums: Tensor, mean: Tensor, x: Tensor, need_mean: bool, need_x: bool, sigmoid: bool
+) -> tuple[Tensor, Tensor]:
+    return _sums_bwd(grad_sums, mean, x, need_mean, need_x, sigmoid)
+
+
+@_squared_error_sums_backward_op.register_fake
+def _(grad_sums, mean, x, need_mean, need_x, sigmoid):
+    return _grads_like_fake(mean, x, need_mean, need_x)
 
 
 def _squared_error_sums_grad(ctx, grad_sums):
     mean, x = ctx.saved_tensors
-    need_mean, need_x = ctx.needs_input_grad[:2]
-    grad_mean, grad_x = _squared_error_sums_backward_op(grad_sums, mean, x, need_mean, need_x)
-    return (grad_mean if need_mean else None), (grad_x if need_x else None), None
+    _, sigmoid = ctx.args
+    needs = ctx.needs_input_grad[:2]
+    return (*_pair(_squared_error_sums_backward_op(grad_sums, mean, x, *needs, sigmoid), needs), None, None)
 
 
 _squared_error_sums_op.register_autograd(_squared_error_sums_grad, setup_context=_pair_setup)
 
 
-# ------------------------------------------------------------------------ custom ops: Bernoulli
-
-
 @torch.library.custom_op("vae_triton::bernoulli_nll", mutates_args=())
 def _bernoulli_nll_op(logits: Tensor, x: Tensor) -> Tensor:
-    with _launching_on(logits):
-        return _bernoulli_kernels.bernoulli_nll_fwd(logits, x)
+    return _bernoulli_fwd(logits, x)
 
 
 @_bernoulli_nll_op.register_fake
@@ -276,26 +398,75 @@ def _(logits, x):
 def _bernoulli_nll_backward_op(
     grad: Tensor, logits: Tensor, x: Tensor, need_logits: bool, need_x: bool
 ) -> tuple[Tensor, Tensor]:
-    with _launching_on(grad):
-        return _bernoulli_kernels.bernoulli_nll_bwd(grad, logits, x, need_logits, need_x)
+    return _bernoulli_bwd(grad, logits, x, need_logits, need_x)
 
 
 @_bernoulli_nll_backward_op.register_fake
 def _(grad, logits, x, need_logits, need_x):
-    return (
-        torch.empty_like(logits) if need_logits else logits.new_empty(0),
-        torch.empty_like(x) if need_x else x.new_empty(0),
-    )
+    return _grads_like_fake(logits, x, need_logits, need_x)
 
 
 def _bernoulli_nll_grad(ctx, grad):
     logits, x = ctx.saved_tensors
-    need_logits, need_x = ctx.needs_input_grad[:2]
-    grad_logits, grad_x = _bernoulli_nll_backward_op(grad, logits, x, need_logits, need_x)
-    return (grad_logits if need_logits else None), (grad_x if need_x else None)
+    needs = ctx.needs_input_grad[:2]
+    return _pair(_bernoulli_nll_backward_op(grad, logits, x, *needs), needs)
 
 
 _bernoulli_nll_op.register_autograd(_bernoulli_nll_grad, setup_context=_pair_setup)
+
+
+# ------------------------------------------------------------ light eager path: autograd.Function
+
+
+class _ReparameterizeKL(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, mu, logvar, seed, eps, lo, hi):
+        ctx.save_for_backward(mu, logvar, seed, eps)
+        ctx.clamp = (lo, hi)
+        return _reparameterize_kl_fwd(mu, logvar, seed, eps, lo, hi)
+
+    @staticmethod
+    def backward(ctx, grad_z, grad_kl):
+        mu, logvar, seed, eps = ctx.saved_tensors
+        return _reparameterize_kl_grads(
+            _reparameterize_kl_bwd, ctx.needs_input_grad, grad_z, grad_kl, mu, logvar, seed, eps, *ctx.clamp
+        )
+
+
+class _Gaussian(torch.autograd.Function):
+    """A fixed σ (`log_sigma` a float): the per-image NLL (B,). A learned σ (None): the sums S (B, G)."""
+
+    @staticmethod
+    def forward(ctx, images, x, sigmoid, log_sigma, groups):
+        ctx.save_for_backward(images, x)
+        ctx.args = (sigmoid, log_sigma)
+        if log_sigma is None:
+            return _sums_fwd(images, x, groups, sigmoid)
+        return _gaussian_fixed_fwd(images, x, log_sigma, sigmoid)
+
+    @staticmethod
+    def backward(ctx, grad):
+        images, x = ctx.saved_tensors
+        sigmoid, log_sigma = ctx.args
+        needs = ctx.needs_input_grad[:2]
+        if log_sigma is None:
+            grads = _sums_bwd(grad, images, x, *needs, sigmoid)
+        else:
+            grads = _gaussian_fixed_bwd(grad, images, x, log_sigma, *needs, sigmoid)
+        return (*_pair(grads, needs), None, None, None)
+
+
+class _BernoulliNLL(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits, x):
+        ctx.save_for_backward(logits, x)
+        return _bernoulli_fwd(logits, x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        logits, x = ctx.saved_tensors
+        needs = ctx.needs_input_grad[:2]
+        return _pair(_bernoulli_bwd(grad, logits, x, *needs), needs)
 
 
 # ------------------------------------------------------------------------------------ public API
@@ -306,13 +477,15 @@ def reparameterize_kl(mu, logvar, *, seed=None, eps=None, logvar_clamp=reference
 
     mu, logvar: (B, D) float tensors (row-strided views such as `params.chunk(2, dim=1)` are fine).
     seed: None (a fresh seed drawn on the device from torch's RNG, so `torch.manual_seed` reproduces it),
-        an int, or a 1-element integer tensor on mu's device — pass a tensor under `torch.compile` to avoid
-        a recompilation per value. Same inputs and seed → bitwise-equal outputs. The Triton stream
-        (Philox, `tl.randn`) differs from `torch.randn`'s, which the torch path uses.
+        an int in [0, 2⁶³), or a 1-element integer tensor on mu's device — pass a tensor under
+        `torch.compile` to avoid a recompilation per value. Same inputs and seed → bitwise-equal outputs.
+        The Triton stream (Philox, `tl.randn`) differs from `torch.randn`'s, which the torch path uses.
     eps: inject the noise instead (same shape as mu); then `seed` must be None.
-    logvar_clamp: (low, high) or None; the gradient is `torch.clamp`'s (zero outside the range).
-    Returns z (B, D) in mu's dtype and kl (B,) float32. In float16, z overflows to ±inf where
+    logvar_clamp: (low, high) with low ≤ high ≤ 88 (exp(high) finite in float32; low may be −inf), or None
+        (then logvar must stay ≤ 88); the gradient is `torch.clamp`'s (zero outside the range).
+    Returns z (B, D) in mu's dtype and kl (B,) float32 (nats). In float16, z overflows to ±inf where
     |mu + std·ε| > 65504 (std reaches e¹⁰ at the default upper clamp), as the reference does.
+    Raises ValueError naming the argument for a non-tensor, non-float, mismatched or out-of-range input.
     """
     op = "reparameterize_kl"
     _check_float(op, "mu", mu)
@@ -341,46 +514,74 @@ def reparameterize_kl(mu, logvar, *, seed=None, eps=None, logvar_clamp=reference
             seed = torch.randint(0, _SEED_HIGH, (1,), dtype=torch.int64, device=mu.device)
         elif not isinstance(seed, torch.Tensor):
             seed = torch.full((1,), seed, dtype=torch.int64, device=mu.device)  # a fill: no host sync
+    if _eager_light():
+        return _ReparameterizeKL.apply(mu, logvar, seed, eps, lo, hi)
     return _reparameterize_kl_op(mu, logvar, seed, eps, lo, hi)
+
+
+def _gaussian(op: str, images, x, log_sigma, sigmoid: bool):
+    _check_images(op, "logits" if sigmoid else "mean", images, "x", x)
+    log_sigma = _check_log_sigma(op, images, log_sigma)
+    learned = isinstance(log_sigma, torch.Tensor)
+    if backend_for(*((images, x, log_sigma) if learned else (images, x))) == "torch":
+        ref = reference.gaussian_nll_logits if sigmoid else reference.gaussian_nll
+        return ref(images, x, log_sigma)
+
+    light = _eager_light()
+    if not learned:  # σ folded into the kernel: one launch (+ one tiny sum when a row spans chunks)
+        if light:
+            return _Gaussian.apply(images, x, sigmoid, log_sigma, 1)
+        return _gaussian_fixed_op(images, x, log_sigma, sigmoid)
+
+    groups = images.shape[1] if log_sigma.numel() > 1 else 1
+    if light:
+        sums = _Gaussian.apply(images, x, sigmoid, None, groups)  # (B, G) fp32
+    else:
+        sums = _squared_error_sums_op(images, x, groups, sigmoid)
+    ls = log_sigma.float().reshape(-1)  # (G,)
+    per_group = math.prod(images.shape[1:]) // groups
+    return 0.5 * (sums * torch.exp(-2.0 * ls)).sum(dim=1) + per_group * (
+        ls.sum() + groups * reference.HALF_LOG_2PI
+    )
 
 
 def gaussian_nll(mean, x, log_sigma=0.0):
     """Σ_i [(x_i − m_i)²/(2σ²) + log σ + ½ log 2π] per image, (B,) float32 nats (constant included).
 
     mean, x: (B, ...) float tensors of one shape (NCHW images: contiguous, channels_last or strided).
-    log_sigma: a float (fixed σ), or a tensor with one element (learned scalar σ) or shape (C,) (one σ per
-    channel, dim 1 of `mean`); a tensor gets its gradient.
+    log_sigma: a float in [−40, 40] (fixed σ), or a tensor with one element (learned scalar σ) or shape
+    (C,) (one σ per channel, dim 1 of `mean`); a tensor gets its gradient and is clamped to [−40, 40]
+    (`torch.clamp`'s gradient; no host sync). Formula: the Gaussian log-density (−Normal(m, σ).log_prob(x)).
+    Raises ValueError naming the argument: non-float or mismatched tensors, a bad `log_sigma` shape or type,
+    a `log_sigma` float outside [−40, 40].
     """
-    op = "gaussian_nll"
-    _check_images(op, "mean", mean, "x", x)
-    log_sigma = _check_log_sigma(mean, log_sigma)
-    tensors = (mean, x) if not isinstance(log_sigma, torch.Tensor) else (mean, x, log_sigma)
-    if backend_for(*tensors) == "torch":
-        return reference.gaussian_nll(mean, x, log_sigma)
+    return _gaussian("gaussian_nll", mean, x, log_sigma, sigmoid=False)
 
-    per_channel = isinstance(log_sigma, torch.Tensor) and log_sigma.numel() > 1
-    groups = mean.shape[1] if per_channel else 1
-    sums = _squared_error_sums_op(mean, x, groups)  # (B, G) fp32
-    per_image = math.prod(mean.shape[1:])
-    if not isinstance(log_sigma, torch.Tensor):
-        return sums[:, 0] * (0.5 * math.exp(-2.0 * log_sigma)) + per_image * (
-            log_sigma + reference.HALF_LOG_2PI
-        )
-    ls = log_sigma.float().reshape(-1)  # (G,)
-    per_group = per_image // groups
-    return 0.5 * (sums * torch.exp(-2.0 * ls)).sum(dim=1) + per_group * (
-        ls.sum() + groups * reference.HALF_LOG_2PI
-    )
+
+def gaussian_nll_logits(logits, x, log_sigma=0.0):
+    """NLL of x under N(sigmoid(logits), σ²) per image: `gaussian_nll(torch.sigmoid(logits), x, log_sigma)`,
+    (B,) float32 nats, with the sigmoid fused into the kernels.
+
+    logits: (B, ...) float tensor (a decoder's last pre-activation; any finite value, ±40 saturates fine);
+    x: same shape, the target images (normally in [0, 1]). log_sigma: as in `gaussian_nll` (float in
+    [−40, 40], or a one-element or per-channel (C,) tensor, learned, clamped to [−40, 40]).
+    Forward reads logits and x; backward writes ∂logits (and ∂x when x requires grad): the mean image
+    sigmoid(logits) is never stored, 5 B×N passes instead of 10 (byte counts in
+    `vae_triton/kernels/gaussian_nll.py`). Raises ValueError as `gaussian_nll` does.
+    """
+    return _gaussian("gaussian_nll_logits", logits, x, log_sigma, sigmoid=True)
 
 
 def bernoulli_nll(logits, x):
     """−Σ_i [x_i log p_i + (1 − x_i) log(1 − p_i)], p = sigmoid(logits), per image, (B,) float32 nats.
 
     x may be any value in [0, 1] (continuous binary cross-entropy on grey images); x gets a gradient
-    when it requires one.
+    when it requires one. Raises ValueError naming the argument for non-float or mismatched tensors.
     """
     op = "bernoulli_nll"
     _check_images(op, "logits", logits, "x", x)
     if backend_for(logits, x) == "torch":
         return reference.bernoulli_nll(logits, x)
+    if _eager_light():
+        return _BernoulliNLL.apply(logits, x)
     return _bernoulli_nll_op(logits, x)

@@ -73,6 +73,14 @@ def gaussian_nll(mean: torch.Tensor, x: torch.Tensor, log_sigma=0.0) -> torch.Te
     return _row_sum(nll)
 
 
+def gaussian_nll_logits(logits: torch.Tensor, x: torch.Tensor, log_sigma=0.0) -> torch.Tensor:
+    """`gaussian_nll(sigmoid(logits), x, log_sigma)`: NLL of x under N(sigmoid(logits), σ²), in nats, (B,).
+
+    The sigmoid runs in the compute dtype (float32, or float64 for float64 logits).
+    """
+    return gaussian_nll(torch.sigmoid(logits.to(_compute_dtype(logits))), x, log_sigma)
+
+
 def bernoulli_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """−Σ_i [x_i log p_i + (1 − x_i) log(1 − p_i)], p = sigmoid(logits), per image, in nats, (B,).
 

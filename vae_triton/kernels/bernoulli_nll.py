@@ -1,5 +1,8 @@
 """Per-image Bernoulli NLL from logits: NLL_b = Σ_i softplus(l_i) − x_i·l_i (nats), x ∈ [0, 1].
 
+Host work per call: one cached layout lookup, one launch, and one `torch.sum` over column chunks only when
+a row spans more than one (`common.row_tiles`).
+
 softplus(l) = max(l, 0) + log(1 + exp(−|l|)) never overflows (no libdevice `log1p`, which the
 interpreter cannot run; log(1 + y) for y ≤ 1 loses only absolute accuracy below fp32 resolution).
 
@@ -18,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import grid, group_views, row_tiles
+from .common import grid, group_walk, row_tiles
 
 
 @triton.jit
@@ -77,17 +80,19 @@ def bernoulli_nll_fwd(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     batch = logits.shape[0]
     if logits.numel() == 0:
         return torch.zeros(batch, dtype=torch.float32, device=logits.device)
-    (lv, xv), _, _ = group_views([logits, x], 1)
-    length = lv.shape[2]
-    tiles = row_tiles(batch, length)
-    partials = torch.empty((batch, tiles.chunks), dtype=torch.float32, device=logits.device)
+    walk = group_walk([logits, x], 1)
+    (lv, xv), (l_st, x_st) = walk.inputs, walk.in_strides
+    tiles = row_tiles(batch, walk.length)
+    one_chunk = tiles.chunks == 1  # then the kernel finishes the reduction: no extra launch
+    shape = (batch,) if one_chunk else (batch, tiles.chunks)
+    partials = torch.empty(shape, dtype=torch.float32, device=logits.device)
     _bernoulli_nll_fwd[grid(tiles, batch)](
         lv, xv, partials,
-        batch, length,
-        lv.stride(0), lv.stride(2), xv.stride(0), xv.stride(2),
+        batch, walk.length,
+        l_st[0], l_st[2], x_st[0], x_st[2],
         BLOCK_B=tiles.block_b, BLOCK_L=tiles.block_l, ITERS=tiles.iters, num_warps=tiles.num_warps,
     )  # fmt: skip
-    return partials.sum(dim=1)
+    return partials if one_chunk else partials.sum(dim=1)
 
 
 def bernoulli_nll_bwd(
@@ -100,19 +105,19 @@ def bernoulli_nll_bwd(
     if logits.numel() == 0 or not (need_logits or need_x):
         return grad_logits, grad_x
     outputs = [t for t, need in ((grad_logits, need_logits), (grad_x, need_x)) if need]
-    (lv, xv), out_views, copy_back = group_views([logits, x], 1, outputs)
-    gl = out_views[0] if need_logits else lv  # any valid pointer: the kernel never writes it then
-    gx = out_views[-1] if need_x else lv
-    length = lv.shape[2]
-    tiles = row_tiles(batch, length)
+    walk = group_walk([logits, x], 1, outputs)
+    (lv, xv), (l_st, x_st) = walk.inputs, walk.in_strides
+    gl, gl_st = (walk.outputs[0], walk.out_strides[0]) if need_logits else (lv, l_st)  # unwritten then
+    gx, gx_st = (walk.outputs[-1], walk.out_strides[-1]) if need_x else (lv, l_st)
+    tiles = row_tiles(batch, walk.length)
     _bernoulli_nll_bwd[grid(tiles, batch)](
         grad, lv, xv, gl, gx,
-        batch, length,
-        grad.stride(0), lv.stride(0), lv.stride(2), xv.stride(0), xv.stride(2),
-        gl.stride(0), gl.stride(2), gx.stride(0), gx.stride(2),
+        batch, walk.length,
+        grad.stride(0), l_st[0], l_st[2], x_st[0], x_st[2],
+        gl_st[0], gl_st[2], gx_st[0], gx_st[2],
         WRITE_GL=need_logits, WRITE_GX=need_x,
         BLOCK_B=tiles.block_b, BLOCK_L=tiles.block_l, ITERS=tiles.iters, num_warps=tiles.num_warps,
     )  # fmt: skip
-    for scratch, dest in copy_back:
+    for scratch, dest in walk.copy_back:
         dest.copy_(scratch)
     return grad_logits, grad_x

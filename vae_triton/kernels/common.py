@@ -1,13 +1,19 @@
 """What the three fused ops share: tile shapes and the (B, G, L) strided views their kernels walk.
 
 Every kernel sees its B×N inputs as a 3-D strided view (row b, group g, element l) and writes one fp32
-partial sum per (row, group, column chunk); the launcher then sums the chunks with `torch.sum`. With a
-fixed tiling per shape the result is bitwise reproducible (no atomics). A group is an image channel when a
-per-channel σ needs per-channel sums, else the whole row (G = 1).
+partial sum per (row, group, column chunk); the launcher then sums the chunks with one `torch.sum` — or
+none when a row fits one chunk (the latent). With a fixed tiling per shape the result is bitwise
+reproducible (no atomics). A group is an image channel when a per-channel σ needs per-channel sums, else
+the whole row (G = 1).
+
+Host cost matters as much as device time here (a training step calls these ops once each), so what depends
+only on shapes and strides — the tiles, the grid, the walking order of the views — is computed once per
+layout and cached (`functools.lru_cache`).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -33,6 +39,7 @@ class Tiles:
     chunks: int  # column chunks per group: cdiv(L, block_l * iters)
 
 
+@functools.lru_cache(maxsize=1024)
 def row_tiles(rows: int, length: int) -> Tiles:
     """Tile shape for `rows` rows of `length` elements (per group).
 
@@ -50,6 +57,7 @@ def row_tiles(rows: int, length: int) -> Tiles:
     return Tiles(block_b, block_l, iters, num_warps, triton.cdiv(length, block_l * iters))
 
 
+@functools.lru_cache(maxsize=1024)
 def grid(tiles: Tiles, rows: int, groups: int = 1) -> tuple[int, int]:
     return (triton.cdiv(rows, tiles.block_b), groups * tiles.chunks)
 
@@ -62,49 +70,86 @@ def _try_view(t: torch.Tensor, perm: tuple[int, ...] | None, groups: int) -> tor
     batch = t.shape[0]
     src = t if perm is None else t.permute(perm)
     try:
-        if perm is None:
-            return src.view(batch, groups, -1)
         # channels-last order: only used with one group, the channel axis is last and summed over
-        return src.view(batch, 1, -1)
+        return src.view(batch, groups if perm is None else 1, -1)
     except RuntimeError:
         return None
 
 
-def group_views(
-    inputs: list[torch.Tensor], groups: int, outputs: list[torch.Tensor] = ()
-) -> tuple[list[torch.Tensor], list[torch.Tensor], list[tuple[torch.Tensor, torch.Tensor]]]:
-    """(B, G, L) views of `inputs` and `outputs` in which index (b, g, l) means the same element for all.
+Strides = tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    perm: tuple[int, ...] | None
+    length: int
+    inputs: tuple[Strides | None, ...]  # (B, G, L) strides of each input in place; None: copy it
+    outputs: tuple[Strides | None, ...]  # same for outputs; None: write a scratch tensor and copy back
+
+
+@functools.lru_cache(maxsize=1024)
+def _plan(shape: torch.Size, groups: int, in_strides: tuple, out_strides: tuple) -> _Plan:
+    """The walking order for tensors of `shape` with these strides, found once per layout on meta tensors."""
+    ins = [torch.empty_strided(shape, st, device="meta") for st in in_strides]
+    outs = [torch.empty_strided(shape, st, device="meta") for st in out_strides]
+    orders: list[tuple[int, ...] | None] = [None]
+    if groups == 1 and len(shape) >= 3:
+        orders.append(_channels_last_perm(len(shape)))
+
+    def fits(tensors, perm) -> bool:
+        return all(_try_view(t, perm, groups) is not None for t in tensors)
+
+    usable = [perm for perm in orders if fits(outs, perm)]
+    perm = next((p for p in usable if fits(ins, p)), usable[0] if usable else None)
+
+    def strides(t) -> Strides | None:
+        v = _try_view(t, perm, groups)
+        return None if v is None else tuple(v.stride())
+
+    length = shape.numel() // (shape[0] * groups) if shape[0] * groups else 0
+    return _Plan(perm, length, tuple(map(strides, ins)), tuple(strides(o) if usable else None for o in outs))
+
+
+@dataclass
+class Walk:
+    """How a kernel walks its B×N tensors: each as a pointer plus (B, G, L) strides. `inputs` are the
+    tensors themselves, or contiguous copies where no common order describes them; `outputs` likewise,
+    with `copy_back` the (scratch, output) pairs to copy after the kernel."""
+
+    length: int
+    inputs: list[torch.Tensor]
+    in_strides: list[Strides]
+    outputs: list[torch.Tensor]
+    out_strides: list[Strides]
+    copy_back: list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def group_walk(inputs: list[torch.Tensor], groups: int, outputs: list[torch.Tensor] = ()) -> Walk:
+    """(B, G, L) strides of `inputs` and `outputs` in which index (b, g, l) means the same element for all.
 
     Row-strided views (`params.chunk(2, dim=1)`), contiguous and channels_last tensors are used in place;
     with G = 1 a channels_last batch is walked in memory order (a sum does not care about the order).
     An input no common order can describe is copied. Outputs are written in place, so the order is chosen
     among those every output supports; an output none supports is replaced by a contiguous scratch
-    tensor, returned in the third list as (scratch, output) pairs to copy back after the kernel.
+    tensor, to copy back after the kernel. The decision is cached per (shape, strides): no view is made.
     """
-    ndim = inputs[0].dim()
-    orders: list[tuple[int, ...] | None] = [None]
-    if groups == 1 and ndim >= 3:
-        orders.append(_channels_last_perm(ndim))
-
-    def fits(tensors, perm) -> bool:
-        return all(_try_view(t, perm, groups) is not None for t in tensors)
-
-    usable = [perm for perm in orders if fits(outputs, perm)]
-    perm = next((p for p in usable if fits(inputs, p)), usable[0] if usable else None)
-
-    out_views, copy_back = [], []
-    for o in outputs:
-        v = _try_view(o, perm, groups) if usable else None
-        if v is None:  # a layout no order describes (a rare dense permutation): write a scratch copy
+    shape = inputs[0].shape
+    plan = _plan(shape, groups, tuple(t.stride() for t in inputs), tuple(o.stride() for o in outputs))
+    length = plan.length
+    g_eff = groups if plan.perm is None else 1
+    dense = (g_eff * length, length, 1)
+    walk = Walk(length, [], [], [], [], [])
+    for t, st in zip(inputs, plan.inputs, strict=True):
+        if st is None:  # a layout this order cannot express: copy into it
+            t = (t if plan.perm is None else t.permute(plan.perm)).contiguous()
+            st = dense
+        walk.inputs.append(t)
+        walk.in_strides.append(st)
+    for o, st in zip(outputs, plan.outputs, strict=True):
+        if st is None:  # a layout no order describes (a rare dense permutation): write a scratch copy
             scratch = torch.empty(o.shape, dtype=o.dtype, device=o.device)
-            v = scratch.view(o.shape[0], groups, -1)
-            copy_back.append((scratch, o))
-        out_views.append(v)
-    in_views = []
-    for t in inputs:
-        v = _try_view(t, perm, groups)
-        if v is None:  # a layout this order cannot express: copy into it
-            src = t if perm is None else t.permute(perm)
-            v = src.contiguous().view(t.shape[0], groups if perm is None else 1, -1)
-        in_views.append(v)
-    return in_views, out_views, copy_back
+            walk.copy_back.append((scratch, o))
+            o, st = scratch, (groups * length, length, 1)
+        walk.outputs.append(o)
+        walk.out_strides.append(st)
+    return walk

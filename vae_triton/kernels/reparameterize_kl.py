@@ -1,7 +1,8 @@
 """Fused reparameterization + KL to N(0, I): one forward kernel, one backward kernel.
 
 Forward, per element (fp32 math):  lv = clamp(logvar, lo, hi),  z = mu + exp(½·lv)·ε,
-    kl_b = ½ Σ_d (exp(lv) + mu² − 1 − lv)   (written as per-row partials, then `torch.sum`).
+    kl_b = ½ Σ_d (exp(lv) + mu² − 1 − lv)   (per-row partials, summed by `torch.sum` only when a row spans
+several column chunks: a 128-wide latent is one chunk, so the kernel writes the KL itself).
 ε is drawn in the kernel with `tl.randn(seed, b·D + d)`: Philox keyed by the seed, counter = the global
 int64 element index, so the stream depends on neither the tiling nor the strides, and the backward kernel
 regenerates exactly the forward's ε. Nothing B×D is saved for backward beyond mu and logvar.
@@ -115,7 +116,9 @@ def reparameterize_kl_fwd(
     if batch == 0 or dim == 0:
         return z, torch.zeros(batch, dtype=torch.float32, device=mu.device)
     tiles = row_tiles(batch, dim)
-    partials = torch.empty((batch, tiles.chunks), dtype=torch.float32, device=mu.device)
+    one_chunk = tiles.chunks == 1  # then the kernel writes the KL itself: no extra launch
+    shape = (batch,) if one_chunk else (batch, tiles.chunks)
+    partials = torch.empty(shape, dtype=torch.float32, device=mu.device)
     _reparameterize_kl_fwd[grid(tiles, batch)](
         mu, logvar, eps if eps is not None else mu, seed if seed is not None else mu, z, partials,
         batch, dim, tiles.chunks,
@@ -124,7 +127,7 @@ def reparameterize_kl_fwd(
         HAS_EPS=eps is not None, BLOCK_B=tiles.block_b, BLOCK_D=tiles.block_l, ITERS=tiles.iters,
         num_warps=tiles.num_warps,
     )  # fmt: skip
-    return z, partials.sum(dim=1)
+    return z, (partials if one_chunk else partials.sum(dim=1))
 
 
 def reparameterize_kl_bwd(
