@@ -466,3 +466,15 @@ def test_gpu_cli_graphed_run_keeps_schedules_and_equals_eager(tmp_path, capsys, 
     lrs = [r["lr"] for r in graphed]
     assert all(a > b for a, b in zip(lrs, lrs[1:], strict=False))  # the cosine keeps moving in the graph
     assert [r["loss"] for r in graphed] == [r["loss"] for r in eager]
+
+
+@pytest.mark.gpu
+def test_gpu_rendered_dsprites_batches_equal_the_cpu_ones():
+    from train.data import get_dataset
+
+    ds = get_dataset("dsprites", "train", limit=4096)
+    on_gpu = BatchSource(ds, 64, "cuda", seed=2, hflip=True)
+    on_cpu = BatchSource(ds, 64, "cpu", seed=2, hflip=True)
+    out = torch.empty(64, 1, 64, 64, dtype=torch.uint8, device="cuda")
+    for step in (0, 1, 63, 64, 130):  # across epochs (64 steps each)
+        assert torch.equal(on_gpu.batch(step, out=out).cpu(), on_cpu.batch(step)), step
