@@ -15,10 +15,13 @@ as a kernel argument, so there is no host→device copy to race with), and the s
 allocated (`zero_grad(set_to_none=False)`) and AdamW is fused with `capturable=True`, reading the rate
 from its device tensor. So schedules keep working inside the graph.
 
-The graphed step computes exactly what the eager step computes: both run the same body, with the same
-kernels, the same RNG offsets (the CUDA generator advances by the graph's whole increment per replay) and
-the same fp32 learning-rate tensor. One consequence: the rate AdamW sees is the schedule's value rounded to
-float32 (relative change ≤ 6e-8), on every device and path alike.
+The graphed step is built to compute bitwise what the eager step (`--no-cuda-graph`) computes: both run
+the same body with the same kernels, the same RNG offsets (the CUDA generator advances by the graph's
+whole increment per replay, as the eager ops would) and the same fp32 learning-rate tensor; with cuDNN's
+nondeterministic backward algorithms even two eager runs differ in the last bits, so the check
+(`pytest -m gpu tests/test_step_graph.py`) runs with `cudnn.deterministic`. The rate AdamW reads is the
+schedule's value rounded to float32 (a relative change ≤ 6e-8), on every device and path alike; on the CPU
+the step equals a textbook torch loop given those rates bitwise (tests/test_step_graph.py).
 
 Where the graph is not used, the step runs the same body eagerly and says why in one line: on the CPU,
 with `--no-cuda-graph`, with DDP (capturing NCCL all-reduces is not validated here), with a non-fused
