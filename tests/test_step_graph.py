@@ -458,9 +458,9 @@ def test_gpu_cli_graphed_run_keeps_schedules_and_equals_eager(tmp_path, capsys, 
         train(parse_args([*common, flag, "--out", str(out)]))
         lines = (out / "metrics.jsonl").read_text().splitlines()
         runs[flag] = [r for r in map(json.loads, lines) if "loss" in r]
-        err = capsys.readouterr().err
+        said = "".join(capsys.readouterr())  # the console's notes go to stdout, warnings to stderr
         if flag == "--cuda-graph":
-            assert "CUDA graph: on" in err and "CUDA graph: off" not in err, err
+            assert "CUDA graph: on" in said and "CUDA graph: off" not in said, said
     graphed, eager = runs["--cuda-graph"], runs["--no-cuda-graph"]
     assert [r["beta"] for r in graphed][:6] == pytest.approx([k / 6 for k in range(1, 7)])
     lrs = [r["lr"] for r in graphed]
