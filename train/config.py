@@ -69,7 +69,7 @@ class RunConfig:
     kl_warmup_steps: int | None = None
     free_bits: float = 0.0
     latent_dim: int | None = None
-    resolution: int = 64
+    resolution: int | None = None
     channels: str = "auto"
     binarize: str = "none"
     test_fraction: float | None = None
@@ -102,6 +102,9 @@ class RunConfig:
     def __post_init__(self):
         if self.preset is None and self.dataset != "folder":
             self.preset = DEFAULT_PRESET[self.dataset]
+        if self.resolution is None and self.dataset != "folder":
+            self.resolution = 64
+        # folder: the resolution follows the images (their own size), set once the data is loaded.
         # folder: the preset follows the images' shape (`default_preset`), set once the data is loaded.
         if self.steps is None and self.epochs is None:
             self.steps = DEFAULT_STEPS
@@ -169,6 +172,8 @@ class RunConfig:
             bad("channels", self.channels, f"use one of {', '.join(CHANNEL_CHOICES)}")
         if self.binarize not in BINARIZE_CHOICES:
             bad("binarize", self.binarize, f"use one of {', '.join(BINARIZE_CHOICES)}")
+        if self.dataset == "dsprites" and self.channels == "3":
+            bad("channels", self.channels, "dsprites images are grey: use --channels auto or 1")
         if self.test_fraction is not None:
             if self.dataset != "folder":
                 bad("test_fraction", self.test_fraction, "applies to --dataset folder only")
@@ -177,13 +182,26 @@ class RunConfig:
         self.check_resolution()
 
     def check_resolution(self) -> None:
-        """The preset must take --resolution; if not, name the flag and list the sizes that work."""
-        if self.resolution < 8:
+        """The preset (when already known: a folder's follows its data) must take --resolution."""
+        if self.resolution is not None and self.resolution < 8:
             raise ValueError(f"--resolution {self.resolution}: must be at least 8 px")
-        if self.preset is None:  # decided from the data's shape once it is loaded; checked again then
-            return
-        try:
+        if self.preset is not None and self.resolution is not None:
             self.model_config(1)
+
+    def model_config(self, image_channels: int) -> VAEConfig:
+        """The preset, with the image shape, latent size and likelihood this run asks for. A preset whose
+        size rule refuses --resolution raises a ValueError that names the flag and the sizes that work."""
+        if self.preset is None or self.resolution is None:
+            raise ValueError("the preset and resolution are decided from the data: set them first")
+        overrides = dict(image_channels=image_channels, image_size=self.resolution)
+        if self.latent_dim is not None:
+            overrides["latent_dim"] = self.latent_dim
+        if self.sigma is not None:
+            overrides["sigma"] = self.sigma
+        if self.likelihood is not None:
+            overrides["likelihood"] = self.likelihood
+        try:
+            return VAEConfig.preset(self.preset, **overrides)
         except ValueError as e:
             if "image_size" not in str(e):
                 raise
@@ -194,19 +212,6 @@ class RunConfig:
                 f"{self.resolution} images. Sizes that work: {shown}. Change --resolution, or pick another "
                 f"--preset"
             ) from None
-
-    def model_config(self, image_channels: int) -> VAEConfig:
-        """The preset, with the image shape, latent size and likelihood this run asks for."""
-        if self.preset is None:
-            raise ValueError("the preset is decided from the data: call default_preset() first")
-        overrides = dict(image_channels=image_channels, image_size=self.resolution)
-        if self.latent_dim is not None:
-            overrides["latent_dim"] = self.latent_dim
-        if self.sigma is not None:
-            overrides["sigma"] = self.sigma
-        if self.likelihood is not None:
-            overrides["likelihood"] = self.likelihood
-        return VAEConfig.preset(self.preset, **overrides)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -292,9 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--resolution",
         type=int,
-        default=d.resolution,
+        default=None,
         help="image side in pixels; images are resized only when their centered square crop is another "
-        "size. Conv presets need a multiple of 2^(number of stride-2 layers)",
+        "size. Conv presets need a multiple of 2^(number of stride-2 layers). Default: 64; for a "
+        "folder, the images' own size when they are square and at most 128 px",
     )
     g.add_argument(
         "--channels",

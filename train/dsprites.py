@@ -178,7 +178,7 @@ class RenderedImages:
     dtype = np.dtype(np.uint8)
 
     def __init__(self, factors: np.ndarray):
-        self.factors = np.asarray(factors, dtype=np.int64)
+        self.factors = np.array(factors, dtype=np.int64)  # a private, writable copy (torch shares it)
         self._on: dict[torch.device, torch.Tensor] = {}
 
     @property
