@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one command a contributor with a GPU runs: GPU tests, the ops benchmark and the training-step
+# The one command a contributor with a GPU runs: the GPU tests (pytest -m gpu), the ops benchmark and the training-step
 # benchmark, in under 8 minutes on one GPU, everything written under DIR.
 #
 #   bash bench/run_gpu.sh DIR              # one CUDA GPU (CUDA_VISIBLE_DEVICES picks which)
@@ -73,7 +73,7 @@ else  # CPU sizes: the same steps and flags shape, seconds each
   TRAIN=(--device cpu --quick --batch-sizes 4 --configs baseline cli --skip-eval --time-limit 30)
 fi
 
-step pytest-gpu 110 "$PY" -m pytest -m gpu -q -p no:cacheprovider tests/test_ops_gpu.py
+step pytest-gpu 130 "$PY" -m pytest -m gpu -q -p no:cacheprovider tests/
 step ops-fp32-128 90 "$PY" -m bench.bench_ops "${OPS[@]}" --size 128 --dtype float32 --out "$DIR/ops-fp32-128"
 step ops-bf16-64 80 "$PY" -m bench.bench_ops "${OPS[@]}" --size 64 --dtype bfloat16 --out "$DIR/ops-bf16-64"
 step ops-logits-bf16-64 45 "$PY" -m bench.bench_ops "${OPS[@]}" --size 64 --dtype bfloat16 --logits --no-compile \
