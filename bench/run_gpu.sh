@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The one command a contributor with a GPU runs: the GPU tests (pytest -m gpu), the ops benchmark and the training-step
-# benchmark, in under 8 minutes on one GPU, everything written under DIR.
+# The one command a contributor with a GPU runs: the GPU tests (pytest -m gpu), the ops benchmark and the
+# training-step benchmark, in under 8 minutes on one GPU, everything written under DIR.
 #
 #   bash bench/run_gpu.sh DIR              # one CUDA GPU (CUDA_VISIBLE_DEVICES picks which)
 #   bash bench/run_gpu.sh DIR --dry-run    # no GPU: the same steps at CPU sizes, to check the script
