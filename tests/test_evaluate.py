@@ -187,7 +187,7 @@ def test_clear_errors(tmp_path, capsys, dsprites_model):
         assert bad[0] in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("kind", ["a folder", "under a file"])
+@pytest.mark.parametrize("kind", ["a folder", "under a file", "read-only"])
 def test_a_bad_output_path_fails_before_any_metric_is_computed(
     dsprites_model, tmp_path, capsys, monkeypatch, kind
 ):
@@ -197,7 +197,12 @@ def test_a_bad_output_path_fails_before_any_metric_is_computed(
     monkeypatch.setattr("vae_triton.metrics.likelihood_metrics", no_work)
     a_file = tmp_path / "notes.txt"
     a_file.write_text("mine\n")
-    output = {"a folder": tmp_path, "under a file": a_file / "eval.json"}[kind]
+    if os.geteuid() == 0:  # root writes through permission bits; sysfs refuses new files to everyone
+        read_only = Path("/sys/vae-triton-eval.json")
+    else:
+        (tmp_path / "locked").mkdir(mode=0o555)
+        read_only = tmp_path / "locked" / "eval.json"
+    output = {"a folder": tmp_path, "under a file": a_file / "eval.json", "read-only": read_only}[kind]
     code, out, err = run_cli(capsys, "--checkpoint", dsprites_model, "--output", output)
     assert code == 2 and "--output" in err and str(output) in err and "Traceback" not in err, err
     assert a_file.read_text() == "mine\n"
@@ -222,3 +227,49 @@ def test_a_bundled_model_is_evaluated_without_rewriting_its_tracked_file(tmp_pat
     assert (tmp_path / "runs" / "evaluate" / "copy" / "eval.json").is_file()
     assert run_cli(capsys, "--checkpoint", copy, *args[2:], "--output", copy / "eval.json")[0] == 0
     assert json.loads((copy / "eval.json").read_text())["settings"]["num_images"] == 2
+
+
+def test_num_threads_sets_torch_threads_and_is_reported(dsprites_model, capsys, tmp_path):
+    before = torch.get_num_threads()
+    try:
+        code, out, _ = run_cli(
+            capsys, "--checkpoint", dsprites_model, "--iw-samples", 2, "--num-images", 4,
+            "--latent-images", 8, "--num-threads", 1, "--output", tmp_path / "e.json",
+        )  # fmt: skip
+        assert code == 0, out
+        assert torch.get_num_threads() == 1
+        assert json.loads((tmp_path / "e.json").read_text())["num_threads"] == 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(SystemExit):
+        run_cli(capsys, "--checkpoint", dsprites_model, "--num-threads", 0)
+    assert "--num-threads" in capsys.readouterr().err
+
+
+def test_checkpoint_alone_finds_the_runs_data_and_test_split(tmp_path, capsys, monkeypatch):
+    """A folder run saved its data location in run_config.json: evaluate needs only --checkpoint."""
+    from train.__main__ import main as train_main
+
+    monkeypatch.setenv("VAE_TRITON_BACKEND", "torch")
+    data = tmp_path / "digits"
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 8), ("test", 5)):
+        (data / split).mkdir(parents=True)
+        for i in range(n):
+            img = (rng.random((28, 28)) > 0.5).astype(np.uint8) * 255
+            Image.fromarray(img).save(data / split / f"{i}.png")
+    run = tmp_path / "run"
+    args = ["--dataset", "folder", "--data-dir", str(data), "--resolution", "28",
+            "--steps", "1", "--batch-size", "4", "--no-progress", "--eval-images", "4",
+            "--cache-dir", str(tmp_path / "cache"), "--out", str(run)]  # fmt: skip
+    assert train_main(args) == 0
+    capsys.readouterr()  # the trainer's own output
+    assert json.loads((run / "run_config.json").read_text())["preset"] == "mlp"  # grey 28 px → mlp
+    code, out, err = run_cli(capsys, "--checkpoint", run, "--iw-samples", 2, "--num-images", 100)
+    assert code == 0, err
+    report = json.loads((run / "eval.json").read_text())
+    # the 5 images of test/, not the 8 of train/
+    assert (report["dataset"], report["split"], report["settings"]["num_images"]) == ("folder", "test", 5)
+    # the headline comes first: nats per image over the data's true D
+    assert out.splitlines()[1].startswith("NLL on test: ") and "nats per image" in out.splitlines()[1]
+    assert f"D = {report['metrics']['num_dims']} pixels" in out

@@ -8,6 +8,7 @@ torch call of the step on the CPU — at the Python API (TorchFunctionMode) and 
 capture itself (`pytest -m gpu tests/test_step_graph.py` on a CUDA machine).
 """
 
+import contextlib
 import json
 import math
 
@@ -126,7 +127,7 @@ def torch_ops(monkeypatch):
 # ---- 1. no host synchronisation inside a step -------------------------------------------------------
 @pytest.mark.parametrize(
     "backend,precision",
-    [("default", "fp32"), ("torch", "fp32"), ("torch", "bf16")],  # default: the Triton kernels CI ships
+    [("default", "fp32"), ("torch", "bf16")],  # default: the Triton kernels CI ships; torch: the reference
 )
 def test_the_default_step_never_syncs_with_the_host(backend, precision, monkeypatch):
     if backend == "torch":
@@ -233,14 +234,14 @@ def test_stats_count_good_skipped_and_the_longest_bad_run():
 # ---- 3. resume stays bit-exact, also in the middle of the KL warm-up -----------------------------------
 def test_resume_inside_the_kl_warmup_is_bit_exact(tmp_path, torch_ops):
     common = [
-        "--dataset", "dsprites", "--limit", "64", "--batch-size", "16", "--steps", "9",
-        "--kl-warmup-steps", "7", "--lr-schedule", "cosine", "--free-bits", "0.05", "--hflip",
+        "--dataset", "dsprites", "--limit", "64", "--batch-size", "16", "--steps", "7",
+        "--kl-warmup-steps", "5", "--lr-schedule", "cosine", "--free-bits", "0.05", "--hflip",
         "--log-every", "1", "--eval-every", "100", "--checkpoint-every", "100", "--seed", "3",
         "--preset", "small", "--latent-dim", "4", "--no-progress", "--eval-images", "32",
     ]  # fmt: skip
     straight, split = tmp_path / "straight", tmp_path / "split"
     train(parse_args([*common, "--out", str(straight)]))
-    train(parse_args([*common, "--out", str(split)]), stop_at=4)  # β is 4/7 of the way up
+    train(parse_args([*common, "--out", str(split)]), stop_at=3)  # β is 3/5 of the way up
     train(parse_args([*common, "--out", str(split), "--resume"]))
 
     def rows(out):
@@ -248,10 +249,10 @@ def test_resume_inside_the_kl_warmup_is_bit_exact(tmp_path, torch_ops):
         return [r for r in map(json.loads, lines) if "loss" in r]
 
     a, b = rows(straight), rows(split)
-    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, 10))
+    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, 8))
     for ra, rb in zip(a, b, strict=True):
         assert (ra["loss"], ra["beta"], ra["lr"]) == (rb["loss"], rb["beta"], rb["lr"]), ra["step"]
-    assert [r["beta"] for r in a][:7] == pytest.approx([k / 7 for k in range(1, 8)])
+    assert [r["beta"] for r in a][:5] == pytest.approx([k / 5 for k in range(1, 6)])
     sa, sb = ckpt.load_checkpoint(straight), ckpt.load_checkpoint(split)
     assert all(torch.equal(sa["model"][k], sb["model"][k]) for k in sa["model"])
     for p, state in sa["optimizer"]["state"].items():
@@ -301,6 +302,106 @@ def test_cli_default_batch_size_depends_on_the_device():
     assert parse_args(["--no-cuda-graph"]).cuda_graph is False
 
 
+# ---- the graph orchestration, on the CPU with a stand-in for torch.cuda's graph API ---------------------
+class _FakeCapture:
+    """Stands in for `torch.cuda.graph(g)`: the body runs (Python cannot skip it), then every tensor of the
+    training state is put back — as a real capture, which records the work without running it."""
+
+    def __init__(self, graph, step, fail):
+        self.graph, self.step, self.fail = graph, step, fail
+
+    def _state(self):
+        step = self.step
+        tensors = [*step.module.state_dict().values(), step.stats.sums, step.stats.counts]
+        tensors += [p.grad for p in step.params if p.grad is not None]
+        tensors += [v for st in step.optimizer.state.values() for v in st.values() if torch.is_tensor(v)]
+        return tensors
+
+    def __enter__(self):
+        self.tensors = self._state()
+        self.saved = [t.clone() for t in self.tensors]
+        self.rng = torch.get_rng_state()
+
+    def __exit__(self, *exc):
+        for t, v in zip(self.tensors, self.saved, strict=True):
+            t.copy_(v)
+        torch.set_rng_state(self.rng)
+        if self.fail:
+            raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+        self.graph.step = self.step
+
+
+class _FakeGraph:
+    replays = 0
+
+    def replay(self):  # the recorded work: the body, its outputs landing in the static tensors
+        _FakeGraph.replays += 1
+        for static, new in zip(self.step._static, self.step._body(), strict=True):
+            static.copy_(new)
+
+
+class _FakeStream:
+    def wait_stream(self, other):
+        pass
+
+
+def _fake_cuda(monkeypatch, step_holder, fail=False):
+    import train.step as step_module
+
+    class Generator:
+        restored = 0
+
+        def clone_state(self):
+            return "state"
+
+        def graphsafe_set_state(self, state):
+            Generator.restored += 1
+
+    cuda = step_module.torch.cuda
+    monkeypatch.setattr(step_module.TrainStep, "_graph_blocker", lambda self: None)
+    monkeypatch.setattr(cuda, "CUDAGraph", _FakeGraph)
+    monkeypatch.setattr(cuda, "graph", lambda g: _FakeCapture(g, step_holder[0], fail))
+    monkeypatch.setattr(cuda, "Stream", lambda device=None: _FakeStream())
+    monkeypatch.setattr(cuda, "current_stream", lambda device=None: _FakeStream())
+    monkeypatch.setattr(cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(cuda, "default_generators", [Generator()])
+    return Generator
+
+
+@pytest.mark.parametrize("capture_fails", [False, True])
+def test_capture_and_replay_compute_what_the_eager_step_computes(monkeypatch, torch_ops, capture_fails):
+    steps = GRAPH_WARMUP_STEPS + 3
+    cfg = _cfg(steps=steps)
+    batches = _batches(steps)
+
+    model = _model()
+    eager = make_train_step(model, make_optimizer(model, cfg), _cfg(steps=steps, cuda_graph=False))
+    torch.manual_seed(9)
+    expected = [eager(b, i).loss.clone() for i, b in enumerate(batches)]
+
+    holder, lines = [], []
+    generator = _fake_cuda(monkeypatch, holder, fail=capture_fails)
+    _FakeGraph.replays = 0
+    graphed_model = _model()
+    step = make_train_step(graphed_model, make_optimizer(graphed_model, cfg), cfg, note=lines.append)
+    holder.append(step)
+    torch.manual_seed(9)
+    got = [step(b, i).loss.clone() for i, b in enumerate(batches)]
+
+    assert torch.equal(torch.stack(got), torch.stack(expected)), (got, expected)
+    for (name, a), b in zip(graphed_model.state_dict().items(), model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert torch.equal(step.stats.counts, eager.stats.counts)
+    if capture_fails:
+        assert step.graph is None and _FakeGraph.replays == 0 and generator.restored == 1
+        assert len(lines) == 1 and "capture failed at step 3" in lines[0] and "not permitted" in lines[0]
+    else:  # one replay per step from the capture on (the capture step included), nothing run twice
+        assert step.graph is not None and _FakeGraph.replays == steps - GRAPH_WARMUP_STEPS
+        assert lines == [f"CUDA graph: on — the training step was captured at step {GRAPH_WARMUP_STEPS}"]
+        assert all(g["capturable"] for g in step.optimizer.param_groups)
+
+
 # ---- on a GPU: the capture itself ----------------------------------------------------------------------
 def _gpu_run(cuda_graph: bool, steps: int, **cfg_kw):
     cfg = _cfg(steps=steps, cuda_graph=cuda_graph, device="cuda", **cfg_kw)
@@ -315,9 +416,17 @@ def _gpu_run(cuda_graph: bool, steps: int, **cfg_kw):
     return step, model, torch.stack(losses).cpu(), lines
 
 
+@pytest.fixture
+def deterministic_cudnn(monkeypatch):
+    # Some cuDNN backward algorithms accumulate in a nondeterministic order: with them even two eager runs
+    # differ in the last bits. The claim under test is that the graph changes nothing else.
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_gpu_graphed_and_eager_steps_agree_bitwise(precision):
+def test_gpu_graphed_and_eager_steps_agree_bitwise(precision, deterministic_cudnn):
     steps = GRAPH_WARMUP_STEPS + 8  # warm-up, capture, then replays across the KL warm-up and cosine lr
     g_step, g_model, g_losses, g_lines = _gpu_run(True, steps, precision=precision)
     e_step, e_model, e_losses, _ = _gpu_run(False, steps, precision=precision)
@@ -333,3 +442,39 @@ def test_gpu_compile_then_capture_runs_or_says_why():
     step, _, losses, lines = _gpu_run(True, GRAPH_WARMUP_STEPS + 3, compile=True)
     assert torch.isfinite(losses).all()
     assert step.graph is not None or any("capture failed" in line for line in lines), lines
+
+
+@pytest.mark.gpu
+def test_gpu_cli_graphed_run_keeps_schedules_and_equals_eager(tmp_path, capsys, deterministic_cudnn):
+    common = [
+        "--dataset", "dsprites", "--limit", "512", "--batch-size", "64", "--steps", "12", "--device", "cuda",
+        "--precision", "fp32", "--kl-warmup-steps", "6", "--lr-schedule", "cosine", "--free-bits", "0.02",
+        "--log-every", "1", "--eval-every", "100", "--checkpoint-every", "100", "--seed", "5",
+        "--preset", "small", "--latent-dim", "4", "--no-progress", "--eval-images", "64",
+    ]  # fmt: skip
+    runs = {}
+    for flag in ("--cuda-graph", "--no-cuda-graph"):
+        out = tmp_path / flag
+        train(parse_args([*common, flag, "--out", str(out)]))
+        lines = (out / "metrics.jsonl").read_text().splitlines()
+        runs[flag] = [r for r in map(json.loads, lines) if "loss" in r]
+        said = "".join(capsys.readouterr())  # the console's notes go to stdout, warnings to stderr
+        if flag == "--cuda-graph":
+            assert "CUDA graph: on" in said and "CUDA graph: off" not in said, said
+    graphed, eager = runs["--cuda-graph"], runs["--no-cuda-graph"]
+    assert [r["beta"] for r in graphed][:6] == pytest.approx([k / 6 for k in range(1, 7)])
+    lrs = [r["lr"] for r in graphed]
+    assert all(a > b for a, b in zip(lrs, lrs[1:], strict=False))  # the cosine keeps moving in the graph
+    assert [r["loss"] for r in graphed] == [r["loss"] for r in eager]
+
+
+@pytest.mark.gpu
+def test_gpu_rendered_dsprites_batches_equal_the_cpu_ones():
+    from train.data import get_dataset
+
+    ds = get_dataset("dsprites", "train", limit=4096)
+    on_gpu = BatchSource(ds, 64, "cuda", seed=2, hflip=True)
+    on_cpu = BatchSource(ds, 64, "cpu", seed=2, hflip=True)
+    out = torch.empty(64, 1, 64, 64, dtype=torch.uint8, device="cuda")
+    for step in (0, 1, 63, 64, 130):  # across epochs (64 steps each)
+        assert torch.equal(on_gpu.batch(step, out=out).cpu(), on_cpu.batch(step)), step

@@ -224,7 +224,7 @@ class BatchSource:
             self._perm = torch.randperm(len(self.dataset), generator=g)
             self._flips = torch.rand(len(self.dataset), generator=g) < 0.5
             self._epoch = epoch
-            if self._resident is not None:  # one copy per epoch, then every batch is a device slice
+            if self._resident is not None or self._rendered:  # one copy per epoch, then device slices
                 self._perm_dev = self._perm.to(self.device)
                 self._flips_dev = self._flips.to(self.device)
         return self._perm, self._flips
@@ -240,12 +240,15 @@ class BatchSource:
         """uint8 (B/world, C, H, W) on the device; gathered into `out` when given (a buffer of that shape,
         such as the training step's static CUDA-graph input), and then `out` is returned."""
         idx, flip = self.indices(step)
+        start = (step % self.steps_per_epoch) * self.batch_size + self.rank * self.per_rank
+        rows = slice(start, start + self.per_rank)
         if self._rendered:
-            x = self.dataset.images.render(idx.sort().values, self.device)
-            flip = flip[idx.argsort()]
+            # Indices and coins from the epoch's copies on the device: no host→device copy (on a GPU, a
+            # stream sync) per step. Sorted rows, as the memmap path reads them.
+            order = self._perm_dev[rows].sort()
+            x = self.dataset.images.render(order.values, self.device)
+            flip = self._flips_dev[rows][order.indices]
         elif self._resident is not None:
-            start = (step % self.steps_per_epoch) * self.batch_size + self.rank * self.per_rank
-            rows = slice(start, start + self.per_rank)
             x = torch.index_select(self._resident, 0, self._perm_dev[rows], out=out)
             flip = self._flips_dev[rows]
         else:

@@ -26,7 +26,7 @@ from . import distributed
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .command_line import explicit_fields, reproduce_command, resume_config
 from .config import RunConfig, default_kl_warmup_steps, default_preset
-from .console import Console, cache_summary, set_bars
+from .console import Console, cache_summary
 from .data import DEFAULT_CACHE, BatchSource, DataUnavailableError, ImageDataset, dataset_for_split
 from .paths import check_output_dir
 from .report import failure_card, interleave_rows, read_metrics, save_grid, write_model_card
@@ -190,7 +190,8 @@ class MetricsLog:
 def _load_dataset(cfg: RunConfig, info: distributed.DistInfo) -> ImageDataset:
     # Rank 0 builds the cache; the others wait, then open the finished file.
     def load():
-        return dataset_for_split(cfg.to_dict(), cfg.split, limit=cfg.limit, progress=cfg.progress)
+        bars = cfg.progress and not cfg.quiet
+        return dataset_for_split(cfg.to_dict(), cfg.split, limit=cfg.limit, progress=bars)
 
     ds = load() if info.is_main else None
     distributed.barrier(info)
@@ -217,7 +218,6 @@ def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
     device = info.device
     num_threads = set_num_threads(cfg.num_threads)
     console = Console(quiet=cfg.quiet, is_main=info.is_main)
-    set_bars(cfg.progress and not cfg.quiet and info.is_main)
     if info.is_main:
         check_output_dir(out)  # before any work: a bad --out fails now, not after training
 
@@ -331,7 +331,8 @@ def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
     end = total if stop_at is None else min(total, stop_at)
     check_every = min(cfg.log_every, cfg.max_bad_steps)
     interrupted = out_of_time = False
-    deadline = None if cfg.time_limit is None else time.perf_counter() + cfg.time_limit
+    loop_t0 = time.perf_counter()
+    deadline = None if cfg.time_limit is None else loop_t0 + cfg.time_limit
     model.train()
     try:
         while step < end:
@@ -412,6 +413,7 @@ def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
         if progress is not None:
             progress.close()
 
+    loop_seconds = time.perf_counter() - loop_t0
     if out_of_time:
         distributed.barrier(info)
         if info.is_main:
@@ -438,11 +440,13 @@ def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
         )
     final = {}
     if info.is_main:
-        extra = {"num_threads": num_threads, **(tracker.summary() if tracker else {})}
+        extra = {"num_threads": num_threads, "train_seconds": round(loop_seconds, 2)}
+        extra.update(tracker.summary() if tracker else {})
         if out_of_time:
             extra.update(time_limit_s=cfg.time_limit, planned_steps=end)
         final = final_report(model, cfg, model_cfg, step, img_per_s, device, command, out, extra=extra)
-        console.final_block(final=final, out=out, elapsed=time.perf_counter() - run_t0, reproduce=command)
+        console.final_block(final=final, out=out, elapsed=time.perf_counter() - run_t0, reproduce=command,
+                            likelihood=model_cfg.likelihood)  # fmt: skip
         if cfg.push_to_hub:
             url = model.push_to_hub(cfg.push_to_hub, extra_files=[str(out / "README.md")])
             console.say(f"pushed to {url}")
@@ -509,7 +513,7 @@ def held_out_dataset(cfg: RunConfig, limit: int | None = None) -> tuple[str, Ima
     split (e.g. a local CelebA copy without one): returns (split name, dataset)."""
 
     def load(split: str) -> ImageDataset:
-        return dataset_for_split(cfg.to_dict(), split, limit=limit, progress=cfg.progress)
+        return dataset_for_split(cfg.to_dict(), split, limit=limit, progress=cfg.progress and not cfg.quiet)
 
     try:
         ds = load("test")

@@ -134,7 +134,7 @@ def group_walk(inputs: list[torch.Tensor], groups: int, outputs: list[torch.Tens
     tensor, to copy back after the kernel. The decision is cached per (shape, strides): no view is made.
     """
     shape = inputs[0].shape
-    plan = _plan(shape, groups, tuple(t.stride() for t in inputs), tuple(o.stride() for o in outputs))
+    plan = _plan(shape, groups, tuple([t.stride() for t in inputs]), tuple([o.stride() for o in outputs]))
     length = plan.length
     g_eff = groups if plan.perm is None else 1
     dense = (g_eff * length, length, 1)
