@@ -108,6 +108,8 @@ def test_torch_renderer_gives_the_reference_pixels():
     ref = dsprites.render(sample)
     got = dsprites.render_torch(torch.from_numpy(sample))
     assert got.dtype == torch.uint8 and np.array_equal(got.numpy(), ref)
+    ungrouped = dsprites.render_torch(torch.from_numpy(sample), group=False)  # the GPU's code path
+    assert np.array_equal(ungrouped.numpy(), ref)
     if torch.cuda.is_available():
         assert np.array_equal(dsprites.render_torch(torch.from_numpy(sample).cuda()).cpu().numpy(), ref)
 
