@@ -137,8 +137,8 @@ def render_torch(factors: torch.Tensor, *, group: bool | None = None) -> torch.T
     u = (cos * dx - sin * dy) / radius
     v = (sin * dx + cos * dy) / -radius
     shape = f[:, 0]
-    if group if group is not None else device.type == "cpu":
-        window = torch.empty(u.shape, dtype=torch.bool)
+    if device.type == "cpu" if group is None else group:
+        window = torch.empty(u.shape, dtype=torch.bool, device=device)
         for s, inside in enumerate(_INSIDE):
             sel = (shape == s).nonzero().squeeze(1)
             if len(sel):
