@@ -34,6 +34,8 @@ def human_seconds(s: float) -> str:
 
 def cache_summary(images, cache_dir: Path) -> str:
     """Where the dataset's uint8 cache lives and how big it is (or that there is no file behind it)."""
+    if hasattr(images, "render"):  # dSprites: train.dsprites.RenderedImages
+        return "none needed: each batch is rendered from its factors on the training device"
     filename = getattr(images, "filename", None)
     if filename:
         path = Path(filename)
