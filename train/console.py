@@ -119,8 +119,8 @@ class Console:
             ("ELBO", f"{-(recon + kl):.2f}"),
         ]
         if "eval_bpd" in final:
-            rule = "dequantized 8-bit" if likelihood == "gaussian" else "binary pixels"
-            rows.append(("bits/dim", f"{final['eval_bpd']:.4f} (ELBO bound, {rule})"))
+            convention = final.get("eval_bpd_convention", "dequantized 8-bit")
+            rows.append(("bits/dim", f"{final['eval_bpd']:.4f} (ELBO bound, {convention})"))
         rows += [
             ("active units", str(final["active_units"])),
             ("elapsed", human_seconds(elapsed)),
