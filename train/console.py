@@ -89,7 +89,7 @@ class Console:
                     f"{model.num_parameters():,} parameters",
                 ),  # fmt: skip
                 ("batch", f"{cfg.batch_size}, β = {cfg.beta:g}, lr {cfg.lr:g}"),
-                ("steps", f"{steps} ({epochs:.2f} epochs)"),
+                ("steps", f"{steps} ({epochs:.3g} epochs)"),
                 ("output", str(Path(cfg.out).resolve())),
                 ("cache", cache),
             ],
