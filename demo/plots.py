@@ -62,6 +62,8 @@ def posterior_figure(
         Rectangle((box[0], box[2]), box[1] - box[0], box[3] - box[2], fill=False, ec=POSTERIOR_COLOR, lw=1.5)
     )
     left.plot(*mu, marker="+", color=Q_COLOR, ms=12, mew=2)
+    left.set_xlim(-map_extent, map_extent)
+    left.set_ylim(-map_extent, map_extent)
     _latent_axes(left, "latent map: decoded z over the prior's range")
 
     right.imshow(window_map, cmap=cmap, vmin=0, vmax=1, extent=box, alpha=0.35, aspect="auto")

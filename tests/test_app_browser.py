@@ -224,3 +224,22 @@ def test_posterior_tab_and_the_layout_at_desktop_and_phone_widths(page, width):
     with Image.open(ARTIFACTS / f"demo-posterior-{width}px.png") as shot:
         assert shot.width == width
     page.set_viewport_size({"width": 1280, "height": 900})
+
+
+def test_a_bad_upload_shows_one_message_and_clears_the_outputs(page, tmp_path):
+    """Issue 13: every upload error showed two identical toasts and left the previous outputs."""
+    settle(page)
+    page.get_by_role("tab", name="Reconstruct").click()
+    page.wait_for_selector("#reconstruction img")
+    for toast in page.locator("[data-testid='toast-body'] button, .toast-close").all():
+        toast.click()  # dismiss what earlier tests left
+    bad = tmp_path / "photo.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n but then nothing an image decoder wants")
+    page.set_input_files("#recon-input input[type=file]", str(bad))
+    page.wait_for_function("document.body.innerText.includes('not a readable image')")
+    settle(page)
+    toasts = page.locator("[data-testid='toast-body']").filter(has_text="not a readable image")
+    assert toasts.count() == 1
+    assert page.locator("#reconstruction img").count() == 0
+    assert "ELBO" not in page.locator("#elbo-panel").inner_text()
+    page.screenshot(path=str(ARTIFACTS / "demo-bad-upload.png"), full_page=True)

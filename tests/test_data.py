@@ -108,11 +108,13 @@ def test_torch_renderer_gives_the_reference_pixels():
     ref = dsprites.render(sample)
     got = dsprites.render_torch(torch.from_numpy(sample))
     assert got.dtype == torch.uint8 and np.array_equal(got.numpy(), ref)
+    ungrouped = dsprites.render_torch(torch.from_numpy(sample), group=False)  # the GPU's code path
+    assert np.array_equal(ungrouped.numpy(), ref)
     if torch.cuda.is_available():
         assert np.array_equal(dsprites.render_torch(torch.from_numpy(sample).cuda()).cpu().numpy(), ref)
 
 
-def test_dsprites_needs_no_cache_and_batches_render_on_demand(tmp_path):
+def test_dsprites_needs_no_cache_and_batches_render_on_demand(tmp_path, capsys):
     ds = get_dataset("dsprites", "train", cache_dir=tmp_path / "cache")
     assert len(ds) == 700416 and ds.image_shape == (1, 64, 64)
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
@@ -123,6 +125,10 @@ def test_dsprites_needs_no_cache_and_batches_render_on_demand(tmp_path):
         assert np.array_equal(src.batch(step).numpy(), expected)
     assert np.array_equal(ds.images[[5, 2]], dsprites.render(ds.factors[[5, 2]]))  # reads like an array
     assert np.array_equal(ds.head(3).images[:], dsprites.render(ds.factors[:3]))
+    (tmp_path / "cache").mkdir(exist_ok=True)
+    (tmp_path / "cache" / "dsprites-all-64px.npy").write_bytes(b"an older version's 3 GB cache")
+    get_dataset("dsprites", "test", cache_dir=tmp_path / "cache")
+    assert "never reads it: delete it" in capsys.readouterr().err
 
 
 # ---- cache and batches -------------------------------------------------------------------------

@@ -81,6 +81,11 @@ def test_16_bit_grey_is_scaled_not_saturated(tmp_path):
     assert np.array_equal(got[0].numpy(), expected)
     rgb = decode(tmp_path / "g16.png", channels=3, size=RES).numpy()
     assert np.array_equal(rgb, np.stack([expected] * 3))
+    folder = tmp_path / "f"
+    folder.mkdir()
+    (tmp_path / "g16.png").rename(folder / "g16.png")
+    cached = get_dataset("folder", data_dir=folder, resolution=RES, cache_dir=tmp_path / "c").images
+    assert cached.shape == (1, 1, RES, RES) and np.array_equal(cached[0, 0], expected)  # grey, not saturated
 
 
 def test_exif_orientation_6_is_applied(tmp_path):

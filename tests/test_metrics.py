@@ -477,26 +477,48 @@ def test_evaluate_model_reports_the_closed_form_gap_and_latent_metrics():
 BUNDLED_2D = Path(__file__).resolve().parents[1] / "demo" / "models" / "digits2d"
 
 
+def gauss_hermite_elbo(model, x: torch.Tensor, order: int = 64) -> torch.Tensor:
+    """E_q[log p(x|z)] − KL[q ‖ N(0, I)] by tensor-product Gauss–Hermite quadrature under each image's q
+    (numpy's nodes and weights: a grid placed by q alone, independent of posterior_on_grid's). (B,) fp64."""
+    t, w = (torch.from_numpy(a) for a in np.polynomial.hermite.hermgauss(order))
+    nodes = math.sqrt(2) * torch.stack(torch.meshgrid(t, t, indexing="ij"), -1).reshape(-1, 2)
+    weights = (w[:, None] * w[None, :]).reshape(-1) / math.pi
+    mu, logvar = (v.double() for v in model.encode(x))
+    out = []
+    for b in range(len(x)):
+        z = mu[b] + (0.5 * logvar[b]).exp() * nodes
+        recon = model.recon_nll(model.decode(z.float()), x[b : b + 1].expand(len(z), -1, -1, -1).contiguous())
+        kl = 0.5 * (logvar[b].exp() + mu[b] ** 2 - 1 - logvar[b]).sum()
+        out.append(-(weights * recon.double()).sum() - kl)
+    return torch.stack(out)
+
+
 def test_the_identity_holds_on_the_bundled_two_latent_model(monkeypatch):
-    """log p(x) = ELBO + KL[q ‖ p(z|x)] on a trained model: the grid's log p(x) against an independent
-    Monte Carlo ELBO (not the grid's), and the IW bound at K = 10⁴ approaching log p(x) from below."""
+    """log p(x) = ELBO + KL[q ‖ p(z|x)] on a trained model: the grid's log p(x) and KL against an ELBO
+    computed independently (Gauss–Hermite under q, and Monte Carlo), and the IW bound at K = 10⁴
+    approaching log p(x) from below."""
     monkeypatch.setenv("VAE_TRITON_BACKEND", "torch")  # thousands of decodes: the interpreter is too slow
     from vae_triton.images import decode
 
     model = VAE.from_pretrained(BUNDLED_2D).eval()
-    paths = sorted((BUNDLED_2D / "examples").glob("*.png"))[:2]
+    # q is 10.5 and 4.5 nats from the posterior for these two digits: the gap is there to close.
+    paths = [BUNDLED_2D / "examples" / f"digit-{d}.png" for d in (0, 2)]
     size = model.config.image_size
     x = torch.stack([decode(p, channels=1, size=size) for p in paths]).float() / 255.0
     with torch.no_grad():
         grid = metrics.posterior_on_grid(model, x)
-        mc_elbo = metrics.elbo(model, x.repeat(4000, 1, 1, 1)).view(4000, len(paths)).double()
-        iw = torch.stack([metrics.iw_log_likelihood(model, x, 10_000) for _ in range(4)]).double()
-    elbo_mean, elbo_sem = mc_elbo.mean(0), mc_elbo.std(0) / math.sqrt(4000)
-    assert (elbo_sem < 0.02).all(), elbo_sem
-    torch.testing.assert_close(grid.elbo, elbo_mean, rtol=0, atol=0.05 + 3 * elbo_sem.max().item())
-    torch.testing.assert_close(elbo_mean + grid.kl_to_posterior, grid.log_px, rtol=0, atol=0.05)
+        elbo_gh = gauss_hermite_elbo(model, x)
+        mc = metrics.elbo(model, x.repeat(4000, 1, 1, 1)).view(4000, len(paths)).double()
+        iw = torch.stack([metrics.iw_log_likelihood(model, x, 10_000) for _ in range(3)]).double()
+        iw_100 = torch.stack([metrics.iw_log_likelihood(model, x, 100) for _ in range(30)]).double().mean(0)
+    torch.testing.assert_close(elbo_gh + grid.kl_to_posterior, grid.log_px, rtol=0, atol=0.05)
+    torch.testing.assert_close(grid.elbo, elbo_gh, rtol=0, atol=0.05)
+    mc_mean, mc_sem = mc.mean(0), mc.std(0) / math.sqrt(len(mc))
+    assert ((mc_mean - elbo_gh).abs() < 4 * mc_sem + 1e-3).all(), (mc_mean, elbo_gh, mc_sem)
     assert (grid.kl_to_posterior > 0).all() and (grid.q_mass - 1).abs().max() < 1e-4
-    iw_mean, iw_sem = iw.mean(0), iw.std(0) / 2
+    iw_mean, iw_sem = iw.mean(0), iw.std(0) / math.sqrt(len(iw))
     assert (iw_mean <= grid.log_px + 3 * iw_sem + 1e-3).all(), (iw_mean, grid.log_px, iw_sem)
-    assert ((grid.log_px - iw_mean) < 0.05).all(), (iw_mean, grid.log_px)
-    assert ((grid.log_px - iw_mean) < 0.1 * grid.kl_to_posterior + 0.01).all()  # most of the gap closed
+    # From below, and closer than K = 100: at K = 10⁴ the bound has closed ≥ 90 % of the gap KL[q ‖ p(z|x)]
+    # (the rest closes slowly, as log K).
+    assert (iw_mean > iw_100).all(), (iw_mean, iw_100)
+    assert ((grid.log_px - iw_mean) < 0.1 * grid.kl_to_posterior + 0.01).all(), (iw_mean, grid)

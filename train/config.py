@@ -10,12 +10,12 @@ from pathlib import Path
 from vae_triton.io import write_json_atomic
 from vae_triton.model import PRESETS, VAEConfig
 
+from .imagecache import BINARIZE_CHOICES, CHANNEL_CHOICES
+
 DATASET_CHOICES = ("dsprites", "celeba", "folder")
 DEFAULT_STEPS = 10_000
 DEFAULT_PRESET = {"dsprites": "dsprites", "celeba": "celeba64", "folder": "celeba64"}
 FLIP_BY_DEFAULT = ("celeba",)
-CHANNEL_CHOICES = ("auto", "1", "3")
-BINARIZE_CHOICES = ("none", "threshold", "stochastic")
 LIKELIHOOD_CHOICES = ("gaussian", "bernoulli")
 # Grey images up to this side get the `mlp` preset by default (MNIST-like data); larger or colour
 # images get the dataset's conv preset.

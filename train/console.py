@@ -34,6 +34,8 @@ def human_seconds(s: float) -> str:
 
 def cache_summary(images, cache_dir: Path) -> str:
     """Where the dataset's uint8 cache lives and how big it is (or that there is no file behind it)."""
+    if hasattr(images, "render"):  # dSprites: train.dsprites.RenderedImages
+        return "none needed: each batch is rendered from its factors on the training device"
     filename = getattr(images, "filename", None)
     if filename:
         path = Path(filename)
@@ -87,7 +89,7 @@ class Console:
                     f"{model.num_parameters():,} parameters",
                 ),  # fmt: skip
                 ("batch", f"{cfg.batch_size}, β = {cfg.beta:g}, lr {cfg.lr:g}"),
-                ("steps", f"{steps} ({epochs:.2f} epochs)"),
+                ("steps", f"{steps} ({epochs:.3g} epochs)"),
                 ("output", str(Path(cfg.out).resolve())),
                 ("cache", cache),
             ],
@@ -117,8 +119,8 @@ class Console:
             ("ELBO", f"{-(recon + kl):.2f}"),
         ]
         if "eval_bpd" in final:
-            rule = "dequantized 8-bit" if likelihood == "gaussian" else "binary pixels"
-            rows.append(("bits/dim", f"{final['eval_bpd']:.4f} (ELBO bound, {rule})"))
+            convention = final.get("eval_bpd_convention", "dequantized 8-bit")
+            rows.append(("bits/dim", f"{final['eval_bpd']:.4f} (ELBO bound, {convention})"))
         rows += [
             ("active units", str(final["active_units"])),
             ("elapsed", human_seconds(elapsed)),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +91,11 @@ def get_dataset(
             raise ValueError(f"dsprites is defined at 64×64: use --resolution 64 (got {resolution})")
         if str(channels) == "3":
             raise ValueError("dsprites images are grey: use --channels auto or 1")
+        old = cache / OLD_DSPRITES_CACHE
+        if old.is_file():
+            size = f"{old.stat().st_size / 1e9:.1f} GB"
+            print(f"note: {old} ({size}) is an older version's dSprites cache; dSprites is now rendered on "
+                  "demand and never reads it: delete it to free the space", file=sys.stderr)  # fmt: skip
         ds = _dsprites_dataset(split, limit)
     elif name == "celeba":
         ds = load_celeba(
@@ -131,6 +137,7 @@ def dataset_for_split(run_config: dict, split: str, *, limit: int | None = None,
 
 # ---- dSprites ---------------------------------------------------------------------------------
 DSPRITES_SPLITS = ("train", "test", "all")
+OLD_DSPRITES_CACHE = "dsprites-all-64px.npy"  # the 3.0 GB cache of versions before on-demand rendering
 _DSPRITES_TEST_FRACTION = 0.05
 _DSPRITES_SEED = 20170301  # fixes the shuffled order, and with it the train/test split
 

@@ -206,14 +206,14 @@ def evaluate(args: argparse.Namespace, argv: list[str]) -> dict:
     start = time.perf_counter()
     result = metrics.likelihood_metrics(
         model,
-        ds.images[:n],
+        ds.uint8(range(n)),  # as training saw them: binarized when the run binarized
         iw_samples=args.iw_samples,
         iw_chunk=args.iw_chunk,
         batch_size=args.batch_size,
         generator=generator,
         progress=args.progress,
     )
-    mu, logvar = metrics.encode_images(model, ds.images[:m], batch_size=256, progress=args.progress)
+    mu, logvar = metrics.encode_images(model, ds.uint8(range(m)), batch_size=256, progress=args.progress)
     factors = None if ds.factors is None else ds.factors[:m]
     result.update(
         metrics.latent_metrics(

@@ -474,7 +474,11 @@ class VAE(nn.Module):
         map_location: str | torch.device = "cpu",
         revision: str | None = None,
     ) -> VAE:
-        """Load a directory written by `save_pretrained` (or a Hub repo id), in eval mode."""
+        """Load a directory written by `save_pretrained` (or a Hub repo id), in eval mode.
+
+        Raises FileNotFoundError for a missing folder or file, `ConfigError` (a ValueError naming the file
+        and the field) for a malformed config.json, and ValueError for weights that do not fit it.
+        """
         folder = Path(path)
         if not folder.is_dir():
             folder = _download_from_hub(str(path), revision)
