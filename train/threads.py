@@ -1,9 +1,12 @@
 """The CPU thread count both CLIs use by default (`--num-threads`), measured on a shared 2-core machine.
 
-Measured (bench/bench_digits.py --threads-only, `python -m train` on the digits benchmark, mlp preset,
-batch 100; numbers in BENCHMARKS.md): on an idle 2-core machine 2 threads train ~1.3× faster than 1;
-while other processes keep the cores busy, 2 threads ran 25–60× *slower* than 1 (OpenMP threads spin
-waiting for a core that a neighbour holds). So the default takes only the cores that are free now:
+Measured on this project's shared 2-core CPU (x86_64; `mlp` preset, batch 100, one training step
+timed over 5 s): nearly idle, 2 threads gave 14.9k img/s and 1 thread 11.3k (2 threads 1.3× faster); while
+other processes kept both cores busy (load average 2.5–4.5), 1 thread gave 4.8k–7.2k img/s and 2
+threads 77–272 img/s (25–60× slower: OpenMP threads spin waiting for a core a neighbour holds).
+`python -m bench.bench_digits --skip-short --skip-warmup --skip-long` repeats the comparison through
+`python -m train` under whatever load the machine has. So the default takes only the cores that are
+free now:
     threads = max(1, min(torch's default, round(cores − 1-minute load average)))
 """
 
