@@ -13,6 +13,7 @@ import io
 import logging
 import math
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -72,11 +73,30 @@ def launch_kwargs() -> dict:
     }
 
 
+REPEAT_WINDOW_S = 10.0
+
+
 def _readable_upload_errors(component: gr.Image) -> gr.Image:
     """Make the component's upload decoding failures a readable gr.Error (Gradio would report a bare
     exception naming a server path). Wrapped on the instance: subclassing a component makes Gradio write a
-    `.pyi` stub next to this file at import time."""
+    `.pyi` stub next to this file at import time.
+
+    Gradio 6.31's front end sends a failed upload's `change` twice; the second failure of the same file
+    within REPEAT_WINDOW_S raises an invisible error, so the user sees one message and the log one line.
+    """
     preprocess = component.preprocess
+    recent: dict[str, float] = {}
+    lock = threading.Lock()
+
+    def fail(payload, message: str) -> gr.Error:
+        key = str(getattr(payload, "path", None) or payload)
+        now = time.monotonic()
+        with lock:
+            for old in [k for k, t in recent.items() if now - t > REPEAT_WINDOW_S]:
+                del recent[old]
+            repeated = key in recent
+            recent[key] = now
+        return gr.Error(message, visible=False, print_exception=False) if repeated else user_error(message)
 
     @functools.wraps(preprocess)
     def safe_preprocess(payload):
@@ -85,12 +105,12 @@ def _readable_upload_errors(component: gr.Image) -> gr.Image:
         except gr.Error:
             raise
         except Image.DecompressionBombError:
-            raise user_error(
-                f"The image has more than {im.MAX_IMAGE_PIXELS:,} pixels: downscale it first."
+            raise fail(
+                payload, f"The image has more than {im.MAX_IMAGE_PIXELS:,} pixels: downscale it first."
             ) from None
         except Exception:  # PIL raises several types for non-images and broken files
-            raise user_error(
-                "The upload is not a readable image: use a PNG, JPEG, GIF, BMP or WebP file."
+            raise fail(
+                payload, "The upload is not a readable image: use a PNG, JPEG, GIF, BMP or WebP file."
             ) from None
 
     component.preprocess = safe_preprocess
@@ -612,7 +632,9 @@ def build_demo(ladder: inf.Ladder) -> gr.Blocks:
             event.failure(**_cleared(io), api_visibility="private", queue=False)
             # conveniences (private): a new image re-runs the tab, quietly while an image is missing
             for component in io["inputs"][:needed]:
-                component.change(**_when_given(io, needed), **private).failure(
+                # trigger_mode "once": an upload fires `change` twice in Gradio 6.31's front end (seen as
+                # two identical error toasts); a trigger while the event runs is dropped, not queued.
+                component.change(**_when_given(io, needed), trigger_mode="once", **private).failure(
                     **_cleared(io), api_visibility="private", queue=False
                 )
         stats.change(**rd_update, api_visibility="private", show_progress="hidden")
