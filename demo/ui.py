@@ -57,6 +57,7 @@ CSS = """
 #elbo-panel table { font-size: 0.95em; }
 #elbo-panel td:nth-child(2), #posterior-identity td:nth-child(2) { white-space: nowrap; }
 #elbo-panel table, #posterior-identity table { display: block; overflow-x: auto; }
+#elbo-panel :is(td, th), #posterior-identity :is(td, th) { word-break: normal; overflow-wrap: normal; }
 #latent-map img { cursor: crosshair; }
 .caption p { color: var(--body-text-color-subdued); font-size: 0.92em; }
 """
