@@ -3,6 +3,8 @@
 import json
 import math
 import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -49,7 +51,7 @@ def test_dsprites_model_evaluates_with_the_dataset_from_its_metadata(dsprites_mo
     assert files == ["config.json", "eval.json", "model.safetensors"]  # no temp file left
     report = json.loads((dsprites_model / "eval.json").read_text())
     assert (report["dataset"], report["split"], report["model"]["beta"]) == ("dsprites", "test", 4.0)
-    assert report["settings"] | {"device": "cpu"} == {
+    assert report["settings"] | {"device": "cpu", "num_threads": 1} == {
         "iw_samples": 3,
         "iw_chunk": None,
         "num_images": 4,
@@ -57,6 +59,7 @@ def test_dsprites_model_evaluates_with_the_dataset_from_its_metadata(dsprites_mo
         "batch_size": 2,
         "seed": 0,
         "device": "cpu",
+        "num_threads": 1,
     }
     r = report["metrics"]
     assert r["images"] == 4 and r["num_dims"] == 64 * 64 and r["latent_images"] == 64
@@ -104,6 +107,8 @@ def test_gaussian_model_on_an_image_folder_uses_the_dequantized_bits_per_dim(tmp
         images,
         "--cache-dir",
         tmp_path / "cache",
+        "--split",  # a flat folder has no test split: evaluate every file
+        "all",
         "--iw-samples",
         2,
         "--num-images",
@@ -180,3 +185,91 @@ def test_clear_errors(tmp_path, capsys, dsprites_model):
             evaluate.main(["--checkpoint", str(dsprites_model), *bad])
         assert exit_info.value.code == 2
         assert bad[0] in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["a folder", "under a file", "read-only"])
+def test_a_bad_output_path_fails_before_any_metric_is_computed(
+    dsprites_model, tmp_path, capsys, monkeypatch, kind
+):
+    def no_work(*a, **k):
+        raise AssertionError("metrics were computed before the output path was checked")
+
+    monkeypatch.setattr("vae_triton.metrics.likelihood_metrics", no_work)
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine\n")
+    if os.geteuid() == 0:  # root writes through permission bits; sysfs refuses new files to everyone
+        read_only = Path("/sys/vae-triton-eval.json")
+    else:
+        (tmp_path / "locked").mkdir(mode=0o555)
+        read_only = tmp_path / "locked" / "eval.json"
+    output = {"a folder": tmp_path, "under a file": a_file / "eval.json", "read-only": read_only}[kind]
+    code, out, err = run_cli(capsys, "--checkpoint", dsprites_model, "--output", output)
+    assert code == 2 and "--output" in err and str(output) in err and "Traceback" not in err, err
+    assert a_file.read_text() == "mine\n"
+
+
+def test_a_bundled_model_is_evaluated_without_rewriting_its_tracked_file(tmp_path, capsys, monkeypatch):
+    bundled = evaluate.BUNDLED / "dsprites" / "beta1"
+    tracked = bundled / "eval.json"
+    before = tracked.read_bytes()
+    monkeypatch.chdir(tmp_path)
+    args = ["--checkpoint", bundled, "--iw-samples", 0, "--num-images", 2, "--latent-images", 8]
+    code, out, _ = run_cli(capsys, *args)
+    assert code == 0 and tracked.read_bytes() == before
+    written = tmp_path / "runs" / "evaluate" / "dsprites" / "beta1" / "eval.json"
+    assert json.loads(written.read_text())["settings"]["num_images"] == 2
+    assert f"wrote {Path('runs/evaluate/dsprites/beta1/eval.json')}" in out
+    # Asked by name, the bundled file is the output (here a copy, to leave the repository alone).
+    copy = tmp_path / "copy"
+    shutil.copytree(bundled, copy)
+    monkeypatch.setattr(evaluate, "BUNDLED", tmp_path)
+    assert run_cli(capsys, "--checkpoint", copy, *args[2:])[0] == 0
+    assert (tmp_path / "runs" / "evaluate" / "copy" / "eval.json").is_file()
+    assert run_cli(capsys, "--checkpoint", copy, *args[2:], "--output", copy / "eval.json")[0] == 0
+    assert json.loads((copy / "eval.json").read_text())["settings"]["num_images"] == 2
+
+
+def test_num_threads_sets_torch_threads_and_is_reported(dsprites_model, capsys, tmp_path):
+    before = torch.get_num_threads()
+    try:
+        code, out, _ = run_cli(
+            capsys, "--checkpoint", dsprites_model, "--iw-samples", 2, "--num-images", 4,
+            "--latent-images", 8, "--num-threads", 1, "--output", tmp_path / "e.json",
+        )  # fmt: skip
+        assert code == 0, out
+        assert torch.get_num_threads() == 1
+        assert json.loads((tmp_path / "e.json").read_text())["num_threads"] == 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(SystemExit):
+        run_cli(capsys, "--checkpoint", dsprites_model, "--num-threads", 0)
+    assert "--num-threads" in capsys.readouterr().err
+
+
+def test_checkpoint_alone_finds_the_runs_data_and_test_split(tmp_path, capsys, monkeypatch):
+    """A folder run saved its data location in run_config.json: evaluate needs only --checkpoint."""
+    from train.__main__ import main as train_main
+
+    monkeypatch.setenv("VAE_TRITON_BACKEND", "torch")
+    data = tmp_path / "digits"
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 8), ("test", 5)):
+        (data / split).mkdir(parents=True)
+        for i in range(n):
+            img = (rng.random((28, 28)) > 0.5).astype(np.uint8) * 255
+            Image.fromarray(img).save(data / split / f"{i}.png")
+    run = tmp_path / "run"
+    args = ["--dataset", "folder", "--data-dir", str(data), "--resolution", "28",
+            "--steps", "1", "--batch-size", "4", "--no-progress", "--eval-images", "4",
+            "--cache-dir", str(tmp_path / "cache"), "--out", str(run)]  # fmt: skip
+    assert train_main(args) == 0
+    capsys.readouterr()  # the trainer's own output
+    assert json.loads((run / "run_config.json").read_text())["preset"] == "mlp"  # grey 28 px → mlp
+    code, out, err = run_cli(capsys, "--checkpoint", run, "--iw-samples", 2, "--num-images", 100)
+    assert code == 0, err
+    report = json.loads((run / "eval.json").read_text())
+    # the 5 images of test/, not the 8 of train/
+    assert (report["dataset"], report["split"], report["settings"]["num_images"]) == ("folder", "test", 5)
+    # the headline comes first: nats per image over the data's true D
+    assert out.splitlines()[1].startswith("NLL on test: ") and "nats per image" in out.splitlines()[1]
+    assert f"D = {report['metrics']['num_dims']} pixels" in out

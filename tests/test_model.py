@@ -261,7 +261,7 @@ def test_mlp_terms_match_torch_distributions_at_any_image_size(likelihood):
     if likelihood == "bernoulli":
         recon_ref = -Bernoulli(logits=out.output).log_prob(x).flatten(1).sum(1)
     else:  # sigma "fixed" from the preset: log σ = 0
-        recon_ref = -Normal(out.output, 1.0).log_prob(x).flatten(1).sum(1)
+        recon_ref = -Normal(torch.sigmoid(out.output), 1.0).log_prob(x).flatten(1).sum(1)  # decode → logits
     assert out.output.shape == x.shape
     torch.testing.assert_close(out.kl, kl_ref, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(out.recon_nll, recon_ref, rtol=1e-4, atol=1e-3)

@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
         train(cfg, argv=argv)
     except KeyboardInterrupt:
         return 130
-    except (DataUnavailableError, CheckpointError, TrainingDiverged, ValueError, FileNotFoundError) as e:
+    except (DataUnavailableError, CheckpointError, TrainingDiverged, ValueError, OSError) as e:
         # Expected failures: one clear message, no traceback.
         print(f"error: {e}", file=sys.stderr)
         return 2 if not isinstance(e, TrainingDiverged) else 3

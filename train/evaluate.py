@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from train.config import OneDefaultHelpFormatter, switch
+from train.paths import check_output_file
 from train.threads import set_num_threads
 from vae_triton.io import write_json_atomic
 
@@ -36,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m train.evaluate",
         description="Evaluate a saved VAE: ELBO, importance-weighted log-likelihood, gap, bits/dim, "
         "active units and MIG. All likelihoods are per-image sums in nats.",
+        formatter_class=OneDefaultHelpFormatter,
     )
     p.add_argument(
         "--checkpoint",
@@ -86,12 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], help="images per IW pass")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
-    p.add_argument(
-        "--channels-last",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="run the convolutions in NHWC layout (same numbers; ~1.8x faster decoding on CPU)",
-    )
+    switch(p, "channels-last", True, "NHWC layout for the convolutions (same numbers; ~1.8x faster on CPU)")
     p.add_argument("--seed", type=int, default=0, help="seeds the sampling noise (results are reproducible)")
     p.add_argument(
         "--num-threads",
@@ -101,8 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
         "least 1 (on a shared 2-core machine 2 busy-waiting threads ran 25–60× slower than 1; "
         "train/threads.py)",
     )
-    p.add_argument("--output", default=None, help="where to write the JSON (default: DIR/eval.json)")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bars")
+    p.add_argument(
+        "--output",
+        default=None,
+        help="where to write the JSON (default: DIR/eval.json; for a model bundled in demo/models, "
+        "runs/evaluate/<its path>/eval.json, so the tracked file changes only when named here)",
+    )
+    switch(p, "progress", True, "progress bars (evaluation and cache building)")
     return p
 
 
@@ -162,12 +165,10 @@ def load_data(args: argparse.Namespace, model):
     """The first max(N, M) images of the split, checked against the model's image shape. Data flags
     not given default to the run's own (its saved run_config.json), so `--checkpoint RUN` alone finds
     the run's test split."""
-    from train.data import get_dataset
+    from train.data import dataset_for_split
 
     run = saved_run_config(args.checkpoint)
-    if args.dataset is None or args.dataset == run.get("dataset"):
-        args.data_dir = args.data_dir or run.get("data_dir")
-        args.cache_dir = args.cache_dir or run.get("cache_dir")
+    same_data = args.dataset is None or args.dataset == run.get("dataset")
     name = args.dataset or run.get("dataset") or model.metadata.get("dataset")
     if not name:
         raise ValueError("the model's metadata does not say which dataset it was trained on: pass --dataset")
@@ -175,15 +176,13 @@ def load_data(args: argparse.Namespace, model):
     expected = (cfg.image_channels, cfg.image_size, cfg.image_size)
     if name == "dsprites" and expected != (1, 64, 64):
         raise ValueError(f"dsprites images are (1, 64, 64) but the model takes {expected}: pick its dataset")
-    ds = get_dataset(
-        name,
-        args.split,
-        args.data_dir,
-        resolution=cfg.image_size,
-        cache_dir=args.cache_dir,
-        limit=max(args.num_images, args.latent_images),
-        **({"source": run["celeba_source"]} if name == "celeba" and run.get("celeba_source") else {}),
-    )
+    # The run's own data rule (folder, split rule, binarization, cache) unless a flag says otherwise;
+    # the model fixes the image shape.
+    data = {**(run if same_data else {}), "dataset": name}
+    data.update({k: v for k, v in (("data_dir", args.data_dir), ("cache_dir", args.cache_dir)) if v})
+    data.update(resolution=cfg.image_size, channels=str(cfg.image_channels))
+    limit = max(args.num_images, args.latent_images)
+    ds = dataset_for_split(data, args.split, limit=limit, progress=args.progress)  # --no-progress: no bars
     if tuple(ds.image_shape) != expected:
         raise ValueError(
             f"{name}/{args.split} images are {tuple(ds.image_shape)} but the model takes {expected}"
@@ -207,14 +206,14 @@ def evaluate(args: argparse.Namespace, argv: list[str]) -> dict:
     start = time.perf_counter()
     result = metrics.likelihood_metrics(
         model,
-        ds.images[:n],
+        ds.uint8(range(n)),  # as training saw them: binarized when the run binarized
         iw_samples=args.iw_samples,
         iw_chunk=args.iw_chunk,
         batch_size=args.batch_size,
         generator=generator,
         progress=args.progress,
     )
-    mu, logvar = metrics.encode_images(model, ds.images[:m], batch_size=256, progress=args.progress)
+    mu, logvar = metrics.encode_images(model, ds.uint8(range(m)), batch_size=256, progress=args.progress)
     factors = None if ds.factors is None else ds.factors[:m]
     result.update(
         metrics.latent_metrics(
@@ -239,8 +238,8 @@ def evaluate(args: argparse.Namespace, argv: list[str]) -> dict:
             "batch_size": args.batch_size,
             "seed": args.seed,
             "device": str(device),
-            "num_threads": num_threads,
         },
+        "num_threads": num_threads,
         "conventions": {
             "units": "nats per image: sums over the C·H·W pixels (no per-pixel means), means over images; "
             "*_sem are standard errors of those means",
@@ -311,11 +310,20 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+BUNDLED = Path(__file__).resolve().parents[1] / "demo" / "models"
+
+
 def output_path(args: argparse.Namespace) -> Path:
+    """--output, else eval.json next to the checkpoint; a bundled model's tracked eval.json is rewritten
+    only when --output names it."""
     if args.output:
         return Path(args.output)
     folder = Path(args.checkpoint)
-    return folder / "eval.json" if folder.is_dir() else Path("eval.json")
+    if not folder.is_dir():
+        return Path("eval.json")
+    if folder.resolve().is_relative_to(BUNDLED):
+        return Path("runs", "evaluate", folder.resolve().relative_to(BUNDLED), "eval.json")
+    return folder / "eval.json"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -327,13 +335,13 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         build_parser().error(str(e))  # exits 2 with usage
     try:
+        path = check_output_file(output_path(args))  # before the metrics: a bad path fails in a second
         report = evaluate(args, argv)
     except KeyboardInterrupt:
         return 130
     except (DataUnavailableError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    path = output_path(args)
     write_json_atomic(path, report, indent=2)  # readers see the old file or the new one
     print(format_table(report))
     print(f"wrote {path}")

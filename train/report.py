@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -118,3 +120,50 @@ def splits_note(run: dict, final: dict) -> str:
 
 def write_model_card(out: Path, run: dict, final: dict, command: str, model_cfg: dict) -> None:
     write_text_atomic(out / "README.md", model_card(run, final, command, model_cfg))
+
+
+def read_metrics(path: Path, *, warn=None) -> list[dict]:
+    """metrics.jsonl as a list of records. A torn last line (a crash mid-append) is dropped with a notice
+    naming the file; a bad line anywhere else raises ValueError naming the file and the line."""
+    path = Path(path)
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines() if path.exists() else []
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as e:
+            if number == len(lines):
+                message = f"{path}: dropped a torn last line ({len(line)} characters; {e})"
+                (warn or (lambda m: print(f"warning: {m}", file=sys.stderr)))(message)
+                break
+            raise ValueError(
+                f"{path} line {number} is not a JSON record ({e}); fix or delete that line"
+            ) from None
+        records.append(record)
+    return records
+
+
+def failure_card(run: dict, command: str, reason: str) -> str:
+    """The model card of a run that failed: the reason and the command, and no numbers to quote."""
+    return f"""---
+library_name: vae-triton
+tags: [vae, failed-run]
+---
+
+# Failed run: `{run["preset"]}` preset, β = {run["beta"]:g}, on {run["dataset"]}
+
+**This run failed and its weights are not a result.** {reason}
+
+No model was saved (no `model.safetensors`) and no numbers are reported. `checkpoints/` holds the last
+state for inspection; `metrics.jsonl` the training curve up to the failure.
+
+## Command
+
+```bash
+{command}
+```
+"""

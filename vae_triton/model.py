@@ -35,6 +35,10 @@ ACTIVATIONS = ("relu", "leaky_relu", "tanh")
 ARCHITECTURES = ("conv", "mlp")
 
 
+class ConfigError(ValueError):
+    """A saved model's `config.json` (or a config dict) is malformed; the message names the file and field."""
+
+
 @dataclass(frozen=True)
 class VAEConfig:
     """Architecture of a `VAE`. Every field is JSON-serialisable; `config.json` stores `asdict(config)`.
@@ -140,12 +144,57 @@ class VAEConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> VAEConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
+    def from_dict(cls, d: dict[str, Any], *, source: str | os.PathLike | None = None) -> VAEConfig:
+        """Build a config from a JSON-style dict, checking every field's type before its value.
+
+        `source` (e.g. the config.json path) prefixes every error. Raises `ConfigError` (a ValueError)
+        naming the field: unknown fields, wrong types ("latent_dim": "ten", "channels": "abc") and
+        values `validate` rejects.
+        """
+        where = f"{source}: " if source is not None else ""
+        if not isinstance(d, dict):
+            raise ConfigError(f"{where}the model config must be a JSON object, got {type(d).__name__}")
+        unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
-            raise ValueError(f"config has unknown field(s) {sorted(unknown)}: written by a newer version?")
-        return cls(**d)
+            raise ConfigError(
+                f"{where}config has unknown field(s) {sorted(unknown)}: written by a newer version?"
+            )
+        kinds = {f.name: str(f.type) for f in fields(cls)}
+        for name, value in d.items():
+            problem = _field_type_problem(kinds[name], value)
+            if problem:
+                raise ConfigError(f"{where}field config.{name} = {value!r} {problem}")
+        try:
+            return cls(**d)
+        except ValueError as e:
+            raise ConfigError(f"{where}{e}") from None
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _field_type_problem(kind: str, value: Any) -> str | None:
+    """Why `value` cannot fill a field annotated `kind` ("int", "tuple[float, float]"...); None if it can."""
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    if kind == "bool":
+        return None if isinstance(value, bool) else "must be true or false"
+    if kind == "int":
+        return None if is_int else "must be an integer"
+    if kind == "float":
+        return None if _is_number(value) else "must be a finite number"
+    if kind == "str":
+        return None if isinstance(value, str) else "must be a string"
+    if kind.startswith("tuple["):
+        if not isinstance(value, list | tuple):
+            return "must be a list"
+        numbers = "float" in kind
+        item_ok = _is_number if numbers else (lambda v: isinstance(v, int) and not isinstance(v, bool))
+        if not all(item_ok(v) for v in value):
+            return "must be a list of " + ("numbers" if numbers else "integers")
+        if "..." not in kind and len(value) != kind.count(",") + 1:
+            return f"must be a list of {kind.count(',') + 1} numbers"
+    return None
 
 
 PRESETS: dict[str, VAEConfig] = {
@@ -247,6 +296,9 @@ class VAE(nn.Module):
             raise ValueError(f"config must be a VAEConfig, got {type(config).__name__}")
         self.config = cfg = config
         self.metadata: dict[str, Any] = {}
+        # Check that images are finite and in [0, 1] (one host sync per call). The training loop turns it
+        # off: its data is in [0, 1] by construction, and a sync per step would stall the GPU.
+        self.check_inputs = True
         if cfg.arch == "mlp":
             self._build_mlp(cfg)
         else:
@@ -301,7 +353,11 @@ class VAE(nn.Module):
 
     # ---- the model protocol -------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images (B, C, H, W) in [0, 1] → (μ, log σ²), each (B, latent_dim)."""
+        """Images (B, C, H, W) in [0, 1] → (μ, log σ²), each (B, latent_dim).
+
+        Raises ValueError for a wrong shape or dtype, and (while `check_inputs` is True) for values
+        outside [0, 1] or non-finite ones, with the conversion to use.
+        """
         self._check_images(x, "x")
         if self.config.arch == "mlp":
             h = self.encoder(rearrange(x, "b c h w -> b (c h w)"))
@@ -370,11 +426,14 @@ class VAE(nn.Module):
     def sample(
         self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """n images from the prior, z ~ N(0, temperature²·I), as mean images in [0, 1]."""
+        """n images from the prior, z ~ N(0, temperature²·I), as mean images in [0, 1].
+
+        Raises ValueError for n < 1 or a temperature that is negative, NaN or infinite.
+        """
         if n < 1:
             raise ValueError(f"n must be a positive number of samples, got {n}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if not (math.isfinite(float(temperature)) and float(temperature) >= 0):
+            raise ValueError(f"temperature must be a finite number >= 0 (1 = the prior), got {temperature}")
         device = self._device()
         gen_device = generator.device if generator is not None else device
         z = torch.randn(n, self.config.latent_dim, generator=generator, device=gen_device).to(device)
@@ -415,7 +474,11 @@ class VAE(nn.Module):
         map_location: str | torch.device = "cpu",
         revision: str | None = None,
     ) -> VAE:
-        """Load a directory written by `save_pretrained` (or a Hub repo id), in eval mode."""
+        """Load a directory written by `save_pretrained` (or a Hub repo id), in eval mode.
+
+        Raises FileNotFoundError for a missing folder or file, `ConfigError` (a ValueError naming the file
+        and the field) for a malformed config.json, and ValueError for weights that do not fit it.
+        """
         folder = Path(path)
         if not folder.is_dir():
             folder = _download_from_hub(str(path), revision)
@@ -425,15 +488,8 @@ class VAE(nn.Module):
                 raise FileNotFoundError(
                     f"{f} is missing: point at a directory written by VAE.save_pretrained"
                 )
-        try:
-            doc = json.loads(cfg_file.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{cfg_file} is not valid JSON ({e}); re-save the model") from None
-        if doc.get("model_type") != MODEL_TYPE:
-            raise ValueError(f"{cfg_file} has model_type {doc.get('model_type')!r}, expected {MODEL_TYPE!r}")
-        if int(doc.get("format_version", 0)) > FORMAT_VERSION:
-            raise ValueError(f"{cfg_file} uses format {doc['format_version']}; upgrade vae-triton to load it")
-        model = cls(VAEConfig.from_dict(doc["config"]))
+        doc = _read_config_file(cfg_file)
+        model = cls(VAEConfig.from_dict(doc["config"], source=cfg_file))
         try:
             state = load_file(str(weights_file), device=str(map_location))
         except Exception as e:  # safetensors raises its own error type for truncated/foreign files
@@ -485,6 +541,33 @@ class VAE(nn.Module):
             raise ValueError(
                 f"{name} must be a float tensor in [0, 1], got dtype {x.dtype}: divide uint8 by 255"
             )
+        if self.check_inputs and x.numel() and not _capturing(x):
+            check_unit_range(x, name)
+
+
+def _capturing(x: torch.Tensor) -> bool:
+    """Inside torch.compile tracing or a CUDA-graph capture a value check (a host sync) cannot run."""
+    return torch.compiler.is_compiling() or (x.is_cuda and torch.cuda.is_current_stream_capturing())
+
+
+def check_unit_range(x: torch.Tensor, name: str = "x") -> None:
+    """Raise ValueError unless every value of `x` is finite and in [0, 1] (one reduction, one host sync).
+
+    The likelihoods are defined on [0, 1]: a Bernoulli NLL with x = −1 has no lower bound, and 0-255 pixels
+    give ELBOs tens of thousands of nats off. The message says how to convert common ranges.
+    """
+    lo, hi = torch.stack(torch.aminmax(x.detach())).float().tolist()
+    if lo >= 0.0 and hi <= 1.0:
+        return
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        fix = "it holds NaN or inf values; find where they come from (they are not images)"
+    elif lo >= 0.0 and hi <= 255.0:
+        fix = "it looks like 0-255 pixels: use x / 255"
+    elif lo >= -1.0 and hi <= 1.0:
+        fix = "it looks like [-1, 1] data: use (x + 1) / 2"
+    else:
+        fix = "rescale it to [0, 1]"
+    raise ValueError(f"{name} must hold images in [0, 1], got values in [{lo:g}, {hi:g}]: {fix}")
 
 
 def free_bits_kl(
@@ -514,6 +597,32 @@ def _json_default(o):
     if isinstance(o, float) and not math.isfinite(o):
         return str(o)
     raise TypeError(f"cannot store {type(o).__name__} in config.json metadata")
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    """config.json as written by `save_pretrained`, checked key by key; ConfigError names file and key."""
+    try:
+        doc = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path} is not valid JSON ({e}); re-save the model") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: the top level must be a JSON object, got a {type(doc).__name__}")
+    if doc.get("model_type") != MODEL_TYPE:
+        raise ConfigError(f"{path}: field model_type is {doc.get('model_type')!r}, expected {MODEL_TYPE!r}")
+    version = doc.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ConfigError(f"{path}: field format_version = {version!r} must be an integer")
+    if version > FORMAT_VERSION:
+        raise ConfigError(f"{path} uses format {version}; upgrade vae-triton to load it")
+    if "config" not in doc:
+        raise ConfigError(f"{path}: the field config (the architecture) is missing; re-save the model")
+    if not isinstance(doc["config"], dict):
+        raise ConfigError(f"{path}: field config must be a JSON object, got a {type(doc['config']).__name__}")
+    if doc.get("metadata") is not None and not isinstance(doc["metadata"], dict):
+        raise ConfigError(
+            f"{path}: field metadata must be a JSON object, got a {type(doc['metadata']).__name__}"
+        )
+    return doc
 
 
 def _download_from_hub(repo_id: str, revision: str | None) -> Path:
