@@ -119,16 +119,21 @@ def rate_distortion_figure(
     pts = sorted(points)
     rates = np.array([r for _, r, _ in pts])
     dists = np.array([d for _, _, d in pts])
-    xs = list(rates) + ([image[0]] if image else [])
-    ys = list(dists) + ([image[1]] if image else [])
-    pad_x, pad_y = 0.15 * (np.ptp(xs) + 1.0), 0.15 * (np.ptp(ys) + 1.0)
-    x0, x1 = max(0.0, min(xs) - pad_x), max(xs) + pad_x
-    y0, y1 = min(ys) - pad_y, max(ys) + pad_y
+    # The plane is framed on the ladder; an image far off it (an upload unlike the training data) is
+    # pinned to the border with its numbers, so one outlier does not squash the curve.
+    pad_x, pad_y = 0.2 * (np.ptp(rates) + 1.0), 0.2 * (np.ptp(dists) + 1.0)
+    x0, x1 = max(0.0, rates.min() - pad_x), rates.max() + pad_x
+    y0, y1 = dists.min() - pad_y, dists.max() + pad_y
     totals = np.linspace(x0 + y0, x1 + y1, 7)[1:-1]
     for total in totals:
         ax.plot([x0, x1], [total - x0, total - x1], color="0.75", lw=0.8, ls="--", zorder=0)
         ax.annotate(
-            f"−ELBO {total:.0f}", (x0, total - x0), fontsize=7, color="0.45", va="bottom", clip_on=True
+            f"−ELBO {total:.0f}",
+            (x0 + 0.02 * (x1 - x0), total - x0 - 0.02 * (x1 - x0)),
+            fontsize=7,
+            color="0.45",
+            va="bottom",
+            annotation_clip=True,
         )
     ax.plot(rates, dists, color="0.4", lw=1, zorder=1)
     for beta, r, d in pts:
@@ -136,7 +141,20 @@ def rate_distortion_figure(
         ax.plot(r, d, "o", color=Q_COLOR if chosen else "0.55", ms=9 if chosen else 6, zorder=2)
         ax.annotate(f"β={beta:g}", (r, d), textcoords="offset points", xytext=(6, 4), fontsize=8)
     if image:
-        ax.plot(*image, "*", color=POSTERIOR_COLOR, ms=13, zorder=3, label="this image")
+        r, d = image
+        inside = x0 <= r <= x1 and y0 <= d <= y1
+        shown = (min(max(r, x0), x1), min(max(d, y0), y1))
+        label = "this image" if inside else f"this image (R {r:.1f}, D {d:.0f}, off the plane)"
+        ax.plot(
+            *shown,
+            "*",
+            color=POSTERIOR_COLOR,
+            ms=13,
+            zorder=3,
+            clip_on=False,
+            label=label,
+            fillstyle="full" if inside else "none",
+        )
         ax.legend(loc="upper right", fontsize=8)
     ax.set_xlim(x0, x1)
     ax.set_ylim(y0, y1)

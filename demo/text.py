@@ -16,6 +16,11 @@ buys a simpler, more disentangled code at the price of blurrier reconstructions.
 """
 
 
+def data_name(rung: Rung) -> str:
+    """What the model was trained on, for people: its metadata's `data_description` when it has one."""
+    return str(rung.metadata.get("data_description") or DATASET_NAMES.get(rung.dataset, rung.dataset))
+
+
 def fmt_beta(beta: float) -> str:
     return f"{beta:g}"
 
@@ -153,7 +158,7 @@ def posterior_intro(rung: Rung, ladder: Ladder) -> str:
     cfg = rung.model.config
     return (
         f"With a 2-D latent space the true posterior p(z|x) = p(x|z) p(z) / p(x) can be computed on a grid, "
-        f"and so can log p(x) itself. The model here: {DATASET_NAMES.get(rung.dataset, rung.dataset)}, "
+        f"and so can log p(x) itself. The model here: {data_name(rung)}, "
         f"{cfg.image_channels}×{cfg.image_size}² images, {cfg.likelihood} decoder, latent 2 "
         f"(β = {fmt_beta(rung.beta)}). Pick an example or upload an image; click the latent map to decode "
         "any z."

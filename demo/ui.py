@@ -13,6 +13,7 @@ import io
 import logging
 import math
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,6 +57,7 @@ CSS = """
 #elbo-panel table { font-size: 0.95em; }
 #elbo-panel td:nth-child(2), #posterior-identity td:nth-child(2) { white-space: nowrap; }
 #elbo-panel table, #posterior-identity table { display: block; overflow-x: auto; }
+#elbo-panel :is(td, th), #posterior-identity :is(td, th) { word-break: normal; overflow-wrap: normal; }
 #latent-map img { cursor: crosshair; }
 .caption p { color: var(--body-text-color-subdued); font-size: 0.92em; }
 """
@@ -72,11 +74,30 @@ def launch_kwargs() -> dict:
     }
 
 
+REPEAT_WINDOW_S = 10.0
+
+
 def _readable_upload_errors(component: gr.Image) -> gr.Image:
     """Make the component's upload decoding failures a readable gr.Error (Gradio would report a bare
     exception naming a server path). Wrapped on the instance: subclassing a component makes Gradio write a
-    `.pyi` stub next to this file at import time."""
+    `.pyi` stub next to this file at import time.
+
+    Gradio 6.31's front end sends a failed upload's `change` twice; the second failure of the same file
+    within REPEAT_WINDOW_S raises an invisible error, so the user sees one message and the log one line.
+    """
     preprocess = component.preprocess
+    recent: dict[str, float] = {}
+    lock = threading.Lock()
+
+    def fail(payload, message: str) -> gr.Error:
+        key = str(getattr(payload, "path", None) or payload)
+        now = time.monotonic()
+        with lock:
+            for old in [k for k, t in recent.items() if now - t > REPEAT_WINDOW_S]:
+                del recent[old]
+            repeated = key in recent
+            recent[key] = now
+        return gr.Error(message, visible=False, print_exception=False) if repeated else user_error(message)
 
     @functools.wraps(preprocess)
     def safe_preprocess(payload):
@@ -85,12 +106,12 @@ def _readable_upload_errors(component: gr.Image) -> gr.Image:
         except gr.Error:
             raise
         except Image.DecompressionBombError:
-            raise user_error(
-                f"The image has more than {im.MAX_IMAGE_PIXELS:,} pixels: downscale it first."
+            raise fail(
+                payload, f"The image has more than {im.MAX_IMAGE_PIXELS:,} pixels: downscale it first."
             ) from None
         except Exception:  # PIL raises several types for non-images and broken files
-            raise user_error(
-                "The upload is not a readable image: use a PNG, JPEG, GIF, BMP or WebP file."
+            raise fail(
+                payload, "The upload is not a readable image: use a PNG, JPEG, GIF, BMP or WebP file."
             ) from None
 
     component.preprocess = safe_preprocess
@@ -172,6 +193,8 @@ class Handlers:
     posterior: Callable
     decode_click: Callable
     follow_beta: Callable
+    warn_outside: Callable
+    snap: Callable
     rate_distortion: Callable
 
 
@@ -283,26 +306,42 @@ def make_handlers(
         image = inf.decode_code(rung, z1, z2)
         return png_file(im.to_pil(image[0])), text.decoded_caption(z1, z2)
 
-    def follow_beta(beta):
-        """β moved (dragged or typed; raw value, not validated by Gradio): the slider snaps to the nearest
-        trained β, and the card and the rate–distortion plane follow. Out-of-range values say so."""
+    def range_note(beta) -> inf.Rung:
+        """The rung a raw slider value stands for; a warning (a toast, never an error) when the value is
+        not a number or lies outside the trained range, naming the β shown instead."""
         try:
             value = float(beta)
         except (TypeError, ValueError):
             value = math.nan
         if not math.isfinite(value):
             gr.Warning(f"β must be a number; showing β = {text.fmt_beta(ladder.betas[0])}")
-            rung = ladder.rungs[0]
-        else:
-            rung = ladder.pick(value)
-        if math.isfinite(value) and not ladder.betas[0] <= value <= ladder.betas[-1]:
+            return ladder.rungs[0]
+        rung = ladder.pick(value)
+        if not ladder.betas[0] <= value <= ladder.betas[-1]:
             gr.Warning(
                 f"β = {value:g} is outside the trained models' range "
                 f"[{text.fmt_beta(ladder.betas[0])}, {text.fmt_beta(ladder.betas[-1])}]: showing β = "
                 f"{text.fmt_beta(rung.beta)}"
             )
-        snapped = gr.skip() if value == rung.beta else rung.beta
-        return snapped, text.model_card(rung, ladder), rate_distortion(rung.beta)
+        return rung
+
+    def follow_beta(beta):
+        """The slider moved (dragged or typed; the raw value, not range-checked by Gradio) → the nearest
+        trained β (the one every tab uses), its card and the rate–distortion plane."""
+        rung = range_note(beta)
+        return rung.beta, text.model_card(rung, ladder), rate_distortion(rung.beta)
+
+    def warn_outside(beta) -> None:
+        range_note(beta)
+
+    def snap(beta):
+        """The slider let go (end of a drag, or typing done): move it onto the nearest trained β."""
+        try:
+            value = float(beta)
+        except (TypeError, ValueError):
+            value = math.nan
+        nearest = ladder.pick(value).beta if math.isfinite(value) else ladder.betas[0]
+        return gr.skip() if value == nearest else nearest
 
     def rate_distortion(beta, stats: dict | None = None):
         """The ladder on the rate–distortion plane; this image's (KL, recon NLL) when `stats` is its."""
@@ -315,7 +354,16 @@ def make_handlers(
         return plots.rate_distortion_figure(rd_points, current_beta=rung.beta, image=image)
 
     return Handlers(
-        reconstruct, interpolate, sample, traverse, posterior, decode_click, follow_beta, rate_distortion
+        reconstruct,
+        interpolate,
+        sample,
+        traverse,
+        posterior,
+        decode_click,
+        follow_beta,
+        warn_outside,
+        snap,
+        rate_distortion,
     )
 
 
@@ -409,7 +457,7 @@ def build_demo(ladder: inf.Ladder) -> gr.Blocks:
         )
         with gr.Row(equal_height=False):
             with gr.Column(scale=2, min_width=260):
-                beta = gr.Slider(
+                slider = gr.Slider(
                     minimum=betas[0],
                     maximum=betas[-1] if len(betas) > 1 else betas[0] + 1,
                     value=betas[0],
@@ -421,6 +469,9 @@ def build_demo(ladder: inf.Ladder) -> gr.Blocks:
                     interactive=len(betas) > 1,
                     elem_id="beta-slider",
                 )
+                # The β every tab uses: the trained β nearest the slider's. A plain number (no range for
+                # Gradio to check), so a typed β = 100 reaches our message instead of failing each event.
+                beta = gr.Number(betas[0], visible=False, label="beta", elem_id="beta-rung")
                 rd_plot = gr.Plot(
                     h.rate_distortion(betas[0]),
                     label="rate–distortion plane",
@@ -582,29 +633,48 @@ def build_demo(ladder: inf.Ladder) -> gr.Blocks:
             event.failure(**_cleared(io), api_visibility="private", queue=False)
             # conveniences (private): a new image re-runs the tab, quietly while an image is missing
             for component in io["inputs"][:needed]:
-                component.change(**_when_given(io, needed), **private).failure(
+                # trigger_mode "once": an upload fires `change` twice in Gradio 6.31's front end (seen as
+                # two identical error toasts); a trigger while the event runs is dropped, not queued.
+                component.change(**_when_given(io, needed), trigger_mode="once", **private).failure(
                     **_cleared(io), api_visibility="private", queue=False
                 )
         stats.change(**rd_update, api_visibility="private", show_progress="hidden")
 
-        # β moved, by drag or by typing: snap to a trained β (raw value: a typed β = 100 must reach our
-        # message, not fail Gradio's range check), update the card; then each tab re-runs on its own
-        # inputs in its own event, so a bad value on one tab (a seed of −5) never touches another.
-        follow = beta.change(
-            h.follow_beta,
-            inputs=[beta],
-            outputs=[beta, card, rd_plot],
+        # The slider moved (dragged, or typed: a raw value, no range check): the card, the rate–distortion
+        # plane and the β the tabs use follow the nearest trained β at once; the slider itself snaps when
+        # let go (release: the end of a drag, or leaving the number box; Enter leaves it, see ENTER_BLURS).
+        # Snapping during a drag would fight the pointer.
+        unqueued = dict(api_visibility="private", queue=False, show_progress="hidden")
+        slider.change(
+            h.follow_beta, inputs=[slider], outputs=[beta, card, rd_plot], preprocess=False, **unqueued
+        )
+        # Typing a β beyond the range: the browser clamps it to the end of the slider before `change`; the
+        # raw `input` is where the user learns why.
+        slider.input(
+            h.warn_outside,
+            inputs=[slider],
+            outputs=None,
             preprocess=False,
             api_visibility="private",
-            queue=False,
-            show_progress="hidden",
+            show_progress="hidden",  # queued: Gradio delivers warnings only through the queue
         )
+        slider.release(h.snap, inputs=[slider], outputs=[slider], preprocess=False, **unqueued)
+        # Then each tab re-runs on its own inputs in its own event, so a bad value on one tab (a seed of
+        # −5) never touches another.
+        follow = None
         for io, needed in tabs:
             if any(c is beta for c in io["inputs"]):
-                follow = follow.then(**_following(io, needed, beta, betas), **private)
+                event = dict(**_following(io, needed, beta, betas), **private)
+                follow = beta.change(**event) if follow is None else follow.then(**event)
+        demo.load(None, js=ENTER_BLURS)
         for io, needed in tabs:
             demo.load(**_following(io, needed, beta, betas), **private)
     return demo
+
+
+ENTER_BLURS = """() => document.addEventListener('keydown', (e) => {
+    if (e.key === 'Enter' && e.target.closest && e.target.closest('#beta-slider')) e.target.blur();
+}, true)"""
 
 
 def _posterior_tab(models: inf.Ladder | None, why_not: str) -> dict:

@@ -379,16 +379,19 @@ def test_handlers_turn_bad_uploads_into_gr_error(handlers, tmp_path):
 
 
 def test_the_card_follows_beta_and_the_slider_snaps(handlers, ladder):
-    # Typed or dragged, raw (Gradio's range check is off for this event): snap to the nearest trained β.
+    # While the slider moves (dragged or typed; raw values, Gradio's range check is off for this event):
+    # the tabs' β, the card and the plane follow the nearest trained β.
     assert handlers.follow_beta(3.0)[0] == 4.0 and handlers.follow_beta(1.2)[0] == 1.0
     assert handlers.follow_beta("3")[0] == 4.0
-    assert handlers.follow_beta(4.0)[0] == gr.skip()
-    snapped, card, _ = handlers.follow_beta(3.5)
-    assert snapped == 4.0 and "β = 4" in card and "dSprites" in card and "10 steps" in card
+    beta, card, _ = handlers.follow_beta(3.5)
+    assert beta == 4.0 and "β = 4" in card and "dSprites" in card and "10 steps" in card
     # Out of range or not a number: a clear warning, the nearest end of the ladder, never an error.
     for typed, expected in ((100, 4.0), (-7, 1.0), ("abc", 1.0), (float("nan"), 1.0)):
         with pytest.warns(UserWarning, match="β"):
             assert handlers.follow_beta(typed)[0] == expected
+    # Let go (end of a drag, or the number box left): the slider itself moves onto the trained β.
+    assert handlers.snap(3.0) == 4.0 and handlers.snap(1.2) == 1.0 and handlers.snap(100) == 4.0
+    assert handlers.snap(4.0) == gr.skip() and handlers.snap("abc") == 1.0
 
 
 def test_non_dsprites_ladders_use_model_samples_as_examples(tmp_path):
