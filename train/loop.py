@@ -298,6 +298,10 @@ def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         cfg.save(out / "run_config.json")
     log = MetricsLog(out / "metrics.jsonl", info.is_main, start if resume is not None else None)
+    console.start_block(
+        cfg=cfg, dataset=ds, model=model, device=_device_name(device), total=total, start=start,
+        cache=cache_summary(ds.images, Path(cfg.cache_dir) if cfg.cache_dir else DEFAULT_CACHE),
+    )  # fmt: skip
     # Running sums on the device, added by the step itself (inside its CUDA graph) and read back only when
     # logging: loss, recon, kl, grad-norm (good steps), then good steps, skipped steps, the current run of
     # skipped steps and the longest such run.
@@ -307,10 +311,6 @@ def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
     )
     fixed = _fixed_images(ds, min(EVAL_IMAGES, cfg.eval_images), device)
     tracker = HeldOutTracker(cfg, model, out, device) if info.is_main else None
-    console.start_block(
-        cfg=cfg, dataset=ds, model=model, device=_device_name(device), total=total, start=start,
-        cache=cache_summary(ds.images, Path(cfg.cache_dir) if cfg.cache_dir else DEFAULT_CACHE),
-    )  # fmt: skip
     run_t0 = time.perf_counter()
 
     def checkpoint(step):
@@ -556,4 +556,5 @@ def _device_name(device: torch.device) -> str:
         return torch.cuda.get_device_name(device)
     import platform
 
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"CPU ({platform.processor() or platform.machine()}, {threads} thread{'s' * (threads != 1)})"
