@@ -17,6 +17,7 @@ except ImportError:
     pass
 
 import argparse
+import logging
 import os
 
 import torch
@@ -71,6 +72,17 @@ def default_threads() -> int:
     return max(1, (os.cpu_count() or 1) // CONCURRENCY_LIMIT)
 
 
+def log_to_stderr() -> None:
+    """The demo's own log (`vae_triton.demo`: user errors, one line each) on stderr, with a timestamp."""
+    logger = logging.getLogger("vae_triton.demo")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 def create_demo(
     checkpoint: str | None = None,
     hub_repo: str | None = None,
@@ -78,6 +90,7 @@ def create_demo(
     threads: int | None = None,
 ):
     torch.set_num_threads(threads or default_threads())
+    log_to_stderr()
     ladder = resolve_ladder(checkpoint, hub_repo, device=device)
     betas = ", ".join(f"{b:g}" for b in ladder.betas)
     print(

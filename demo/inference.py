@@ -24,7 +24,13 @@ from typing import Any
 import torch
 
 from vae_triton.latent import INTERPOLATION_MODES, interpolate, traverse
-from vae_triton.metrics import importance_weighted, kl_per_dim
+from vae_triton.metrics import (
+    importance_weighted,
+    iw_bounds_by_k,
+    kl_per_dim,
+    log_importance_weights,
+    posterior_on_grid,
+)
 from vae_triton.model import CONFIG_NAME, VAE, WEIGHTS_NAME, VAEConfig
 
 from .images import InputError
@@ -74,6 +80,7 @@ class Rung:
     source: str
     metadata: dict[str, Any] = field(default_factory=dict)
     evaluation: dict[str, Any] = field(default_factory=dict)
+    cache: dict[str, Any] = field(default_factory=dict, repr=False)  # per-model results (the latent map)
 
     @property
     def dataset(self) -> str:
@@ -362,3 +369,128 @@ def traverse_image(rung: Rung, x: torch.Tensor, num_dims: int, span: float, step
     images = model.output_to_image(model.decode(latents.reshape(-1, latents.shape[-1])))
     ranked = [(d, float(kl[d])) for d in order]
     return images.reshape(len(order), steps, *images.shape[1:]).cpu(), ranked, values.tolist()
+
+
+# ---- the Posterior tab: 2-latent models only --------------------------------------------------------
+POSTERIOR_DIR = Path(__file__).resolve().parent / "models" / "digits2d"
+IW_KS = (1, 10, 100, 1000)  # the IW bounds the tab shows
+# Log weights drawn per image: K = 1000 gets 4 disjoint groups (a standard error), K = 1 gets 4000.
+IW_WEIGHTS = 4000
+# The posterior grid: 24² coarse points per zoom level, then 64² (metrics.posterior_on_grid).
+GRID_OPTIONS = {"n": 64, "coarse": 24}
+MAP_TILES, MAP_EXTENT = 15, 3.0  # the latent map decodes 15 × 15 codes over [−3, 3]²
+WINDOW_TILES = 8  # the decoded map behind the posterior window
+
+
+def posterior_ladder(ladder: Ladder, bundled_dir: str | os.PathLike | None = POSTERIOR_DIR):
+    """The models the Posterior tab explores, or (None, why not).
+
+    The served ladder when its latent space is 2-D (β then picks the model as on every tab); with the
+    bundled dSprites ladder (10-D), the bundled 2-latent digits model; otherwise None and a message saying
+    how to get a 2-latent model.
+    """
+    dim = ladder.config.latent_dim
+    if dim == 2:
+        return ladder, ""
+    if ladder.origin in ("bundled", "untrained") and bundled_dir is not None:
+        try:
+            return load_ladder(bundled_dir, "bundled"), ""
+        except ValueError as e:
+            log.warning("no bundled 2-latent model for the Posterior tab: %s", e)
+    return None, (
+        f"The Posterior tab computes the exact posterior on a 2-D grid, so it needs a model with 2 latent "
+        f"dimensions; this one has {dim}. Train one with `python -m train ... --latent-dim 2` and start the "
+        "app with `--checkpoint` pointing at it."
+    )
+
+
+def _cell_centres(lo: float, hi: float, n: int) -> torch.Tensor:
+    return lo + (torch.arange(n, dtype=torch.float32) + 0.5) * (hi - lo) / n
+
+
+def _decode_map(model: VAE, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+    """Decode the codes (z1_j, z2_i) and tile them: rows from the largest z₂ down, columns by z₁.
+    Returns (H, W) for grey or (H, W, 3) for colour, in [0, 1]."""
+    rows = torch.stack(torch.meshgrid(z2.flip(0), z1, indexing="ij"), dim=-1)[..., [1, 0]]  # (r, c, 2)
+    device = next(model.parameters()).device
+    images = model.output_to_image(model.decode(rows.reshape(-1, 2).to(device))).cpu()
+    c, s = images.shape[1], images.shape[-1]
+    tiled = images.view(len(z2), len(z1), c, s, s).permute(0, 3, 1, 4, 2).reshape(len(z2) * s, len(z1) * s, c)
+    return tiled[..., 0] if c == 1 else tiled
+
+
+@torch.no_grad()
+def latent_map(rung: Rung) -> torch.Tensor:
+    """The decoded latent map over [−MAP_EXTENT, MAP_EXTENT]², computed once per model."""
+    if "latent_map" not in rung.cache:
+        centres = _cell_centres(-MAP_EXTENT, MAP_EXTENT, MAP_TILES)
+        rung.cache["latent_map"] = _decode_map(rung.model, centres, centres)
+    return rung.cache["latent_map"]
+
+
+def map_pixel_to_z(x: float, y: float, width: int, height: int) -> tuple[float, float]:
+    """A pixel (x right, y down) of the latent map image → the code z = (z₁, z₂) it shows."""
+    span = 2 * MAP_EXTENT
+    return -MAP_EXTENT + (x + 0.5) / width * span, MAP_EXTENT - (y + 0.5) / height * span
+
+
+@torch.no_grad()
+def decode_code(rung: Rung, z1, z2) -> torch.Tensor:
+    """One code → its decoded mean image (1, C, H, W)."""
+    try:
+        z = torch.tensor([[float(z1), float(z2)]])
+    except (TypeError, ValueError):
+        raise InputError(f"z must be two numbers, got ({z1!r}, {z2!r})") from None
+    if not torch.isfinite(z).all():
+        raise InputError(f"z must be finite, got ({z1!r}, {z2!r})")
+    model = rung.model
+    return model.output_to_image(model.decode(z.to(next(model.parameters()).device))).cpu()
+
+
+@torch.no_grad()
+def explore_posterior(rung: Rung, x: torch.Tensor, seed: int = 0) -> dict:
+    """Everything the Posterior tab shows for one image: the grid posterior, q, the IW bounds by K.
+
+    Returns a dict of tensors/numbers (nats): the `PosteriorGrid` fields of image 0, mu/std of q, the
+    decoded map of the grid's window, and iw_means / iw_sems for IW_KS from IW_WEIGHTS log weights.
+    """
+    model = rung.model
+    x = _check_image(x, model)
+    grid = posterior_on_grid(model, x, **GRID_OPTIONS)
+    mu, logvar = model.encode(x)
+    generator = _generator(seed) if x.device.type == "cpu" else torch.Generator(x.device).manual_seed(seed)
+    bounds = iw_bounds_by_k(log_importance_weights(model, x, IW_WEIGHTS, generator=generator), IW_KS)
+    z = grid.z[0].float()
+    window = _decode_map(
+        model,
+        _cell_centres(z[0, 0, 0].item(), z[-1, 0, 0].item(), WINDOW_TILES),
+        _cell_centres(z[0, 0, 1].item(), z[0, -1, 1].item(), WINDOW_TILES),
+    )
+    return {
+        "log_px": grid.log_px.item(),
+        "elbo": grid.elbo.item(),
+        "kl_to_posterior": grid.kl_to_posterior.item(),
+        "q_mass": grid.q_mass.item(),
+        "z": grid.z[0].cpu().numpy(),
+        "log_posterior": grid.log_posterior[0].cpu().numpy(),
+        "log_q": grid.log_q[0].cpu().numpy(),
+        "mu": mu[0].double().cpu().numpy(),
+        "std": (0.5 * logvar[0].double().clamp(*model.config.logvar_clamp)).exp().cpu().numpy(),
+        "window_map": window.numpy(),
+        "iw_ks": list(IW_KS),
+        "iw_means": bounds.mean[:, 0].tolist(),
+        "iw_sems": bounds.sem[:, 0].tolist(),
+    }
+
+
+def rate_distortion_points(ladder: Ladder) -> list[tuple[float, float, float]]:
+    """(β, rate = KL, distortion = recon NLL) per rung, held-out means in nats: from eval.json
+    (`python -m train.evaluate`), else the final held-out evaluation in the model's metadata."""
+    points = []
+    for r in ladder.rungs:
+        ev, meta = r.evaluation, r.metadata
+        if "kl" in ev and "recon_nll" in ev:
+            points.append((r.beta, float(ev["kl"]), float(ev["recon_nll"])))
+        elif "eval_kl" in meta and "eval_recon" in meta:
+            points.append((r.beta, float(meta["eval_kl"]), float(meta["eval_recon"])))
+    return points

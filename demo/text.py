@@ -16,6 +16,11 @@ buys a simpler, more disentangled code at the price of blurrier reconstructions.
 """
 
 
+def data_name(rung: Rung) -> str:
+    """What the model was trained on, for people: its metadata's `data_description` when it has one."""
+    return str(rung.metadata.get("data_description") or DATASET_NAMES.get(rung.dataset, rung.dataset))
+
+
 def fmt_beta(beta: float) -> str:
     return f"{beta:g}"
 
@@ -138,3 +143,74 @@ def traverse_caption(ranked: list[tuple[int, float]], values: list[float]) -> st
         "With larger β, fewer dimensions stay active and each tends to control one factor "
         "(position, scale, rotation, shape)."
     )
+
+
+# ---- the Posterior tab ------------------------------------------------------------------------------
+JENSEN = (
+    "Each importance weight w = p(x, z) / q(z|x), z ~ q(z|x), has mean E[w] = p(x). The logarithm is "
+    "concave, so by Jensen's inequality (the note's Proposition 1, the same step that makes KL ≥ 0) "
+    "E[log (1/K) Σ_k w_k] ≤ log E[(1/K) Σ_k w_k] = log p(x): K = 1 is the ELBO, and averaging more weights "
+    "inside the log shrinks Jensen's gap towards zero."
+)
+
+
+def posterior_intro(rung: Rung, ladder: Ladder) -> str:
+    cfg = rung.model.config
+    return (
+        f"With a 2-D latent space the true posterior p(z|x) = p(x|z) p(z) / p(x) can be computed on a grid, "
+        f"and so can log p(x) itself. The model here: {data_name(rung)}, "
+        f"{cfg.image_channels}×{cfg.image_size}² images, {cfg.likelihood} decoder, latent 2 "
+        f"(β = {fmt_beta(rung.beta)}). Pick an example or upload an image; click the latent map to decode "
+        "any z."
+    )
+
+
+def posterior_numbers(result: dict, rung: Rung) -> dict:
+    """The tab's numbers as JSON (nats): the identity's terms, its residual, q, the IW bounds."""
+    z = result["z"]
+    return {
+        "beta": rung.beta,
+        "log_px": result["log_px"],
+        "elbo": result["elbo"],
+        "kl_to_posterior": result["kl_to_posterior"],
+        "identity_residual": result["log_px"] - result["elbo"] - result["kl_to_posterior"],
+        "q_mass_on_grid": result["q_mass"],
+        "q_mean": [float(v) for v in result["mu"]],
+        "q_std": [float(v) for v in result["std"]],
+        "grid": {
+            "points": int(z.shape[0]),
+            "z1": [float(z[0, 0, 0]), float(z[-1, 0, 0])],
+            "z2": [float(z[0, 0, 1]), float(z[0, -1, 1])],
+        },
+        "iw_bounds": [
+            {"K": k, "bound": m, "sem": None if s != s else s}  # NaN (one group) → null in JSON
+            for k, m, s in zip(result["iw_ks"], result["iw_means"], result["iw_sems"], strict=True)
+        ],
+    }
+
+
+def posterior_identity(numbers: dict) -> str:
+    n = numbers
+    return (
+        "| term | nats | how it is computed |\n|---|---:|---|\n"
+        f"| **log p(x)** | **{nats(n['log_px'])}** | log ∫ p(x\\|z) p(z) dz by quadrature on a "
+        f"{n['grid']['points']}² grid that zooms onto the posterior's mass |\n"
+        f"| ELBO | {nats(n['elbo'])} | E_q[log p(x\\|z)] on the same grid − KL[q(z\\|x) ‖ p(z)] "
+        "in closed form |\n"
+        f"| KL[q(z\\|x) ‖ p(z\\|x)] | {nats(n['kl_to_posterior'])} | ∫ q (log q − log p(z\\|x)) dz on the "
+        "grid: how far the encoder's guess is from the true posterior |\n\n"
+        f"**log p(x) = ELBO + KL[q(z|x) ‖ p(z|x)]:**  {nats(n['log_px'])} = {nats(n['elbo'])} + "
+        f"{nats(n['kl_to_posterior'])}  (residual {n['identity_residual']:.1e} nats)"
+    )
+
+
+def iw_caption(numbers: dict) -> str:
+    rows = " · ".join(
+        f"K = {b['K']:,}: {nats(b['bound'])}" + (f" ± {b['sem']:.2f}" if b["sem"] is not None else "")
+        for b in numbers["iw_bounds"]
+    )
+    return f"{rows} (log p(x) = {nats(numbers['log_px'])}; ± one standard error)\n\n{JENSEN}"
+
+
+def decoded_caption(z1: float, z2: float) -> str:
+    return f"z = ({z1:+.2f}, {z2:+.2f}), decoded to its mean image".replace("-", "−")

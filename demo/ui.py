@@ -8,8 +8,13 @@ sample, traverse) whose public events carry the API names of DESIGN §7.
 from __future__ import annotations
 
 import functools
+import hashlib
+import io
+import logging
 import math
 import tempfile
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +22,13 @@ from pathlib import Path
 import gradio as gr
 from PIL import Image
 
+from vae_triton.io import atomic_path
+
 from . import images as im
 from . import inference as inf
-from . import text
+from . import plots, text
+
+log = logging.getLogger("vae_triton.demo")
 
 try:  # ZeroGPU on Hugging Face Spaces: a GPU is attached only inside @spaces.GPU functions
     import spaces
@@ -46,6 +55,10 @@ CSS = """
 #banner-untrained * { color: #fff !important; }
 #banner-notice { background: #fef3c7; border-radius: 8px; padding: 2px 12px; }
 #elbo-panel table { font-size: 0.95em; }
+#elbo-panel td:nth-child(2), #posterior-identity td:nth-child(2) { white-space: nowrap; }
+#elbo-panel table, #posterior-identity table { display: block; overflow-x: auto; }
+#elbo-panel :is(td, th), #posterior-identity :is(td, th) { word-break: normal; overflow-wrap: normal; }
+#latent-map img { cursor: crosshair; }
 .caption p { color: var(--body-text-color-subdued); font-size: 0.92em; }
 """
 
@@ -61,11 +74,30 @@ def launch_kwargs() -> dict:
     }
 
 
+REPEAT_WINDOW_S = 10.0
+
+
 def _readable_upload_errors(component: gr.Image) -> gr.Image:
     """Make the component's upload decoding failures a readable gr.Error (Gradio would report a bare
     exception naming a server path). Wrapped on the instance: subclassing a component makes Gradio write a
-    `.pyi` stub next to this file at import time."""
+    `.pyi` stub next to this file at import time.
+
+    Gradio 6.31's front end sends a failed upload's `change` twice; the second failure of the same file
+    within REPEAT_WINDOW_S raises an invisible error, so the user sees one message and the log one line.
+    """
     preprocess = component.preprocess
+    recent: dict[str, float] = {}
+    lock = threading.Lock()
+
+    def fail(payload, message: str) -> gr.Error:
+        key = str(getattr(payload, "path", None) or payload)
+        now = time.monotonic()
+        with lock:
+            for old in [k for k, t in recent.items() if now - t > REPEAT_WINDOW_S]:
+                del recent[old]
+            repeated = key in recent
+            recent[key] = now
+        return gr.Error(message, visible=False, print_exception=False) if repeated else user_error(message)
 
     @functools.wraps(preprocess)
     def safe_preprocess(payload):
@@ -74,16 +106,23 @@ def _readable_upload_errors(component: gr.Image) -> gr.Image:
         except gr.Error:
             raise
         except Image.DecompressionBombError:
-            raise gr.Error(
-                f"The image has more than {im.MAX_IMAGE_PIXELS:,} pixels: downscale it first."
+            raise fail(
+                payload, f"The image has more than {im.MAX_IMAGE_PIXELS:,} pixels: downscale it first."
             ) from None
         except Exception:  # PIL raises several types for non-images and broken files
-            raise gr.Error(
-                "The upload is not a readable image: use a PNG, JPEG, GIF, BMP or WebP file."
+            raise fail(
+                payload, "The upload is not a readable image: use a PNG, JPEG, GIF, BMP or WebP file."
             ) from None
 
     component.preprocess = safe_preprocess
     return component
+
+
+def user_error(message: str) -> gr.Error:
+    """A gr.Error for bad input: one line in the server log (a user's mistake is not a server fault, so
+    no traceback), one toast on the page."""
+    log.info("user error: %s", message)
+    return gr.Error(message, print_exception=False)
 
 
 def _user_errors(fn):
@@ -96,9 +135,51 @@ def _user_errors(fn):
         except gr.Error:
             raise
         except ValueError as e:
-            raise gr.Error(str(e)) from None
+            raise user_error(str(e)) from None
 
     return wrapper
+
+
+PNG_DIR = im.OUTPUT_DIR / "png"
+KEEP_PNG_FILES = 256
+
+
+def png_file(picture: Image.Image) -> str:
+    """`picture` as a PNG file for an Image output, named by its content and written atomically.
+
+    Handing Gradio a PIL image makes it write the PNG to a path named by the content hash with a plain
+    `write_bytes`: two identical requests then rewrite (truncate, refill) the very file the other is
+    serving, and the client sees "peer closed connection" (h11: less data than Content-Length). A file
+    path is instead copied into Gradio's cache under a temporary name and renamed into place.
+    """
+    data = _encode_png(picture)
+    path = PNG_DIR / f"{hashlib.sha256(data).hexdigest()[:24]}.png"
+    if not path.exists():
+        with atomic_path(path) as tmp:
+            Path(tmp).write_bytes(data)
+        _prune_pngs()
+    return str(path)
+
+
+def _encode_png(picture: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    picture.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _prune_pngs() -> None:
+    """Keep the newest KEEP_PNG_FILES; older ones have long been copied into Gradio's cache."""
+
+    def age(p: Path) -> float:
+        try:
+            return p.stat().st_mtime
+        except FileNotFoundError:
+            return 0.0
+
+    cutoff = time.time() - 60
+    for old in sorted(PNG_DIR.glob("*.png"), key=age, reverse=True)[KEEP_PNG_FILES:]:
+        if age(old) < cutoff:
+            old.unlink(missing_ok=True)
 
 
 @dataclass
@@ -109,15 +190,31 @@ class Handlers:
     interpolate: Callable
     sample: Callable
     traverse: Callable
-    card: Callable
+    posterior: Callable
+    decode_click: Callable
+    follow_beta: Callable
+    warn_outside: Callable
     snap: Callable
+    rate_distortion: Callable
 
 
-def make_handlers(ladder: inf.Ladder) -> Handlers:
+def _loader(ladder: inf.Ladder) -> Callable:
     cfg = ladder.config
 
     def load(image: str):
         return im.to_model_input(im.open_image(image), cfg.image_channels, cfg.image_size, ladder.dataset)
+
+    return load
+
+
+def make_handlers(
+    ladder: inf.Ladder, posterior_models: inf.Ladder | None = None, why_not: str = ""
+) -> Handlers:
+    """`posterior_models`: what the Posterior tab explores (see `inf.posterior_ladder`); None → its
+    event answers with `why_not`."""
+    cfg = ladder.config
+    load = _loader(ladder)
+    rd_points = inf.rate_distortion_points(ladder)
 
     @_user_errors
     @gpu
@@ -126,7 +223,7 @@ def make_handlers(ladder: inf.Ladder) -> Handlers:
         rung = ladder.pick(beta)
         x = load(image)
         recon, stats = inf.reconstruct(rung, x, iw_samples)
-        return im.to_pil(x[0]), im.to_pil(recon[0]), text.elbo_panel(stats), stats
+        return png_file(im.to_pil(x[0])), png_file(im.to_pil(recon[0])), text.elbo_panel(stats), stats
 
     @_user_errors
     @gpu
@@ -136,14 +233,14 @@ def make_handlers(ladder: inf.Ladder) -> Handlers:
         xa, xb = load(image_a), load(image_b)
         seq = inf.interpolate_images(rung, xa, xb, frames, mode)
         gif = str(im.write_gif(seq, frame_ms=GIF_FRAME_MS))
-        return im.grid(seq, cols=len(seq), scale=2, gap=2), gif, gif
+        return png_file(im.grid(seq, cols=len(seq), scale=2, gap=2)), gif, gif
 
     @_user_errors
     @gpu
     def sample(beta: float, n: int = 16, temperature: float = 1.0, seed: int = 0):
         """n images decoded from z ~ N(0, temperature²·I)."""
         images = inf.sample_images(ladder.pick(beta), n, temperature, seed)
-        return im.grid(images, cols=min(8, math.ceil(math.sqrt(len(images)))), scale=2)
+        return png_file(im.grid(images, cols=min(8, math.ceil(math.sqrt(len(images)))), scale=2))
 
     @_user_errors
     @gpu
@@ -160,21 +257,132 @@ def make_handlers(ladder: inf.Ladder) -> Handlers:
         # ASCII signs (not every font has U+2212); two decimals at most: 9 steps over ±3 hit ±0.75.
         col_labels = [f"{v:+.2f}".rstrip("0").rstrip(".") if v else "0" for v in values]
         picture = im.annotated_grid(body, row_labels, col_labels, tile=cfg.image_size * scale, gap=gap)
-        return picture, text.traverse_caption(ranked, values)
+        return png_file(picture), text.traverse_caption(ranked, values)
 
-    def card(beta: float):
-        return text.model_card(ladder.pick(beta), ladder)
+    post_load = _loader(posterior_models) if posterior_models is not None else None
 
-    def snap(beta: float):
-        """The slider's value moved to the nearest trained β (only when it is not there already)."""
-        nearest = ladder.pick(beta).beta
-        return gr.skip() if float(beta) == nearest else nearest
+    def posterior_rung(beta) -> inf.Rung:
+        if posterior_models is None:
+            raise inf.InputError(why_not)
+        return posterior_models.pick(beta if posterior_models is ladder else posterior_models.betas[0])
 
-    return Handlers(reconstruct, interpolate, sample, traverse, card, snap)
+    @_user_errors
+    @gpu
+    def posterior(image: str, beta: float | None = None):
+        """One image → the exact posterior beside q, the identity with its numbers, the IW bounds by K."""
+        rung = posterior_rung(beta)
+        x = post_load(image)
+        r = inf.explore_posterior(rung, x)
+        figure = plots.posterior_figure(
+            latent_map=inf.latent_map(rung).numpy(),
+            map_extent=inf.MAP_EXTENT,
+            window_map=r["window_map"],
+            z=r["z"],
+            log_posterior=r["log_posterior"],
+            log_q=r["log_q"],
+            mu=r["mu"],
+        )
+        bounds = plots.iw_figure(r["iw_ks"], r["iw_means"], r["iw_sems"], log_px=r["log_px"], elbo=r["elbo"])
+        numbers = text.posterior_numbers(r, rung)
+        return (
+            png_file(im.to_pil(x[0])),
+            latent_map_file(rung),
+            figure,
+            text.posterior_identity(numbers),
+            bounds,
+            text.iw_caption(numbers),
+            numbers,
+        )
+
+    @_user_errors
+    @gpu
+    def decode_click(beta: float | None = None, evt: gr.SelectData = None):
+        """A click on the latent map → the image decoded from the code under the pointer."""
+        rung = posterior_rung(beta)
+        if evt is None or not isinstance(evt.index, (list, tuple)) or len(evt.index) != 2:
+            raise inf.InputError("click a point of the latent map")
+        side = inf.latent_map(rung).shape[0] * MAP_SCALE
+        z1, z2 = inf.map_pixel_to_z(float(evt.index[0]), float(evt.index[1]), side, side)
+        image = inf.decode_code(rung, z1, z2)
+        return png_file(im.to_pil(image[0])), text.decoded_caption(z1, z2)
+
+    def range_note(beta) -> inf.Rung:
+        """The rung a raw slider value stands for; a warning (a toast, never an error) when the value is
+        not a number or lies outside the trained range, naming the β shown instead."""
+        try:
+            value = float(beta)
+        except (TypeError, ValueError):
+            value = math.nan
+        if not math.isfinite(value):
+            gr.Warning(f"β must be a number; showing β = {text.fmt_beta(ladder.betas[0])}")
+            return ladder.rungs[0]
+        rung = ladder.pick(value)
+        if not ladder.betas[0] <= value <= ladder.betas[-1]:
+            gr.Warning(
+                f"β = {value:g} is outside the trained models' range "
+                f"[{text.fmt_beta(ladder.betas[0])}, {text.fmt_beta(ladder.betas[-1])}]: showing β = "
+                f"{text.fmt_beta(rung.beta)}"
+            )
+        return rung
+
+    def follow_beta(beta):
+        """The slider moved (dragged or typed; the raw value, not range-checked by Gradio) → the nearest
+        trained β (the one every tab uses), its card and the rate–distortion plane."""
+        rung = range_note(beta)
+        return rung.beta, text.model_card(rung, ladder), rate_distortion(rung.beta)
+
+    def warn_outside(beta) -> None:
+        range_note(beta)
+
+    def snap(beta):
+        """The slider let go (end of a drag, or typing done): move it onto the nearest trained β."""
+        try:
+            value = float(beta)
+        except (TypeError, ValueError):
+            value = math.nan
+        nearest = ladder.pick(value).beta if math.isfinite(value) else ladder.betas[0]
+        return gr.skip() if value == nearest else nearest
+
+    def rate_distortion(beta, stats: dict | None = None):
+        """The ladder on the rate–distortion plane; this image's (KL, recon NLL) when `stats` is its."""
+        if not rd_points:
+            return None
+        rung = ladder.pick(beta)
+        image = None
+        if isinstance(stats, dict) and stats.get("beta") == rung.beta and "kl" in stats:
+            image = (float(stats["kl"]), float(stats["recon_nll"]))
+        return plots.rate_distortion_figure(rd_points, current_beta=rung.beta, image=image)
+
+    return Handlers(
+        reconstruct,
+        interpolate,
+        sample,
+        traverse,
+        posterior,
+        decode_click,
+        follow_beta,
+        warn_outside,
+        snap,
+        rate_distortion,
+    )
+
+
+MAP_SCALE = 2  # the latent map is shown at 2× (pixelated), so clicks land in 2× pixel coordinates
+
+
+def latent_map_file(rung: inf.Rung) -> str:
+    tiles = inf.latent_map(rung)
+    chw = tiles[None] if tiles.dim() == 2 else tiles.permute(2, 0, 1)
+    return png_file(im.to_pil(chw, scale=MAP_SCALE))
 
 
 def example_paths(ladder: inf.Ladder) -> tuple[list[str], str]:
     """Example images for the loaded model's dataset, and the label that says what they are."""
+    own = Path(ladder.rungs[0].source) / "examples"
+    if own.is_dir() and any(own.glob("*.png")):  # a model that ships its own (the bundled digits model)
+        return sorted(
+            str(p) for p in own.glob("*.png")
+        ), "examples from the model's held-out data — click one"
     if ladder.dataset == "dsprites":
         paths = sorted(str(p) for p in inf.EXAMPLES_DIR.glob("dsprites-*.png"))
         return paths, "dSprites examples (rendered by train.data.dsprites_images) — click one"
@@ -230,7 +438,8 @@ def _image_output(label: str, **kwargs) -> gr.Image:
 
 
 def build_demo(ladder: inf.Ladder) -> gr.Blocks:
-    h = make_handlers(ladder)
+    posterior_models, why_not = inf.posterior_ladder(ladder)
+    h = make_handlers(ladder, posterior_models, why_not)
     examples, examples_label = example_paths(ladder)
     cfg = ladder.config
     betas = ladder.betas
@@ -248,7 +457,7 @@ def build_demo(ladder: inf.Ladder) -> gr.Blocks:
         )
         with gr.Row(equal_height=False):
             with gr.Column(scale=2, min_width=260):
-                beta = gr.Slider(
+                slider = gr.Slider(
                     minimum=betas[0],
                     maximum=betas[-1] if len(betas) > 1 else betas[0] + 1,
                     value=betas[0],
@@ -260,8 +469,18 @@ def build_demo(ladder: inf.Ladder) -> gr.Blocks:
                     interactive=len(betas) > 1,
                     elem_id="beta-slider",
                 )
-            with gr.Column(scale=5):
-                card = gr.Markdown(h.card(betas[0]), elem_id="model-card")
+                # The β every tab uses: the trained β nearest the slider's. A plain number (no range for
+                # Gradio to check), so a typed β = 100 reaches our message instead of failing each event.
+                beta = gr.Number(betas[0], visible=False, label="beta", elem_id="beta-rung")
+                rd_plot = gr.Plot(
+                    h.rate_distortion(betas[0]),
+                    label="rate–distortion plane",
+                    show_label=False,
+                    elem_id="rd-plane",
+                    visible=bool(inf.rate_distortion_points(ladder)),
+                )
+            with gr.Column(scale=3):
+                card = gr.Markdown(text.model_card(ladder.rungs[0], ladder), elem_id="model-card")
 
         with gr.Tabs():
             with gr.Tab("Reconstruct", id="reconstruct"):
@@ -332,9 +551,11 @@ def build_demo(ladder: inf.Ladder) -> gr.Blocks:
                     temperature = gr.Slider(
                         *inf.LIMITS["temperature"], value=1.0, step=0.05, label="temperature T"
                     )
-                    seed = gr.Number(value=0, precision=0, minimum=0, label="seed")
+                    # No `minimum=`: Gradio would reject a bad seed before our code can say why (and,
+                    # before issue 13, in every event that shared the input).
+                    seed = gr.Number(value=0, precision=0, label="seed (integer ≥ 0)", elem_id="seed")
                     sample_button = gr.Button("Sample", variant="primary")
-                samples = _image_output("samples", height=560)
+                samples = _image_output("samples", height=560, elem_id="samples")
 
             with gr.Tab("Traverse", id="traverse"):
                 gr.Markdown(
@@ -370,7 +591,10 @@ def build_demo(ladder: inf.Ladder) -> gr.Blocks:
                 trav_grid = _image_output("latent traversal", show_label=False, elem_id="traversal")
                 trav_caption = gr.Markdown(elem_classes=["caption"])
 
-        # ---- public API: one event per tab, named as in DESIGN §7 ----------------------------------
+            with gr.Tab("Posterior", id="posterior"):
+                post = _posterior_tab(posterior_models, why_not)
+
+        # ---- public API: one event per tab, named as in DESIGN §7; each takes only its own inputs ----
         recon_io = dict(
             fn=h.reconstruct,
             inputs=[image, beta, iw_samples],
@@ -385,54 +609,147 @@ def build_demo(ladder: inf.Ladder) -> gr.Blocks:
         trav_io = dict(
             fn=h.traverse, inputs=[trav_image, beta, num_dims, span, steps], outputs=[trav_grid, trav_caption]
         )
-        recon_button.click(**recon_io, api_name="reconstruct", **model_events)
-        interp_button.click(**interp_io, api_name="interpolate", **model_events)
-        sample_button.click(**sample_io, api_name="sample", **model_events)
-        trav_button.click(**trav_io, api_name="traverse", **model_events)
-
-        # ---- conveniences (private): new inputs and β moves re-run what is on screen ----------------
+        tabs = [(recon_io, 1), (interp_io, 2), (sample_io, 0), (trav_io, 1)]
+        buttons = [recon_button, interp_button, sample_button, trav_button]
+        names = ["reconstruct", "interpolate", "sample", "traverse"]
+        if posterior_models is not None:
+            follows = posterior_models is ladder  # a 2-D ladder: β picks the model here too
+            post_inputs = [post["image"], beta] if follows else [post["image"]]
+            post_io = dict(fn=h.posterior, inputs=post_inputs, outputs=post["outputs"])
+            tabs.append((post_io, 1))
+            buttons.append(post["button"])
+            names.append("posterior")
+            post["map"].select(
+                h.decode_click,
+                inputs=[beta] if follows else None,
+                outputs=[post["decoded"], post["decoded_caption"]],
+                api_visibility="private",
+                **model_events,
+            )
+        rd_update = dict(fn=h.rate_distortion, inputs=[beta, stats], outputs=[rd_plot], queue=False)
         private = dict(api_visibility="private", show_progress="minimal", **model_events)
-        image.change(**_when_given(recon_io, 1), **private)
-        image_a.change(**_when_given(interp_io, 2), **private)
-        image_b.change(**_when_given(interp_io, 2), **private)
-        trav_image.change(**_when_given(trav_io, 1), **private)
-        beta.release(h.snap, inputs=[beta], outputs=[beta], api_visibility="private", queue=False)
-        beta.change(
-            h.card,
-            inputs=[beta],
-            outputs=[card],
-            api_visibility="private",
-            queue=False,
-            show_progress="hidden",
+        for (io, needed), button, name in zip(tabs, buttons, names, strict=True):
+            event = button.click(**io, api_name=name, **model_events)
+            event.failure(**_cleared(io), api_visibility="private", queue=False)
+            # conveniences (private): a new image re-runs the tab, quietly while an image is missing
+            for component in io["inputs"][:needed]:
+                # trigger_mode "once": an upload fires `change` twice in Gradio 6.31's front end (seen as
+                # two identical error toasts); a trigger while the event runs is dropped, not queued.
+                component.change(**_when_given(io, needed), trigger_mode="once", **private).failure(
+                    **_cleared(io), api_visibility="private", queue=False
+                )
+        stats.change(**rd_update, api_visibility="private", show_progress="hidden")
+
+        # The slider moved (dragged, or typed: a raw value, no range check): the card, the rate–distortion
+        # plane and the β the tabs use follow the nearest trained β at once; the slider itself snaps when
+        # let go (release: the end of a drag, or leaving the number box; Enter leaves it, see ENTER_BLURS).
+        # Snapping during a drag would fight the pointer.
+        unqueued = dict(api_visibility="private", queue=False, show_progress="hidden")
+        slider.change(
+            h.follow_beta, inputs=[slider], outputs=[beta, card, rd_plot], preprocess=False, **unqueued
         )
-        # One event re-runs every tab: several queued listeners on one slider make Gradio 6.31's front
-        # end re-fire `change` in a loop once the value is set from the server (the snap).
-        every_tab = _every_tab([(recon_io, 1), (interp_io, 2), (sample_io, 0), (trav_io, 1)])
-        beta.change(**every_tab, trigger_mode="always_last", **private)
-        demo.load(**every_tab, **private)
+        # Typing a β beyond the range: the browser clamps it to the end of the slider before `change`; the
+        # raw `input` is where the user learns why.
+        slider.input(
+            h.warn_outside,
+            inputs=[slider],
+            outputs=None,
+            preprocess=False,
+            api_visibility="private",
+            show_progress="hidden",  # queued: Gradio delivers warnings only through the queue
+        )
+        slider.release(h.snap, inputs=[slider], outputs=[slider], preprocess=False, **unqueued)
+        # Then each tab re-runs on its own inputs in its own event, so a bad value on one tab (a seed of
+        # −5) never touches another.
+        follow = None
+        for io, needed in tabs:
+            if any(c is beta for c in io["inputs"]):
+                event = dict(**_following(io, needed, beta, betas), **private)
+                follow = beta.change(**event) if follow is None else follow.then(**event)
+        demo.load(None, js=ENTER_BLURS)
+        for io, needed in tabs:
+            demo.load(**_following(io, needed, beta, betas), **private)
     return demo
 
 
-def _every_tab(events: list[tuple[dict, int]]) -> dict:
-    """One event running each tab's function in turn (see `_when_given`); a tab whose inputs fail
-    keeps its old output (its own event has already shown the error)."""
-    guarded = [(_when_given(io, needed)["fn"], io) for io, needed in events]
-    inputs = list(dict.fromkeys(c for _, io in guarded for c in io["inputs"]))  # β once, in order
-    outputs = [c for _, io in guarded for c in io["outputs"]]
+ENTER_BLURS = """() => document.addEventListener('keydown', (e) => {
+    if (e.key === 'Enter' && e.target.closest && e.target.closest('#beta-slider')) e.target.blur();
+}, true)"""
 
-    def run_every_tab(*values):
-        by_component = dict(zip(inputs, values, strict=True))
-        results = []
-        for fn, io in guarded:
-            n = len(io["outputs"])
-            try:
-                out = fn(*(by_component[c] for c in io["inputs"]))
-            except gr.Error:
-                out = [gr.skip()] * n
-            results.extend(out if n > 1 else [out])
-        return results
 
-    return {"fn": run_every_tab, "inputs": inputs, "outputs": outputs}
+def _posterior_tab(models: inf.Ladder | None, why_not: str) -> dict:
+    """The Posterior tab's layout; its components by role. Without a 2-latent model it is only a message."""
+    if models is None:
+        gr.Markdown(f"**Not available for this model.** {why_not}", elem_id="posterior-unavailable")
+        return {}
+    examples, label = example_paths(models)
+    rung = models.rungs[0]
+    gr.Markdown(text.posterior_intro(rung, models), elem_classes=["caption"])
+    with gr.Row():
+        with gr.Column(scale=1, min_width=200):
+            image = _image_input("your image", examples[0] if examples else None, 200, "posterior-input")
+            gr.Examples(examples=[[p] for p in examples], inputs=[image], label=label, cache_examples=False)
+            button = gr.Button("Explore the posterior", variant="primary")
+        seen = _image_output("what the model sees", height=200, elem_id="posterior-seen")
+    figure = gr.Plot(label="p(z|x) and q(z|x)", elem_id="posterior-plot")
+    identity = gr.Markdown(elem_id="posterior-identity")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3):
+            bounds = gr.Plot(label="IW bounds by K", elem_id="iw-plot")
+        with gr.Column(scale=2):
+            bounds_caption = gr.Markdown(elem_classes=["caption"], elem_id="iw-caption")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3):
+            latent = gr.Image(
+                latent_map_file(rung),
+                label="latent map over [−3, 3]²: click anywhere to decode that z",
+                format="png",
+                interactive=False,
+                elem_id="latent-map",
+                elem_classes=["pixelated"],
+            )
+        with gr.Column(scale=2, min_width=200):
+            decoded = _image_output("decoded from the clicked z", height=200, elem_id="decoded")
+            decoded_caption = gr.Markdown(elem_classes=["caption"])
+    with gr.Accordion("The numbers as JSON", open=False):
+        numbers = gr.JSON(label="nats")
+    return {
+        "image": image,
+        "button": button,
+        "map": latent,
+        "decoded": decoded,
+        "decoded_caption": decoded_caption,
+        "outputs": [seen, latent, figure, identity, bounds, bounds_caption, numbers],
+    }
+
+
+def _cleared(io: dict) -> dict:
+    """After a failed event: empty its outputs (the error toast has said why), so nothing stale stays."""
+    n = len(io["outputs"])
+    return {"fn": lambda: [None] * n if n > 1 else None, "inputs": None, "outputs": io["outputs"]}
+
+
+def _following(io: dict, needed: int, beta: gr.Slider, betas: list[float]) -> dict:
+    """The tab's event re-run when β moves or the page loads: skipped until β sits on a trained β (the
+    snap moves it there, and that change runs it), and quiet on bad input: the tab's outputs are cleared,
+    no toast (the user has not touched this tab; its own button says what is wrong)."""
+    fn = _when_given(io, needed)["fn"]
+    beta_at = next((i for i, c in enumerate(io["inputs"]) if c is beta), None)
+    n = len(io["outputs"])
+
+    def follow(*args):
+        try:
+            on_rung = beta_at is None or float(args[beta_at]) in betas
+        except (TypeError, ValueError):
+            on_rung = False
+        if not on_rung:
+            return [gr.skip()] * n if n > 1 else gr.skip()
+        try:
+            return fn(*args)
+        except gr.Error:
+            return [None] * n if n > 1 else None
+
+    return {**io, "fn": follow}
 
 
 def _when_given(io: dict, needed: int) -> dict:

@@ -68,6 +68,16 @@ def settle(page) -> None:
     raise AssertionError("the page kept processing for 20 s")
 
 
+def open_tab(page, name: str) -> None:
+    """Click a tab; on a narrow page the tabs that do not fit sit in Gradio's overflow menu (⋯)."""
+    tab = page.get_by_role("tab", name=name)
+    if tab.count():
+        tab.click()
+        return
+    page.locator(".overflow-menu button").first.click()
+    page.locator(".overflow-dropdown button", has_text=name).click()
+
+
 def image_src(page, elem_id: str) -> str:
     return page.locator(f"#{elem_id} img").first.get_attribute("src") or ""
 
@@ -128,7 +138,7 @@ def test_upload_reconstruct_and_follow_beta(page, betas, tmp_path):
     settle(page)
     page.screenshot(path=str(ARTIFACTS / "demo-reconstruct.png"), full_page=True)
 
-    page.get_by_role("tab", name="Traverse").click()
+    open_tab(page, "Traverse")
     page.wait_for_function("document.body.innerText.includes('ranked by their KL')")
     page.wait_for_selector("#traversal img")
     settle(page)
@@ -136,3 +146,112 @@ def test_upload_reconstruct_and_follow_beta(page, betas, tmp_path):
     for name in ("demo-reconstruct.png", "demo-traverse.png"):
         with Image.open(ARTIFACTS / name) as shot:
             assert shot.width == 1280 and shot.height > 600
+
+
+def beta_number(page):
+    return page.locator("#beta-slider input[type=number]")
+
+
+def type_beta(page, value: str) -> None:
+    box = beta_number(page)
+    box.fill(value)
+    box.press("Enter")
+    box.blur()
+
+
+def test_typed_beta_snaps_like_dragged_beta(page, betas):
+    """Issue 13: a typed β of 3 did not snap; a typed 100 turned the card into "Error"."""
+    settle(page)
+    open_tab(page, "Reconstruct")
+    typed = (betas[1] + betas[2]) / 2 + 0.1  # between two rungs, nearer the upper one
+    type_beta(page, f"{typed:g}")
+    page.wait_for_function(
+        "b => document.querySelector('#beta-slider input[type=number]').value === b", arg=f"{betas[2]:g}"
+    )
+    page.wait_for_function(
+        "b => document.querySelector('#elbo-panel').innerText.includes('β = ' + b)", arg=f"{betas[2]:g}"
+    )
+    type_beta(page, "100")
+    page.wait_for_function(
+        "b => document.querySelector('#beta-slider input[type=number]').value === b", arg=f"{betas[-1]:g}"
+    )
+    page.wait_for_function("document.body.innerText.includes('outside the trained models')")
+    settle(page)
+    assert "Error" not in page.locator("#model-card").inner_text()
+    assert f"β = {betas[-1]:g}" in page.locator("#model-card").inner_text()
+
+
+def test_a_bad_seed_breaks_only_the_sample_tab(page, betas):
+    """Issue 13: a seed of −5 stopped every other tab from following β."""
+    settle(page)
+    open_tab(page, "Sample")
+    seed = page.locator("#seed input")
+    seed.fill("-5")
+    page.get_by_role("button", name="Sample", exact=True).click()
+    page.wait_for_function("document.body.innerText.includes('seed must be in')")
+    settle(page)
+    assert page.locator("#samples img").count() == 0  # cleared, not the previous grid
+    open_tab(page, "Reconstruct")
+    type_beta(page, f"{betas[0]:g}")
+    page.wait_for_function(
+        "b => document.querySelector('#elbo-panel').innerText.includes('β = ' + b)", arg=f"{betas[0]:g}"
+    )
+    settle(page)
+    assert "Error" not in page.locator("#elbo-panel").inner_text()
+    assert page.locator("#reconstruction img").count() == 1
+    open_tab(page, "Sample")
+    seed.fill("0")  # leave the page as the next test expects it
+
+
+@pytest.mark.parametrize("width", [1280, 400])
+def test_posterior_tab_and_the_layout_at_desktop_and_phone_widths(page, width):
+    page.set_viewport_size({"width": width, "height": 900})
+    settle(page)
+    # The ELBO table keeps every number on one line, at any width.
+    open_tab(page, "Reconstruct")
+    page.wait_for_function("document.querySelector('#elbo-panel').innerText.includes('ELBO')")
+    lines = page.evaluate(
+        "Array.from(document.querySelectorAll('#elbo-panel td:nth-child(2)'))"
+        ".map(td => { const r = document.createRange(); r.selectNodeContents(td);"
+        " return new Set(Array.from(r.getClientRects()).map(x => Math.round(x.top))).size; })"
+    )
+    assert lines and max(lines) == 1, lines
+    page.screenshot(path=str(ARTIFACTS / f"demo-reconstruct-{width}px.png"), full_page=True)
+
+    open_tab(page, "Posterior")
+    page.wait_for_function("document.querySelector('#posterior-identity').innerText.includes('log p(x) =')")
+    page.wait_for_selector("#posterior-plot img, #posterior-plot canvas, #posterior-plot svg")
+    page.wait_for_selector("#iw-plot img, #iw-plot canvas, #iw-plot svg")
+    assert "Jensen" in page.locator("#iw-caption").inner_text()
+    # Click the latent map: the code under the pointer is decoded.
+    target = page.locator("#latent-map img").first
+    target.scroll_into_view_if_needed()
+    box = target.bounding_box()
+    target.click(position={"x": box["width"] * 0.8, "y": box["height"] * 0.2})
+    page.wait_for_selector("#decoded img")
+    page.wait_for_function("document.body.innerText.includes('decoded to its mean image')")
+    settle(page)
+    page.screenshot(path=str(ARTIFACTS / f"demo-posterior-{width}px.png"), full_page=True)
+    with Image.open(ARTIFACTS / f"demo-posterior-{width}px.png") as shot:
+        assert shot.width == width
+    page.set_viewport_size({"width": 1280, "height": 900})
+
+
+def test_a_bad_upload_shows_one_message_and_clears_the_outputs(page, tmp_path):
+    """Issue 13: every upload error showed two identical toasts and left the previous outputs."""
+    settle(page)
+    open_tab(page, "Reconstruct")
+    page.wait_for_selector("#reconstruction img")
+    bad = tmp_path / "photo.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n but then nothing an image decoder wants")
+    page.set_input_files("#recon-input input[type=file]", str(bad))
+    page.wait_for_function("document.body.innerText.includes('not a readable image')")
+    page.screenshot(path=str(ARTIFACTS / "demo-bad-upload.png"), full_page=True)
+    messages = page.evaluate(
+        "Array.from(document.querySelectorAll('*')).filter(e => e.children.length === 0 && "
+        "e.textContent.includes('not a readable image')).map(e => e.className)"
+    )
+    assert len(messages) == 1, messages
+    settle(page)
+    assert page.locator("#reconstruction img").count() == 0
+    assert "ELBO" not in page.locator("#elbo-panel").inner_text()

@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,10 +29,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class ServerLog:
+    """What the app printed so far (stdout and stderr), read from its log file on demand."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def text(self) -> str:
+        return self.path.read_text(errors="replace")
+
+    def __contains__(self, needle: str) -> bool:
+        return needle in self.text()
+
+
 @contextlib.contextmanager
 def serve_app(*args: str, env: dict | None = None):
     """Run `python app.py *args` on a free port (given through GRADIO_SERVER_PORT, as a Space would) and
-    yield its URL; stop it afterwards. The app runs as deployed: no TRITON_INTERPRET, no network."""
+    yield its URL and its log; stop it afterwards. The app runs as deployed: no TRITON_INTERPRET, no
+    network."""
     port = free_port()
     child_env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "VAE_TRITON_BACKEND")}
     child_env.update(
@@ -40,38 +55,36 @@ def serve_app(*args: str, env: dict | None = None):
         GRADIO_SERVER_NAME="127.0.0.1",
         GRADIO_SERVER_PORT=str(port),
         OMP_NUM_THREADS="2",
+        PYTHONUNBUFFERED="1",
         **(env or {}),
     )
-    proc = subprocess.Popen(
-        [sys.executable, "app.py", *args],
-        cwd=REPO,
-        env=child_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    lines: list[str] = []
-    try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line and proc.poll() is not None:
-                raise RuntimeError(f"app.py exited with {proc.returncode}:\n{''.join(lines)}")
-            lines.append(line)
-            if "Running on local URL" in line:
-                break
-        else:
-            raise RuntimeError(f"app.py did not start within {STARTUP_TIMEOUT_S} s:\n{''.join(lines)}")
-        yield url, "".join(lines)
-    finally:
-        proc.terminate()
+    with tempfile.TemporaryDirectory(prefix="app-log-") as folder:
+        log = ServerLog(Path(folder) / "app.log")
+        with open(log.path, "w") as sink:
+            proc = subprocess.Popen(
+                [sys.executable, "app.py", *args],
+                cwd=REPO,
+                env=child_env,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+            )
+        url = f"http://127.0.0.1:{port}"
         try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
+            deadline = time.monotonic() + STARTUP_TIMEOUT_S
+            while "Running on local URL" not in log:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"app.py exited with {proc.returncode}:\n{log.text()}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"app.py did not start within {STARTUP_TIMEOUT_S} s:\n{log.text()}")
+                time.sleep(0.2)
+            yield url, log
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +108,63 @@ def png_size(path: str) -> tuple[int, int]:
 def test_the_app_says_what_it_serves_and_lists_the_four_endpoints(app, client):
     assert "serving checkpoint models" in app[1] and "β ∈ {1, 4}" in app[1]
     named = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    # A 10-latent ladder: no /posterior, and the tab says why instead.
     assert set(named) == {"/reconstruct", "/interpolate", "/sample", "/traverse"}
+    config = httpx.get(f"{app[0]}/config", timeout=30).json()
+    notes = [c["props"].get("value") or "" for c in config["components"] if c["type"] == "markdown"]
+    assert any("needs a model with 2 latent dimensions; this one has 10" in n for n in notes)
+
+
+def _components(config: dict) -> dict:
+    return {c["id"]: c for c in config["components"]}
+
+
+def test_each_event_takes_only_its_own_tabs_inputs(app):
+    """Issue 13: a seed of −5 typed on Sample made every tab's β follow-up fail, because one event took
+    every tab's inputs. Now no event but the Sample tab's reads the seed (or any other tab's control),
+    and no input carries a range check that could reject a whole event before our code speaks."""
+    config = httpx.get(f"{app[0]}/config", timeout=30).json()
+    comps = _components(config)
+    seed = next(i for i, c in comps.items() if c["props"].get("elem_id") == "seed")
+    samples = next(i for i, c in comps.items() if c["props"].get("elem_id") == "samples")
+    assert comps[seed]["props"].get("minimum") is None
+    for dep in config["dependencies"]:
+        if seed in dep["inputs"]:
+            assert dep["outputs"] == [samples], dep
+    # Each public event, when it fails, is followed by one that clears its outputs.
+    for dep in config["dependencies"]:
+        if dep["api_name"] in ("reconstruct", "interpolate", "sample", "traverse"):
+            clear = [d for d in config["dependencies"] if d["trigger_after"] == dep["id"]]
+            assert [d["trigger_only_on_failure"] for d in clear] == [True]
+            assert clear[0]["outputs"] == dep["outputs"] and clear[0]["inputs"] == []
+
+
+def test_a_bad_seed_fails_alone_and_is_logged_as_one_line(app, client):
+    with pytest.raises(AppError, match=r"seed must be in \[0, 2\*\*63\)"):
+        client.predict(1.0, 4, 1.0, -5, api_name="/sample")
+    # Every other endpoint works, at every β.
+    for beta in (1.0, 4.0):
+        assert png_size(client.predict(beta, 1, 1.0, 0, api_name="/sample")) == (128, 128)
+        seen, *_ = client.predict(handle_file(str(EXAMPLE[0])), beta, 16, api_name="/reconstruct")
+        assert png_size(seen) == (256, 256)
+    deadline = time.monotonic() + 10
+    while "user error: seed must be" not in app[1] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    log = app[1].text()
+    assert "user error: seed must be in [0, 2**63), got -5" in log
+    assert "Traceback" not in log, log[-3000:]
+
+
+def test_concurrent_identical_calls_all_succeed(client):
+    """Issue 13: 2 of 60 identical concurrent calls failed with "peer closed connection" (h11: less data
+    than Content-Length): Gradio rewrote the content-addressed PNG another request was serving."""
+    jobs = [client.submit(1.0, 4, 1.0, 7, api_name="/sample") for _ in range(40)]
+    jobs += [client.submit(handle_file(str(EXAMPLE[1])), 1.0, 16, api_name="/reconstruct") for _ in range(20)]
+    sizes = {
+        png_size(job.result(timeout=300) if i < 40 else job.result(timeout=300)[1])
+        for i, job in enumerate(jobs)
+    }
+    assert sizes == {(2 * 128 + 4, 2 * 128 + 4), (256, 256)}
 
 
 def test_reconstruct_a_bad_upload_then_a_good_one(client, tmp_path):

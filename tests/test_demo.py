@@ -71,9 +71,33 @@ def ladder(ladder_dir) -> inf.Ladder:
     return inf.resolve_ladder(checkpoint=ladder_dir)
 
 
+def opened(value):
+    """A handler's PNG output (a file path, see ui.png_file) as the PIL image it holds."""
+    if isinstance(value, str) and value.endswith(".png") and Path(value).parent == ui.PNG_DIR:
+        with Image.open(value) as img:
+            return img.copy()
+    return value
+
+
+class OpenedHandlers:
+    """The handlers with their PNG file outputs opened, so tests compare pixels."""
+
+    def __init__(self, handlers: ui.Handlers):
+        self._handlers = handlers
+
+    def __getattr__(self, name):
+        fn = getattr(self._handlers, name)
+
+        def call(*args, **kwargs):
+            out = fn(*args, **kwargs)
+            return tuple(opened(v) for v in out) if isinstance(out, tuple) else opened(out)
+
+        return call
+
+
 @pytest.fixture(scope="module")
-def handlers(ladder) -> ui.Handlers:
-    return ui.make_handlers(ladder)
+def handlers(ladder) -> OpenedHandlers:
+    return OpenedHandlers(ui.make_handlers(ladder))
 
 
 def png_bytes(img: Image.Image) -> bytes:
@@ -355,10 +379,19 @@ def test_handlers_turn_bad_uploads_into_gr_error(handlers, tmp_path):
 
 
 def test_the_card_follows_beta_and_the_slider_snaps(handlers, ladder):
-    assert handlers.snap(3.0) == 4.0 and handlers.snap(1.2) == 1.0
-    assert handlers.snap(4.0) == gr.skip()
-    card = handlers.card(3.5)
-    assert "β = 4" in card and "dSprites" in card and "10 steps" in card
+    # While the slider moves (dragged or typed; raw values, Gradio's range check is off for this event):
+    # the tabs' β, the card and the plane follow the nearest trained β.
+    assert handlers.follow_beta(3.0)[0] == 4.0 and handlers.follow_beta(1.2)[0] == 1.0
+    assert handlers.follow_beta("3")[0] == 4.0
+    beta, card, _ = handlers.follow_beta(3.5)
+    assert beta == 4.0 and "β = 4" in card and "dSprites" in card and "10 steps" in card
+    # Out of range or not a number: a clear warning, the nearest end of the ladder, never an error.
+    for typed, expected in ((100, 4.0), (-7, 1.0), ("abc", 1.0), (float("nan"), 1.0)):
+        with pytest.warns(UserWarning, match="β"):
+            assert handlers.follow_beta(typed)[0] == expected
+    # Let go (end of a drag, or the number box left): the slider itself moves onto the trained β.
+    assert handlers.snap(3.0) == 4.0 and handlers.snap(1.2) == 1.0 and handlers.snap(100) == 4.0
+    assert handlers.snap(4.0) == gr.skip() and handlers.snap("abc") == 1.0
 
 
 def test_non_dsprites_ladders_use_model_samples_as_examples(tmp_path):
@@ -391,3 +424,90 @@ def test_a_model_without_beta_metadata_is_flagged(tmp_path):
     VAE(VAEConfig.preset("dsprites")).save_pretrained(tmp_path / "bare", metadata={})
     lad = inf.resolve_ladder(checkpoint=tmp_path / "bare")
     assert lad.betas == [1.0] and any("no β" in n for n in lad.notices)
+
+
+# ---- the Posterior tab ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def ladder_2d(tmp_path_factory) -> inf.Ladder:
+    """A 2-latent digits-sized MLP (untrained, q given a definite shape) with its own example images."""
+    folder = tmp_path_factory.mktemp("two") / "run"
+    torch.manual_seed(0)
+    model = VAE(VAEConfig.preset("mlp", latent_dim=2))
+    model.save_pretrained(folder, metadata={"beta": 1.0, "dataset": "folder", "steps": 10})
+    (folder / "examples").mkdir()
+    for i in range(2):
+        pixels = (np.random.default_rng(i).random((28, 28)) > 0.7).astype(np.uint8) * 255
+        Image.fromarray(pixels, "L").save(folder / "examples" / f"digit-{i}.png")
+    return inf.resolve_ladder(checkpoint=folder)
+
+
+def test_the_posterior_tab_explores_a_two_latent_model(ladder_2d):
+    models, why_not = inf.posterior_ladder(ladder_2d)
+    assert models is ladder_2d and why_not == ""
+    examples, label = ui.example_paths(models)
+    assert [Path(p).name for p in examples] == ["digit-0.png", "digit-1.png"] and "held-out" in label
+    h = OpenedHandlers(ui.make_handlers(ladder_2d, models, why_not))
+    seen, latent, figure, identity, bounds, caption, numbers = h.posterior(examples[0], 1.0)
+    assert seen.size == (112, 112) and latent.size == (2 * 15 * 28,) * 2
+    assert hasattr(figure, "savefig") and hasattr(bounds, "savefig")  # matplotlib figures for gr.Plot
+    assert abs(numbers["identity_residual"]) < 1e-3 and numbers["kl_to_posterior"] > 0
+    assert "log p(x) = ELBO + KL[q(z|x) ‖ p(z|x)]" in identity and "Jensen" in caption
+    # IW bounds climb towards log p(x) from below, within Monte Carlo error.
+    iw = numbers["iw_bounds"]
+    assert [b["K"] for b in iw] == list(inf.IW_KS)
+    for lo, hi in zip(iw, iw[1:], strict=False):
+        assert hi["bound"] >= lo["bound"] - 3 * math.hypot(lo["sem"] or 0, hi["sem"] or 0)
+    assert all(b["bound"] <= numbers["log_px"] + 3 * (b["sem"] or 0) + 1e-3 for b in iw)
+    assert iw[0]["bound"] == pytest.approx(numbers["elbo"], abs=4 * iw[0]["sem"] + 1e-3)  # K = 1: the ELBO
+
+
+def test_clicking_the_latent_map_decodes_the_code_under_the_pointer(ladder_2d):
+    h = ui.make_handlers(ladder_2d, ladder_2d, "")
+    rung = ladder_2d.rungs[0]
+    side = 15 * 28 * ui.MAP_SCALE
+    tile = side // 15
+    # A click in the tile of row 2, column 11: the code exactly under the pointer (pixel centres map
+    # linearly onto [−3, 3]², z₂ growing upwards) ...
+    px, py = 11 * tile + tile // 2, 2 * tile + tile // 2
+    event = gr.SelectData(None, {"index": [px, py], "value": None})
+    decoded, caption = h.decode_click(1.0, event)
+    z = torch.tensor([[-3 + (px + 0.5) / side * 6, 3 - (py + 0.5) / side * 6]])
+    with torch.no_grad():
+        expected = rung.model.output_to_image(rung.model.decode(z))[0]
+        centre = torch.tensor([[-3 + 11.5 * 6 / 15, 3 - 2.5 * 6 / 15]])
+        tile_image = rung.model.output_to_image(rung.model.decode(centre))[0]
+    assert np.array_equal(np.asarray(opened(decoded)), np.asarray(im.to_pil(expected)))
+    # ... and the map shows, in that tile, the code at the tile's centre.
+    torch.testing.assert_close(inf.latent_map(rung)[2 * 28 : 3 * 28, 11 * 28 : 12 * 28], tile_image[0])
+    assert "z = (+1.60, +2.00)" in caption
+    assert inf.map_pixel_to_z(0, 0, side, side)[0] == pytest.approx(-3 + 3 / side)
+
+
+def test_the_posterior_tab_says_why_it_is_off_for_other_latent_sizes(ladder, tmp_path):
+    models, why_not = inf.posterior_ladder(ladder)  # a 10-latent checkpoint ladder
+    assert models is None and "2 latent dimensions; this one has 10" in why_not
+    h = ui.make_handlers(ladder, models, why_not)
+    with pytest.raises(gr.Error, match="2 latent dimensions"):
+        h.posterior(str(EXAMPLE[0]))
+    # The bundled 10-latent dSprites ladder falls back to the bundled 2-latent model instead.
+    bundled = inf.load_ladder(inf.BUNDLED_DIR, "bundled")
+    two = tmp_path / "two"
+    VAE(VAEConfig.preset("mlp", latent_dim=2)).save_pretrained(two, metadata={"beta": 1.0})
+    models, why_not = inf.posterior_ladder(bundled, two)
+    assert models is not None and models.config.latent_dim == 2 and why_not == ""
+
+
+def test_rate_distortion_plane_marks_the_rung_and_the_image(handlers, ladder):
+    assert inf.rate_distortion_points(ladder) == []  # the test ladder has no held-out numbers
+    bundled = inf.load_ladder(inf.BUNDLED_DIR, "bundled")
+    points = inf.rate_distortion_points(bundled)
+    assert [p[0] for p in points] == bundled.betas
+    for (_, rate, dist), rung in zip(points, bundled.rungs, strict=True):
+        assert (rate, dist) == (rung.evaluation["kl"], rung.evaluation["recon_nll"])  # held-out (test)
+    h = ui.make_handlers(bundled)
+    figure = h.rate_distortion(4.0, {"beta": 4.0, "kl": 12.0, "recon_nll": 70.0})
+    ax = figure.axes[0]
+    assert any(list(line.get_xdata()) == [12.0] and list(line.get_ydata()) == [70.0] for line in ax.lines)
+    # Lines of equal ELBO: slope −1 (D + R = const).
+    dashed = [ln for ln in ax.lines if ln.get_linestyle() == "--"]
+    assert dashed and all(np.allclose(np.diff(ln.get_ydata()), -np.diff(ln.get_xdata())) for ln in dashed)

@@ -187,7 +187,7 @@ def test_clear_errors(tmp_path, capsys, dsprites_model):
         assert bad[0] in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("kind", ["a folder", "under a file"])
+@pytest.mark.parametrize("kind", ["a folder", "under a file", "read-only"])
 def test_a_bad_output_path_fails_before_any_metric_is_computed(
     dsprites_model, tmp_path, capsys, monkeypatch, kind
 ):
@@ -197,7 +197,12 @@ def test_a_bad_output_path_fails_before_any_metric_is_computed(
     monkeypatch.setattr("vae_triton.metrics.likelihood_metrics", no_work)
     a_file = tmp_path / "notes.txt"
     a_file.write_text("mine\n")
-    output = {"a folder": tmp_path, "under a file": a_file / "eval.json"}[kind]
+    if os.geteuid() == 0:  # root writes through permission bits; sysfs refuses new files to everyone
+        read_only = Path("/sys/vae-triton-eval.json")
+    else:
+        (tmp_path / "locked").mkdir(mode=0o555)
+        read_only = tmp_path / "locked" / "eval.json"
+    output = {"a folder": tmp_path, "under a file": a_file / "eval.json", "read-only": read_only}[kind]
     code, out, err = run_cli(capsys, "--checkpoint", dsprites_model, "--output", output)
     assert code == 2 and "--output" in err and str(output) in err and "Traceback" not in err, err
     assert a_file.read_text() == "mine\n"

@@ -2,11 +2,18 @@
 
 import json
 import os
+import signal
 import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
-from vae_triton.io import atomic_path, write_json_atomic, write_text_atomic
+from vae_triton.io import STALE_AFTER_S, atomic_path, remove_stale_temps, write_json_atomic, write_text_atomic
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _names(folder):
@@ -76,3 +83,52 @@ def test_write_json_atomic_passes_json_options_and_ends_with_a_newline(tmp_path)
         write_json_atomic(target, {"x": object()})
     assert json.loads(target.read_text()) == json.loads(text)
     assert _names(tmp_path) == ["report.json"]
+
+
+# ---- leftovers of a writer killed mid-write --------------------------------------------------------
+def _killed_writer(tmp_path, target) -> str:
+    """Run a process that starts an atomic write of `target` and dies by SIGKILL inside the block; return
+    the temp file it left."""
+    code = (
+        "import os, signal, sys\n"
+        "from vae_triton.io import atomic_path\n"
+        f"with atomic_path({str(target)!r}) as tmp:\n"
+        "    open(tmp, 'wb').write(b'half')\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, timeout=60)
+    assert r.returncode == -signal.SIGKILL
+    (left,) = [p.name for p in target.parent.iterdir() if p.name.endswith(".tmp")]
+    return left
+
+
+def test_stale_temps_of_a_killed_writer_are_removed_and_live_ones_kept(tmp_path):
+    left = _killed_writer(tmp_path, tmp_path / "cache.npy")
+    assert left.startswith(".cache.npy.")
+    with atomic_path(tmp_path / "live.json") as live:  # this process is alive: its temp stays
+        old_untagged = tmp_path / ".old-version.npy.x1y2z3.tmp"  # another version's, untouched for a day
+        old_untagged.write_bytes(b"old")
+        os.utime(old_untagged, (time.time() - 2 * STALE_AFTER_S,) * 2)
+        fresh_untagged = tmp_path / ".fresh.npy.a1b2c3.tmp"  # could be another version's live write
+        fresh_untagged.write_bytes(b"new")
+        (tmp_path / "keep.tmp").write_bytes(b"not a hidden temp of ours")
+        removed = remove_stale_temps(tmp_path)
+        assert sorted(p.name for p in removed) == sorted([left, old_untagged.name])
+        assert os.path.exists(live) and fresh_untagged.exists() and (tmp_path / "keep.tmp").exists()
+    assert remove_stale_temps(tmp_path / "missing") == []
+
+
+def test_a_killed_checkpoint_write_is_cleaned_at_the_next_start(tmp_path):
+    import torch
+
+    from train.checkpoint import load_checkpoint, save_checkpoint
+
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ckpt = save_checkpoint(tmp_path, model, opt, 1, {"seed": 0})
+    left = _killed_writer(tmp_path, ckpt / "step-00000002.safetensors")
+    load_checkpoint(tmp_path)  # --resume
+    assert left not in _names(ckpt)
+    left = _killed_writer(tmp_path, ckpt / "step-00000002.state.pt")
+    save_checkpoint(tmp_path, model, opt, 2, {"seed": 0})  # a fresh run into the same folder
+    assert left not in _names(ckpt) and not [n for n in _names(ckpt) if n.endswith(".tmp")]

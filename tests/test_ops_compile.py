@@ -90,20 +90,20 @@ def test_opcheck_every_custom_op():
     seed = torch.tensor([11])
     mean = torch.rand(2, 3, 4, 5, requires_grad=True)
     x = torch.rand(2, 3, 4, 5, requires_grad=True)
-    grad_sums, grad_nll = torch.randn(2, 3), torch.randn(2)
+    ls, grad_nll = (0.3 * torch.randn(3)).requires_grad_(), torch.randn(2)
+    images = (mean.detach(), x.detach())
     vt = torch.ops.vae_triton
     cases = [
         (vt.reparameterize_kl, (mu, logvar, seed, None, -30.0, 20.0)),
         (vt.reparameterize_kl, (mu, logvar, None, torch.randn(3, 5), -1.0, 1.0)),
         (vt.reparameterize_kl_backward,
          (torch.randn(3, 5), torch.randn(3), mu.detach(), logvar.detach(), seed, None, -30.0, 20.0)),
-        (vt.squared_error_sums, (mean, x, 3, False)),
-        (vt.squared_error_sums, (mean.contiguous(memory_format=torch.channels_last), x, 1, True)),
-        (vt.squared_error_sums_backward, (grad_sums, mean.detach(), x.detach(), True, True, False)),
-        (vt.squared_error_sums_backward, (grad_sums, mean.detach(), x.detach(), True, False, True)),
-        (vt.gaussian_nll_fixed, (mean, x, -0.7, False)),
-        (vt.gaussian_nll_fixed, (mean.contiguous(memory_format=torch.channels_last), x, 0.3, True)),
-        (vt.gaussian_nll_fixed_backward, (grad_nll, mean.detach(), x.detach(), 0.3, True, True, True)),
+        (vt.gaussian_nll, (mean, x, ls, 0.0, False)),
+        (vt.gaussian_nll, (mean, x, ls[:1].reshape(()), 0.0, True)),
+        (vt.gaussian_nll, (mean.contiguous(memory_format=torch.channels_last), x, None, -0.7, True)),
+        (vt.gaussian_nll, (mean, x, None, 0.3, False)),
+        (vt.gaussian_nll_backward, (grad_nll, *images, ls.detach(), 0.0, True, True, True, True)),
+        (vt.gaussian_nll_backward, (grad_nll, *images, None, 0.3, True, False, False, False)),
         (vt.bernoulli_nll, (mean, x)),
         (vt.bernoulli_nll_backward, (grad_nll, mean.detach(), x.detach(), True, False)),
     ]  # fmt: skip

@@ -91,6 +91,7 @@ def test_strided_and_channels_last_layouts(sigma):
         (mean_chunk.contiguous(memory_format=cl), x_chunk),
         (mean_chunk.transpose(2, 3).contiguous().transpose(2, 3), x_chunk.contiguous()),
     ]  # fmt: skip
+    layouts.append((mean_chunk.contiguous(memory_format=cl), x_chunk.clone().requires_grad_()))  # ∂x scratch
     for mean, x in layouts:
         mean = mean.detach().requires_grad_()
         check(mean, x, log_sigma)

@@ -1,7 +1,8 @@
 """The fused ops on a CUDA GPU at training sizes (`pytest -m gpu`; skipped without CUDA).
 
 The same checks as the CPU interpreter tests — against torch.distributions / BCE-with-logits in float64 —
-plus > 2³¹-element tensors (int64 offsets), torch.compile with inductor and CUDA graphs, and opcheck.
+plus > 2³¹-element tensors (int64 offsets), torch.compile with inductor and CUDA graphs, opcheck, the light
+eager path (autograd.Function) against the custom ops bit for bit, and the light path inside a CUDA graph.
 """
 
 import math
@@ -77,27 +78,93 @@ def test_noise_statistics_determinism_and_regeneration():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("sigma", ["fixed", "scalar", "channel"])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_gaussian_nll_training_size(dtype, sigma, channels_last):
+@pytest.mark.parametrize("entry", ["mean", "logits"])
+def test_gaussian_nll_training_size(dtype, sigma, channels_last, entry):
+    """gaussian_nll(mean, …), and gaussian_nll_logits(logits, …) with saturated logits among them."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    mean = torch.rand(256, 3, 64, 64, device=DEV).to(dtype).contiguous(memory_format=fmt).requires_grad_()
+    if entry == "mean":
+        images = torch.rand(256, 3, 64, 64, device=DEV)
+    else:
+        images = 3 * torch.randn(256, 3, 64, 64, device=DEV)
+        images[:, :, 0, :4] = torch.tensor([40.0, -40.0, 1e4, -1e4], device=DEV)
+    images = images.to(dtype).contiguous(memory_format=fmt).requires_grad_()
     x = torch.rand(256, 3, 64, 64, device=DEV).to(dtype)
     ls = {
         "fixed": -1.5,
         "scalar": torch.tensor(-1.0, device=DEV),
         "channel": torch.tensor([-1.0, -2.0, 0.5], device=DEV),
     }[sigma]
-    leaves = [mean] + ([ls.requires_grad_()] if isinstance(ls, torch.Tensor) else [])
+    leaves = [images] + ([ls.requires_grad_()] if isinstance(ls, torch.Tensor) else [])
     w = torch.randn(256, device=DEV)
-    nll = ops.gaussian_nll(mean, x, ls)
+    nll = (ops.gaussian_nll if entry == "mean" else ops.gaussian_nll_logits)(images, x, ls)
     g = _grads(nll, leaves, w)
     leaves64 = [t.detach().double().requires_grad_() for t in leaves]
     ls64 = leaves64[1] if len(leaves64) > 1 else ls
-    ref = _gauss_oracle(leaves64[0], x.double(), ls64)
+    mean64 = leaves64[0] if entry == "mean" else torch.sigmoid(leaves64[0])
+    ref = _gauss_oracle(mean64, x.double(), ls64)
     g64 = _grads(ref, leaves64, w)
     torch.testing.assert_close(nll.double(), ref.detach(), rtol=1e-5, atol=1e-2)
-    assert g[0].stride() == mean.stride()
+    assert g[0].stride() == images.stride()
     for a, b in zip(g, g64, strict=True):
         torch.testing.assert_close(a.double(), b, rtol=TOL[dtype], atol=TOL[dtype] * b.abs().max().item())
+
+
+def _every_op(params, images, x, log_sigma, seed):
+    mu, logvar = params.chunk(2, dim=1)
+    z, kl = ops.reparameterize_kl(mu, logvar, seed=seed)
+    terms = [
+        kl, ops.gaussian_nll(torch.sigmoid(images), x, -1.0),
+        ops.gaussian_nll(torch.sigmoid(images), x, log_sigma),
+        ops.gaussian_nll_logits(images, x, 0.3), ops.gaussian_nll_logits(images, x, log_sigma),
+        ops.gaussian_nll_logits(images, x, log_sigma[:1]), ops.bernoulli_nll(images, x),
+    ]  # fmt: skip
+    return torch.stack(terms).sum(0).mean(), z
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_light_eager_path_equals_custom_ops_bitwise(monkeypatch, dtype):
+    params = torch.randn(512, 256, device=DEV).to(dtype)
+    images = (2 * torch.randn(512, 3, 64, 64, device=DEV)).to(dtype)
+    images = images.contiguous(memory_format=torch.channels_last)
+    x = torch.rand(512, 3, 64, 64, device=DEV).to(dtype)
+    log_sigma, seed = torch.tensor([-1.0, 0.2, -0.5], device=DEV), torch.tensor([7], device=DEV)
+    results = []
+    for light in (True, False):
+        monkeypatch.setattr(ops, "LIGHT_EAGER", light)
+        leaves = [t.clone().requires_grad_() for t in (params, images, x, log_sigma)]
+        loss, z = _every_op(*leaves, seed)
+        results.append((loss, z, *torch.autograd.grad(loss + z.float().square().mean(), leaves)))
+    for a, b in zip(*results, strict=True):
+        assert a.stride() == b.stride() and torch.equal(a, b)
+
+
+def test_light_eager_path_in_a_cuda_graph():
+    """The whole fused loss, forward and backward, captured in one CUDA graph: replays match eager."""
+    params = torch.randn(256, 256, device=DEV, requires_grad=True)
+    images = torch.randn(256, 3, 32, 32, device=DEV, requires_grad=True)
+    x = torch.rand(256, 3, 32, 32, device=DEV)
+    log_sigma = torch.tensor([-1.0, 0.2, -0.5], device=DEV, requires_grad=True)
+    seed = torch.tensor([11], device=DEV)
+    leaves = (params, images, log_sigma)
+
+    def step():
+        loss, z = _every_op(params, images, x, log_sigma, seed)
+        return (loss, z, *torch.autograd.grad(loss + z.square().mean(), leaves))
+
+    eager = [t.clone() for t in step()]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step()
+    for _ in range(2):
+        graph.replay()
+        torch.cuda.synchronize()
+        for a, b in zip(eager, captured, strict=True):
+            assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -118,8 +185,10 @@ def test_bernoulli_nll_training_size(dtype):
 def _elbo(params, x, log_sigma, seed):
     mu, logvar = params.chunk(2, dim=1)
     z, kl = ops.reparameterize_kl(mu, logvar, seed=seed)
-    mean = torch.sigmoid(z[:, :3, None, None] + x)
-    return (ops.gaussian_nll(mean, x, log_sigma) + ops.bernoulli_nll(x - mean, x) + kl).mean()
+    logits = z[:, :3, None, None] + x
+    mean = torch.sigmoid(logits)
+    fused = ops.gaussian_nll_logits(logits, x, log_sigma) + ops.gaussian_nll_logits(logits, x, -0.5)
+    return (ops.gaussian_nll(mean, x, log_sigma) + fused + ops.bernoulli_nll(x - mean, x) + kl).mean()
 
 
 @pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
@@ -148,8 +217,13 @@ def test_opcheck_on_cuda():
     torch.library.opcheck(
         torch.ops.vae_triton.reparameterize_kl, (mu, mu.detach() * 0.1, seed, None, -30.0, 20.0)
     )
-    torch.library.opcheck(torch.ops.vae_triton.squared_error_sums, (mean, x, 3))
-    torch.library.opcheck(torch.ops.vae_triton.bernoulli_nll, (mean, x))
+    vt = torch.ops.vae_triton
+    ls = torch.tensor([0.1, -0.3, 0.2], device=DEV, requires_grad=True)
+    torch.library.opcheck(vt.gaussian_nll, (mean, x, ls, 0.0, False))
+    torch.library.opcheck(vt.gaussian_nll, (mean, x, None, -0.5, True))
+    mean_cl = mean.contiguous(memory_format=torch.channels_last)
+    torch.library.opcheck(vt.gaussian_nll, (mean_cl, x, ls[:1].reshape(()), 0.0, True))
+    torch.library.opcheck(vt.bernoulli_nll, (mean, x))
 
 
 @pytest.mark.slow
@@ -175,3 +249,5 @@ def test_more_than_2_to_the_31_elements():
     const = 3 * 128 * 128 * 0.5 * math.log(2 * math.pi)
     assert nll[-1].item() == pytest.approx(0.5 * 3 * 128 * 128 + const, rel=1e-5)
     assert nll[0].item() == pytest.approx(const, rel=1e-5)
+    nll = ops.gaussian_nll_logits(mean, x, 0.0)  # sigmoid(0) = ½ everywhere: (x − ½)² = ¼
+    assert nll[-1].item() == nll[0].item() == pytest.approx(0.5 * 0.25 * 3 * 128 * 128 + const, rel=1e-5)

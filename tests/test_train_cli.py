@@ -139,7 +139,7 @@ def test_help_states_one_true_default_per_flag():
         if not action.option_strings or action.dest == "help":
             continue
         helped = parser._get_formatter()._expand_help(action) if action.help else ""
-        assert helped.count("default") <= 1, (action.dest, helped)
+        assert helped.lower().count("default") <= 1, (action.dest, helped)
         shown = re.search(r"\(default: ([^)]*)\)", helped)
         value = getattr(defaults, action.dest, None)
         if shown and action.default is not None and not isinstance(action.default, bool):
@@ -148,6 +148,24 @@ def test_help_states_one_true_default_per_flag():
             assert shown and shown.group(1) == ("on" if value else "off"), (action.dest, helped)
     assert vars(parser.parse_args([])).keys() <= set(RunConfig().to_dict())
     assert parse_args([]) == RunConfig()  # the defaults the help shows are the ones a run uses
+
+
+def test_evaluate_help_states_each_default_once():
+    from train import evaluate
+
+    parser = evaluate.build_parser()
+    assert "(default: None)" not in parser.format_help()
+    parsed = vars(parser.parse_args(["--checkpoint", "x"]))
+    for action in parser._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        helped = parser._get_formatter()._expand_help(action) if action.help else ""
+        assert helped.lower().count("default") <= 1, (action.dest, helped)
+        shown = re.search(r"\(default: ([^)]*)\)", helped)
+        if shown and isinstance(parsed[action.dest], bool):
+            assert shown.group(1) == ("on" if parsed[action.dest] else "off"), (action.dest, helped)
+        elif shown and isinstance(parsed[action.dest], int | float | str):
+            assert shown.group(1) == str(parsed[action.dest]), (action.dest, helped)
 
 
 # ---- --resume with changed flags ---------------------------------------------------------------
@@ -259,6 +277,15 @@ def _scripted_steps(monkeypatch, bad_at):
         return step
 
     monkeypatch.setattr(loop, "make_train_step", make)
+
+
+def test_lr_10_stops_and_claims_no_checkpoint_that_does_not_exist(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = [*SPRITES, "--preset", "dsprites", "--steps", "40", "--lr", "10", "--max-bad-steps", "3"]
+    code, _, err = run(capsys, *args, "--log-every", "1", "--eval-images", "32", "--num-threads", "1",
+                       "--out", out, "--no-progress")  # fmt: skip
+    assert code == 3 and "No checkpoint was written" in err and "Traceback" not in err, err
+    assert not (out / "checkpoints").exists() and not (out / "model.safetensors").exists()
 
 
 def test_divergence_before_the_first_checkpoint_claims_no_checkpoint(tmp_path, capsys, monkeypatch):

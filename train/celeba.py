@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from .imagecache import (
+    SPLIT_ALIASES,
     DataUnavailableError,
     DecodeSpec,
     ImageDataset,
@@ -45,7 +46,6 @@ SOURCES = {
     "flwrlabs/celeba": ("img_align+identity+attr", ("train", "valid", "test"), "11.7 GB"),
     "nielsr/CelebA-faces": ("data", ("train",), "1.4 GB"),
 }
-SPLIT_ALIASES = {"validation": "valid", "val": "valid"}
 DEFAULT_CROP = 148
 
 

@@ -41,6 +41,7 @@ RESUMABLE = frozenset(
 )
 # Not part of the recipe: how the run was started or shown, and where its cache lives.
 NOT_IN_RECIPE = frozenset({"resume", "progress", "quiet", "cache_dir", "push_to_hub"})
+PRESENTATION = frozenset({"progress", "quiet", "resume", "out"})
 ALWAYS_IN_RECIPE = ("dataset", "preset", "beta", "seed", "out")
 
 
@@ -87,7 +88,8 @@ def resume_config(cfg: RunConfig, saved: dict, given: set[str]) -> tuple[RunConf
     flag that differs from the checkpoint's run and would change the experiment.
     """
     now = cfg.to_dict()
-    merged = {**now, **{k: v for k, v in saved.items() if k in now}}
+    # How this invocation shows itself is always its own business, given or not.
+    merged = {**now, **{k: v for k, v in saved.items() if k in now and k not in PRESENTATION}}
     changed, refused = [], []
     for name in sorted(given):
         if name not in now or name == "resume" or merged.get(name) == now[name]:

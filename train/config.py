@@ -10,12 +10,12 @@ from pathlib import Path
 from vae_triton.io import write_json_atomic
 from vae_triton.model import PRESETS, VAEConfig
 
+from .imagecache import BINARIZE_CHOICES, CHANNEL_CHOICES
+
 DATASET_CHOICES = ("dsprites", "celeba", "folder")
 DEFAULT_STEPS = 10_000
 DEFAULT_PRESET = {"dsprites": "dsprites", "celeba": "celeba64", "folder": "celeba64"}
 FLIP_BY_DEFAULT = ("celeba",)
-CHANNEL_CHOICES = ("auto", "1", "3")
-BINARIZE_CHOICES = ("none", "threshold", "stochastic")
 LIKELIHOOD_CHOICES = ("gaussian", "bernoulli")
 # Grey images up to this side get the `mlp` preset by default (MNIST-like data); larger or colour
 # images get the dataset's conv preset.
@@ -36,6 +36,18 @@ def default_preset(dataset: str, image_shape: tuple[int, int, int]) -> str:
     if dataset != "dsprites" and c == 1 and max(h, w) <= MLP_MAX_SIZE:
         return "mlp"
     return DEFAULT_PRESET[dataset]
+# A CPU step is compute-bound at 64 already; a GPU needs a bigger batch to stay busy (the CUDA-graph step
+# at 256 is where the H200 measurements in DESIGN §8 were taken).
+DEFAULT_BATCH_SIZE = {"cpu": 64, "cuda": 256}
+
+
+def default_batch_size(device: str) -> int:
+    """The batch size a run on `device` ("auto", "cpu", "cuda", "cuda:1", ...) gets when none is given."""
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return DEFAULT_BATCH_SIZE.get(device.split(":")[0], DEFAULT_BATCH_SIZE["cpu"])
 
 
 @dataclass
@@ -49,7 +61,7 @@ class RunConfig:
     out: str = "runs/dsprites"
     steps: int | None = None
     epochs: float | None = None
-    batch_size: int = 64
+    batch_size: int | None = None  # None: default_batch_size(device), resolved on construction
     lr: float = 1e-3
     weight_decay: float = 0.0
     lr_schedule: str = "constant"
@@ -57,7 +69,7 @@ class RunConfig:
     kl_warmup_steps: int | None = None
     free_bits: float = 0.0
     latent_dim: int | None = None
-    resolution: int = 64
+    resolution: int | None = None
     channels: str = "auto"
     binarize: str = "none"
     test_fraction: float | None = None
@@ -67,6 +79,7 @@ class RunConfig:
     device: str = "auto"
     precision: str = "auto"
     compile: bool = False
+    cuda_graph: bool = True  # capture the training step in a CUDA graph (CUDA only; see train/step.py)
     channels_last: bool = True
     grad_clip: float = 200.0
     max_bad_steps: int = 20
@@ -89,9 +102,14 @@ class RunConfig:
     def __post_init__(self):
         if self.preset is None and self.dataset != "folder":
             self.preset = DEFAULT_PRESET[self.dataset]
+        if self.resolution is None and self.dataset != "folder":
+            self.resolution = 64
+        # folder: the resolution follows the images (their own size), set once the data is loaded.
         # folder: the preset follows the images' shape (`default_preset`), set once the data is loaded.
         if self.steps is None and self.epochs is None:
             self.steps = DEFAULT_STEPS
+        if self.batch_size is None:
+            self.batch_size = default_batch_size(self.device)
         if self.hflip is None:
             # Faces are left-right symmetric; elsewhere a flip can change what an image is (a mirrored
             # digit, dSprites' labelled posX), so flips are on for face data only.
@@ -154,6 +172,8 @@ class RunConfig:
             bad("channels", self.channels, f"use one of {', '.join(CHANNEL_CHOICES)}")
         if self.binarize not in BINARIZE_CHOICES:
             bad("binarize", self.binarize, f"use one of {', '.join(BINARIZE_CHOICES)}")
+        if self.dataset == "dsprites" and self.channels == "3":
+            bad("channels", self.channels, "dsprites images are grey: use --channels auto or 1")
         if self.test_fraction is not None:
             if self.dataset != "folder":
                 bad("test_fraction", self.test_fraction, "applies to --dataset folder only")
@@ -162,13 +182,26 @@ class RunConfig:
         self.check_resolution()
 
     def check_resolution(self) -> None:
-        """The preset must take --resolution; if not, name the flag and list the sizes that work."""
-        if self.resolution < 8:
+        """The preset (when already known: a folder's follows its data) must take --resolution."""
+        if self.resolution is not None and self.resolution < 8:
             raise ValueError(f"--resolution {self.resolution}: must be at least 8 px")
-        if self.preset is None:  # decided from the data's shape once it is loaded; checked again then
-            return
-        try:
+        if self.preset is not None and self.resolution is not None:
             self.model_config(1)
+
+    def model_config(self, image_channels: int) -> VAEConfig:
+        """The preset, with the image shape, latent size and likelihood this run asks for. A preset whose
+        size rule refuses --resolution raises a ValueError that names the flag and the sizes that work."""
+        if self.preset is None or self.resolution is None:
+            raise ValueError("the preset and resolution are decided from the data: set them first")
+        overrides = dict(image_channels=image_channels, image_size=self.resolution)
+        if self.latent_dim is not None:
+            overrides["latent_dim"] = self.latent_dim
+        if self.sigma is not None:
+            overrides["sigma"] = self.sigma
+        if self.likelihood is not None:
+            overrides["likelihood"] = self.likelihood
+        try:
+            return VAEConfig.preset(self.preset, **overrides)
         except ValueError as e:
             if "image_size" not in str(e):
                 raise
@@ -179,19 +212,6 @@ class RunConfig:
                 f"{self.resolution} images. Sizes that work: {shown}. Change --resolution, or pick another "
                 f"--preset"
             ) from None
-
-    def model_config(self, image_channels: int) -> VAEConfig:
-        """The preset, with the image shape, latent size and likelihood this run asks for."""
-        if self.preset is None:
-            raise ValueError("the preset is decided from the data: call default_preset() first")
-        overrides = dict(image_channels=image_channels, image_size=self.resolution)
-        if self.latent_dim is not None:
-            overrides["latent_dim"] = self.latent_dim
-        if self.sigma is not None:
-            overrides["sigma"] = self.sigma
-        if self.likelihood is not None:
-            overrides["likelihood"] = self.likelihood
-        return VAEConfig.preset(self.preset, **overrides)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -277,9 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--resolution",
         type=int,
-        default=d.resolution,
+        default=None,
         help="image side in pixels; images are resized only when their centered square crop is another "
-        "size. Conv presets need a multiple of 2^(number of stride-2 layers)",
+        "size. Conv presets need a multiple of 2^(number of stride-2 layers). Default: 64; for a "
+        "folder, the images' own size when they are square and at most 128 px",
     )
     g.add_argument(
         "--channels",
@@ -332,7 +353,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--epochs", type=float, default=None, help="passes over the split (alternative to --steps)"
     )
-    g.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch (split over processes)")
+    g.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help=f"global batch (split over processes); default {DEFAULT_BATCH_SIZE['cpu']} on CPU, "
+        f"{DEFAULT_BATCH_SIZE['cuda']} on CUDA",
+    )
     g.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
     g.add_argument(
@@ -381,8 +408,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.precision,
         help="auto: bf16 autocast on CUDA, fp32 on CPU",
     )
-    switch(g, "compile", d.compile, "torch.compile the model")
+    switch(g, "compile", d.compile, "torch.compile the model (the CUDA graph then captures it)")
     switch(g, "channels-last", d.channels_last, "NHWC memory format (faster convs on GPUs and on CPU)")
+    switch(
+        g,
+        "cuda-graph",
+        d.cuda_graph,
+        "CUDA: capture the whole training step (forward, backward, clipping, skip guard, AdamW) in one "
+        "CUDA graph and replay it; β and the learning rate stay scheduled. Ignored on CPU and with DDP",
+    )
     g.add_argument(
         "--num-threads",
         type=int,

@@ -1,9 +1,8 @@
 """What `python -m train` prints: a start block, log lines, notices and a final block.
 
 Everything a user reads goes through `Console`, so `--quiet` (warnings and errors only) and
-non-main DDP ranks (silent) are one decision. Progress bars are tqdm's; `bars_enabled()` is the one
-switch every bar reads (`tqdm(..., disable=not bars_enabled())`), so `--no-progress` and `--quiet`
-silence the cache-building bars too.
+non-main DDP ranks (silent) are one decision. Progress bars are tqdm's, switched by `progress=` down to
+the cache builders (`--no-progress` and `--quiet` silence them all).
 """
 
 from __future__ import annotations
@@ -12,17 +11,6 @@ import math
 import shlex
 import sys
 from pathlib import Path
-
-_BARS = {"enabled": True}
-
-
-def set_bars(enabled: bool) -> None:
-    """Turn every progress bar of this process on or off (`--no-progress`, `--quiet`)."""
-    _BARS["enabled"] = bool(enabled)
-
-
-def bars_enabled() -> bool:
-    return _BARS["enabled"]
 
 
 def human_bytes(n: float) -> str:
@@ -46,13 +34,15 @@ def human_seconds(s: float) -> str:
 
 def cache_summary(images, cache_dir: Path) -> str:
     """Where the dataset's uint8 cache lives and how big it is (or that there is no file behind it)."""
+    if hasattr(images, "render"):  # dSprites: train.dsprites.RenderedImages
+        return "none needed: each batch is rendered from its factors on the training device"
     filename = getattr(images, "filename", None)
     if filename:
         path = Path(filename)
         return f"{path} ({human_bytes(path.stat().st_size)})"
     files = [p for p in Path(cache_dir).rglob("*") if p.is_file()] if Path(cache_dir).is_dir() else []
     total = sum(p.stat().st_size for p in files)
-    return f"{cache_dir} ({human_bytes(total)} in {len(files)} files; this dataset is held in memory)"
+    return f"no cache file for this data (held in memory); {cache_dir} holds {human_bytes(total)}"
 
 
 class Console:
@@ -88,12 +78,18 @@ class Console:
             "python -m train",
             [
                 ("device", device),
-                ("data", f"{cfg.dataset}/{dataset.split}: {len(dataset):,} images of "
-                         f"{'×'.join(map(str, dataset.image_shape))}"),  # fmt: skip
-                ("model", f"{cfg.preset} preset, latent {c.latent_dim}, {c.likelihood} likelihood, "
-                          f"{model.num_parameters():,} parameters"),  # fmt: skip
+                (
+                    "data",
+                    f"{cfg.dataset}/{dataset.split}: {len(dataset):,} images of "
+                    f"{'×'.join(map(str, dataset.image_shape))}",
+                ),  # fmt: skip
+                (
+                    "model",
+                    f"{cfg.preset} preset, latent {c.latent_dim}, {c.likelihood} likelihood, "
+                    f"{model.num_parameters():,} parameters",
+                ),  # fmt: skip
                 ("batch", f"{cfg.batch_size}, β = {cfg.beta:g}, lr {cfg.lr:g}"),
-                ("steps", f"{steps} ({epochs:.2f} epochs)"),
+                ("steps", f"{steps} ({epochs:.3g} epochs)"),
                 ("output", str(Path(cfg.out).resolve())),
                 ("cache", cache),
             ],
@@ -109,12 +105,15 @@ class Console:
             f"{record['img_per_s']:,.0f} img/s  eta {eta}"
         )
 
-    def final_block(self, *, final: dict, out: Path, elapsed: float, reproduce: str) -> None:
+    def final_block(self, *, final: dict, out: Path, elapsed: float, reproduce: str, likelihood: str) -> None:
         out = Path(out)
         recon, kl = final["eval_recon"], final["eval_kl"]
         rows = [
-            ("held-out", f"{final['eval_images']} images of the {final['eval_split']} split, one "
-                         "posterior sample each, nats per image"),  # fmt: skip
+            (
+                "held-out",
+                f"{final['eval_images']} images of the {final['eval_split']} split, one "
+                "posterior sample each, nats per image",
+            ),  # fmt: skip
             ("recon NLL", f"{recon:.2f}"),
             ("KL", f"{kl:.2f}"),
             ("ELBO", f"{-(recon + kl):.2f}"),

@@ -9,8 +9,10 @@ the device.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,8 @@ import torch
 from vae_triton.io import remove_stale_temps
 
 from . import dsprites as _dsprites
+from .celeba import load_celeba
+from .folder import load_folder
 from .imagecache import (  # noqa: F401  (re-exported: the loaders' shared names)
     BINARIZE_CHOICES,
     CHANNEL_CHOICES,
@@ -43,7 +47,7 @@ def get_dataset(
     name: str,
     split: str = "train",
     data_dir: str | os.PathLike | None = None,
-    resolution: int = 64,
+    resolution: int | None = 64,
     cache_dir: str | os.PathLike | None = None,
     *,
     limit: int | None = None,
@@ -64,14 +68,17 @@ def get_dataset(
       unless `channels` is "1".
     - `folder`: every readable image under `data_dir` (recursively); splits from `train/`, `test/`,
       `valid/` subfolders or `test_fraction` (see `train.folder`); largest centered square (or `crop` px)
-      → resize unless already `resolution`. Unreadable files are skipped and counted.
+      → resize unless already `resolution` (None: the images' own size when square and ≤ 128 px, else
+      64). Unreadable files are skipped and counted.
     channels: "auto" (grey data stays grey), "1" or "3". binarize: "none", "threshold" or "stochastic"
     (see `ImageDataset`). `limit` keeps only the first N images of the split (quick runs, tests).
     Stale temp files of crashed cache writes in the cache folder are removed first.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}: use one of {DATASETS}")
-    if resolution < 8:
+    if resolution is None and name != "folder":
+        resolution = 64
+    if resolution is not None and resolution < 8:
         raise ValueError(f"resolution must be at least 8 px, got {resolution}")
     if str(channels) not in CHANNEL_CHOICES:
         raise ValueError(f"channels must be one of {CHANNEL_CHOICES}, got {channels!r}")
@@ -84,17 +91,18 @@ def get_dataset(
             raise ValueError(f"dsprites is defined at 64×64: use --resolution 64 (got {resolution})")
         if str(channels) == "3":
             raise ValueError("dsprites images are grey: use --channels auto or 1")
+        old = cache / OLD_DSPRITES_CACHE
+        if old.is_file():
+            size = f"{old.stat().st_size / 1e9:.1f} GB"
+            print(f"note: {old} ({size}) is an older version's dSprites cache; dSprites is now rendered on "
+                  "demand and never reads it: delete it to free the space", file=sys.stderr)  # fmt: skip
         ds = _dsprites_dataset(split, limit)
     elif name == "celeba":
-        from .celeba import load_celeba
-
         ds = load_celeba(
             split, data_dir, resolution, cache, crop=148 if crop is None else crop, source=source,
             channels=str(channels), progress=progress,
         )  # fmt: skip
     else:
-        from .folder import load_folder
-
         if data_dir is None:
             raise ValueError("the folder dataset needs --data-dir pointing at a directory of images")
         ds = load_folder(
@@ -114,7 +122,7 @@ def dataset_for_split(run_config: dict, split: str, *, limit: int | None = None,
     rc = run_config
     kwargs = dict(
         data_dir=rc.get("data_dir"),
-        resolution=rc.get("resolution", 64),
+        resolution=rc.get("resolution"),
         cache_dir=rc.get("cache_dir"),
         limit=limit,
         source=rc.get("celeba_source"),
@@ -129,15 +137,19 @@ def dataset_for_split(run_config: dict, split: str, *, limit: int | None = None,
 
 # ---- dSprites ---------------------------------------------------------------------------------
 DSPRITES_SPLITS = ("train", "test", "all")
+OLD_DSPRITES_CACHE = "dsprites-all-64px.npy"  # the 3.0 GB cache of versions before on-demand rendering
 _DSPRITES_TEST_FRACTION = 0.05
 _DSPRITES_SEED = 20170301  # fixes the shuffled order, and with it the train/test split
 
 
+@functools.cache
 def _dsprites_order() -> np.ndarray:
-    """The canonical factor grid in a fixed shuffled order: test split first, then train."""
+    """The canonical factor grid in a fixed shuffled order: test split first, then train (read-only)."""
     factors = _dsprites.all_factors()
     perm = np.random.default_rng(_DSPRITES_SEED).permutation(len(factors))
-    return factors[perm]
+    order = factors[perm]
+    order.flags.writeable = False  # shared between calls
+    return order
 
 
 def _dsprites_dataset(split: str, limit: int | None) -> ImageDataset:
@@ -212,7 +224,7 @@ class BatchSource:
             self._perm = torch.randperm(len(self.dataset), generator=g)
             self._flips = torch.rand(len(self.dataset), generator=g) < 0.5
             self._epoch = epoch
-            if self._resident is not None:  # one copy per epoch, then every batch is a device slice
+            if self._resident is not None or self._rendered:  # one copy per epoch, then device slices
                 self._perm_dev = self._perm.to(self.device)
                 self._flips_dev = self._flips.to(self.device)
         return self._perm, self._flips
@@ -224,16 +236,20 @@ class BatchSource:
         idx = perm[start : start + self.per_rank]
         return idx, flips[start : start + self.per_rank]
 
-    def batch(self, step: int) -> torch.Tensor:
-        """uint8 (B/world, C, H, W) on the device."""
+    def batch(self, step: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        """uint8 (B/world, C, H, W) on the device; gathered into `out` when given (a buffer of that shape,
+        such as the training step's static CUDA-graph input), and then `out` is returned."""
         idx, flip = self.indices(step)
+        start = (step % self.steps_per_epoch) * self.batch_size + self.rank * self.per_rank
+        rows = slice(start, start + self.per_rank)
         if self._rendered:
-            x = self.dataset.images.render(idx.sort().values, self.device)
-            flip = flip[idx.argsort()]
+            # Indices and coins from the epoch's copies on the device: no host→device copy (on a GPU, a
+            # stream sync) per step. Sorted rows, as the memmap path reads them.
+            order = self._perm_dev[rows].sort()
+            x = self.dataset.images.render(order.values, self.device)
+            flip = self._flips_dev[rows][order.indices]
         elif self._resident is not None:
-            start = (step % self.steps_per_epoch) * self.batch_size + self.rank * self.per_rank
-            rows = slice(start, start + self.per_rank)
-            x = self._resident.index_select(0, self._perm_dev[rows])
+            x = torch.index_select(self._resident, 0, self._perm_dev[rows], out=out)
             flip = self._flips_dev[rows]
         else:
             # Sorted reads are sequential on a memmap; the order inside a batch does not matter
@@ -250,7 +266,7 @@ class BatchSource:
             x = binarize(x, "stochastic", g)
         elif self.dataset.binarize == "threshold":
             x = binarize(x, "threshold")
-        return x
+        return x if out is None or x is out else out.copy_(x, non_blocking=True)
 
 
 def _stream_seed(seed: int, step: int, rank: int) -> int:

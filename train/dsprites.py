@@ -112,11 +112,13 @@ def _tables(device: torch.device) -> tuple[torch.Tensor, ...]:
     return _TABLES[device]
 
 
-def render_torch(factors: torch.Tensor) -> torch.Tensor:
+def render_torch(factors: torch.Tensor, *, group: bool | None = None) -> torch.Tensor:
     """`render` on factors' device: int64 (N, 5) factor indices → uint8 (N, 1, 64, 64), 0 or 255.
 
     Same images as `render`. Do not torch.compile it: fused multiply-adds would change the rounding.
-    Indices are not range-checked here (the caller draws them from the factor grid); see `render`."""
+    Indices are not range-checked here (the caller draws them from the factor grid); see `render`.
+    group: shade each image's own shape only (default on the CPU; on a GPU it would cost a host sync,
+    so there all three shapes are shaded and one is picked)."""
     f = torch.as_tensor(factors)
     if f.ndim != 2 or f.shape[1] != 5 or f.is_floating_point():
         raise ValueError(f"factors must be integer indices of shape (N, 5), got {f.dtype} {tuple(f.shape)}")
@@ -135,8 +137,8 @@ def render_torch(factors: torch.Tensor) -> torch.Tensor:
     u = (cos * dx - sin * dy) / radius
     v = (sin * dx + cos * dy) / -radius
     shape = f[:, 0]
-    if device.type == "cpu":  # shade each image's own shape only; on a GPU the grouping would sync
-        window = torch.empty(u.shape, dtype=torch.bool)
+    if device.type == "cpu" if group is None else group:
+        window = torch.empty(u.shape, dtype=torch.bool, device=device)
         for s, inside in enumerate(_INSIDE):
             sel = (shape == s).nonzero().squeeze(1)
             if len(sel):
@@ -178,7 +180,7 @@ class RenderedImages:
     dtype = np.dtype(np.uint8)
 
     def __init__(self, factors: np.ndarray):
-        self.factors = np.asarray(factors, dtype=np.int64)
+        self.factors = np.array(factors, dtype=np.int64)  # a private, writable copy (torch shares it)
         self._on: dict[torch.device, torch.Tensor] = {}
 
     @property

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from train.config import OneDefaultHelpFormatter, switch
 from train.paths import check_output_file
 from train.threads import set_num_threads
 from vae_triton.io import write_json_atomic
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m train.evaluate",
         description="Evaluate a saved VAE: ELBO, importance-weighted log-likelihood, gap, bits/dim, "
         "active units and MIG. All likelihoods are per-image sums in nats.",
+        formatter_class=OneDefaultHelpFormatter,
     )
     p.add_argument(
         "--checkpoint",
@@ -87,12 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], help="images per IW pass")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
-    p.add_argument(
-        "--channels-last",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="run the convolutions in NHWC layout (same numbers; ~1.8x faster decoding on CPU)",
-    )
+    switch(p, "channels-last", True, "NHWC layout for the convolutions (same numbers; ~1.8x faster on CPU)")
     p.add_argument("--seed", type=int, default=0, help="seeds the sampling noise (results are reproducible)")
     p.add_argument(
         "--num-threads",
@@ -108,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="where to write the JSON (default: DIR/eval.json; for a model bundled in demo/models, "
         "runs/evaluate/<its path>/eval.json, so the tracked file changes only when named here)",
     )
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bars")
+    switch(p, "progress", True, "progress bars (evaluation and cache building)")
     return p
 
 
@@ -184,7 +181,8 @@ def load_data(args: argparse.Namespace, model):
     data = {**(run if same_data else {}), "dataset": name}
     data.update({k: v for k, v in (("data_dir", args.data_dir), ("cache_dir", args.cache_dir)) if v})
     data.update(resolution=cfg.image_size, channels=str(cfg.image_channels))
-    ds = dataset_for_split(data, args.split, limit=max(args.num_images, args.latent_images))
+    limit = max(args.num_images, args.latent_images)
+    ds = dataset_for_split(data, args.split, limit=limit, progress=args.progress)  # --no-progress: no bars
     if tuple(ds.image_shape) != expected:
         raise ValueError(
             f"{name}/{args.split} images are {tuple(ds.image_shape)} but the model takes {expected}"
@@ -193,10 +191,8 @@ def load_data(args: argparse.Namespace, model):
 
 
 def evaluate(args: argparse.Namespace, argv: list[str]) -> dict:
-    from train.console import set_bars
     from vae_triton import metrics
 
-    set_bars(args.progress)  # --no-progress silences the cache-building bars too
     device = resolve_device(args.device)
     num_threads = set_num_threads(args.num_threads)
     torch.manual_seed(args.seed)
@@ -210,14 +206,14 @@ def evaluate(args: argparse.Namespace, argv: list[str]) -> dict:
     start = time.perf_counter()
     result = metrics.likelihood_metrics(
         model,
-        ds.images[:n],
+        ds.uint8(range(n)),  # as training saw them: binarized when the run binarized
         iw_samples=args.iw_samples,
         iw_chunk=args.iw_chunk,
         batch_size=args.batch_size,
         generator=generator,
         progress=args.progress,
     )
-    mu, logvar = metrics.encode_images(model, ds.images[:m], batch_size=256, progress=args.progress)
+    mu, logvar = metrics.encode_images(model, ds.uint8(range(m)), batch_size=256, progress=args.progress)
     factors = None if ds.factors is None else ds.factors[:m]
     result.update(
         metrics.latent_metrics(

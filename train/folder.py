@@ -9,7 +9,9 @@ Splits, in order:
   `train`. The same folder and F give the same split on every machine and every run.
 - otherwise the whole folder is `train` (and `all`); there is no test split.
 Each image goes through `vae_triton.images.decode` (the app's decoder): largest centered square (or `crop`
-px), resized to the resolution only when it differs, grey or RGB by `channels`. The cache key covers the
+px), resized to the resolution only when it differs, grey or RGB by `channels`. Resolution None means the
+data's own size: the most common image size (among up to 1,000 files spread over the sorted list, from
+their headers) when it is square and at most NATIVE_MAX px, else DEFAULT_RESOLUTION. The cache key covers the
 folder's path, every selected file's name, size and modification time, and the decoding settings, so
 adding or changing a file rebuilds it.
 """
@@ -22,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .imagecache import (
+    SPLIT_ALIASES,
     DataUnavailableError,
     DecodeSpec,
     ImageDataset,
@@ -32,13 +35,14 @@ from .imagecache import (
 )
 
 SPLIT_DIRS = {"train": ("train",), "test": ("test",), "valid": ("valid", "val", "validation")}
-SPLIT_ALIASES = {"validation": "valid", "val": "valid"}
 FOLDER_SPLITS = ("train", "valid", "test", "all")
+DEFAULT_RESOLUTION = 64
+NATIVE_MAX = 128  # larger square images are downscaled to DEFAULT_RESOLUTION unless --resolution says else
 
 
 def load_folder(
     data_dir,
-    resolution: int,
+    resolution: int | None,
     cache: Path,
     *,
     split: str = "train",
@@ -53,6 +57,9 @@ def load_folder(
         raise DataUnavailableError(f"--data-dir {root} is not a directory of images")
     split = SPLIT_ALIASES.get(split, split)
     files, rule = split_files(root, split, test_fraction, split_seed)
+    if resolution is None:
+        native = typical_size(files)
+        resolution = native if native is not None and native <= NATIVE_MAX else DEFAULT_RESOLUTION
     listing = [(str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
     spec = DecodeSpec(channels=channels, size=resolution, crop=crop)
     key = cache_key(str(root.resolve()), listing, spec.channels, spec.crop)
@@ -127,6 +134,31 @@ def split_files(root: Path, split: str, test_fraction: float | None, split_seed:
         f"folders. Add train/ and {split}/ subfolders, or pass --test-fraction 0.2 to hold out 20 % "
         f"of the files (fixed seed), or use --split all for every file"
     )
+
+
+def typical_size(files: list[Path], sample: int = 1000) -> int | None:
+    """The side of the most common image size among up to `sample` files (headers only), or None when
+    that size is not square or no file is readable."""
+    from collections import Counter
+
+    from PIL import Image
+
+    picks = (
+        files
+        if len(files) <= sample
+        else [files[i] for i in np.linspace(0, len(files) - 1, sample, dtype=int)]
+    )
+    sizes: Counter = Counter()
+    for f in picks:
+        try:
+            with Image.open(f) as img:
+                sizes[img.size] += 1
+        except Exception:  # not an image, or damaged: the decoder skips and counts it later
+            continue
+    if not sizes:
+        return None
+    (w, h), _ = sizes.most_common(1)[0]
+    return w if w == h else None
 
 
 def _split_dir(root: Path, split: str) -> Path | None:

@@ -24,6 +24,7 @@ from vae_triton.io import atomic_path, remove_stale_temps, temp_dir, write_json_
 
 CHANNEL_CHOICES = ("auto", "1", "3")
 BINARIZE_CHOICES = ("none", "threshold", "stochastic")
+SPLIT_ALIASES = {"validation": "valid", "val": "valid"}  # other names users give the validation split
 EVAL_BINARIZE_SEED = 0  # stochastic binarization of held-out images: one fixed draw, the same every time
 
 
@@ -79,16 +80,20 @@ class ImageDataset:
             self.binarize,
         )  # fmt: skip
 
-    def tensor(self, indices, device: str | torch.device = "cpu") -> torch.Tensor:
-        """Images at `indices` (in sorted order) as float in [0, 1] on `device`, binarized as configured."""
+    def uint8(self, indices, device: str | torch.device = "cpu") -> torch.Tensor:
+        """Images at `indices` (in sorted order) as presented to the model: uint8 (n, C, H, W) on `device`,
+        binarized as configured ("stochastic": one fixed draw for these indices, the same every call).
+        What evaluation should feed `vae_triton.metrics` (which accepts uint8 tensors)."""
         idx = np.sort(np.asarray(indices, dtype=np.int64))
         x = torch.from_numpy(np.ascontiguousarray(self.images[idx])).to(device)
         if self.binarize == "stochastic":
             g = torch.Generator(device=x.device).manual_seed(EVAL_BINARIZE_SEED)
-            x = binarize(x, "stochastic", g)
-        elif self.binarize == "threshold":
-            x = binarize(x, "threshold")
-        return x.float().div_(255.0)
+            return binarize(x, "stochastic", g)
+        return binarize(x, self.binarize)
+
+    def tensor(self, indices, device: str | torch.device = "cpu") -> torch.Tensor:
+        """`uint8(indices, device)` as float in [0, 1]."""
+        return self.uint8(indices, device).float().div_(255.0)
 
 
 def binarize(x: torch.Tensor, mode: str, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -1,25 +1,22 @@
 """The training loop behind `python -m train`.
 
-`make_train_step(model, optimizer, run_config)` is the default training path (also what
-bench/bench_train.py times): uint8 batch in, one AdamW step out, with bf16 autocast on CUDA,
-channels_last, optional torch.compile, gradient clipping, KL warm-up, free bits and a NaN/inf guard.
-`train(run_config)` wraps it with data, checkpoints, metrics, grids and the model card.
+`train.step.make_train_step(model, optimizer, run_config)` is the training step (also what
+bench/bench_train.py times): uint8 batch in, one AdamW step out, a CUDA graph on CUDA. `train(run_config)`
+wraps it with data, checkpoints, metrics, grids and the model card.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import statistics
 import sys
 import time
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from vae_triton.io import write_text_atomic
 from vae_triton.metrics import bits_per_dim
@@ -29,10 +26,19 @@ from . import distributed
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .command_line import explicit_fields, reproduce_command, resume_config
 from .config import RunConfig, default_kl_warmup_steps, default_preset
-from .console import Console, cache_summary, set_bars
+from .console import Console, cache_summary
 from .data import DEFAULT_CACHE, BatchSource, DataUnavailableError, ImageDataset, dataset_for_split
 from .paths import check_output_dir
 from .report import failure_card, interleave_rows, read_metrics, save_grid, write_model_card
+from .step import (  # noqa: F401 — StepResult, autocast_dtype, beta_at, lr_at: names train.loop always had
+    StepResult,
+    StepStats,
+    autocast_dtype,
+    beta_at,
+    lr_at,
+    make_optimizer,
+    make_train_step,
+)
 from .threads import set_num_threads
 
 EVAL_IMAGES = 512
@@ -41,108 +47,6 @@ GRID = 64
 
 class TrainingDiverged(RuntimeError):
     """Too many non-finite steps in a row; the last good checkpoint is kept."""
-
-
-@dataclass
-class StepResult:
-    """Device tensors, so a step never waits for the GPU: batch means in nats, and `ok` (False when the
-    loss or the gradient was non-finite and the update was skipped)."""
-
-    ok: torch.Tensor
-    loss: torch.Tensor
-    recon: torch.Tensor
-    kl: torch.Tensor
-    grad_norm: torch.Tensor
-    beta: float
-
-
-def beta_at(cfg: RunConfig, step: int) -> float:
-    """β ramps linearly from 0 to cfg.beta over the first kl_warmup_steps steps (step is 0-based)."""
-    if not cfg.kl_warmup_steps:  # 0, or None before the run resolves its default
-        return cfg.beta
-    return cfg.beta * min(1.0, (step + 1) / cfg.kl_warmup_steps)
-
-
-def lr_at(cfg: RunConfig, step: int, total_steps: int) -> float:
-    if cfg.lr_schedule == "cosine":
-        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
-    return cfg.lr
-
-
-def autocast_dtype(cfg: RunConfig, device: torch.device) -> torch.dtype | None:
-    precision = cfg.precision
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    return torch.bfloat16 if precision == "bf16" else None
-
-
-def make_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.AdamW:
-    """AdamW with the fused kernel (CUDA and CPU): one launch per step, and it can skip a non-finite
-    update on the device (`found_inf`) without a host sync."""
-    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
-
-
-def make_train_step(
-    model: VAE, optimizer: torch.optim.Optimizer, cfg: RunConfig, *, dist_info=None, total_steps=None
-):
-    """Build `step(batch_uint8, step_index) -> StepResult`: the default training path.
-
-    `batch_uint8`: (B, C, H, W) uint8 on the model's device (e.g. `train.data.BatchSource.batch(step)`);
-    `step_index` (0-based) sets the KL warm-up β and the learning rate. Each call: uint8 → [0, 1] float,
-    channels_last, bf16 autocast on CUDA (`cfg.precision`), forward (DDP / torch.compile when asked),
-    backward, gradient clipping, AdamW. A non-finite loss or gradient skips the update; with a fused
-    AdamW that decision stays on the device (no host sync per step).
-    """
-    device = next(model.parameters()).device
-    dist_info = dist_info or distributed.DistInfo(0, 1, 0, device)
-    total_steps = total_steps or cfg.steps or 1
-    net: torch.nn.Module = model
-    if dist_info.enabled:
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.compile:
-        net = torch.compile(net)
-    amp = autocast_dtype(cfg, device)
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    params = [p for p in model.parameters() if p.requires_grad]
-    on_device_skip = bool(optimizer.defaults.get("fused"))
-    # β lives in a device scalar refilled each step: no host→device copy, and no recompilation of a
-    # compiled model when the warm-up changes it.
-    beta_t = torch.zeros((), device=device)
-
-    def step(batch: torch.Tensor, step_index: int) -> StepResult:
-        if batch.dtype != torch.uint8 or batch.dim() != 4:
-            raise ValueError(
-                f"batch must be uint8 images (B, C, H, W), got {batch.dtype} {tuple(batch.shape)}"
-            )
-        x = batch.to(device, non_blocking=True).float().div_(255.0).contiguous(memory_format=memory_format)
-        beta = beta_at(cfg, step_index)
-        beta_t.fill_(beta)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(cfg, step_index, total_steps)
-        ctx = torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
-        with ctx:
-            out = net(x, beta=beta_t, free_bits=cfg.free_bits)
-        optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        bad = (~(torch.isfinite(out.loss) & torch.isfinite(grad_norm))).float()
-        bad = distributed.all_max(bad, dist_info)  # every rank takes the same decision
-        if on_device_skip:
-            optimizer.found_inf = bad  # the fused kernel leaves weights and moments untouched when 1
-            optimizer.step()
-        elif not bad.item():
-            optimizer.step()
-        return StepResult(
-            bad == 0,
-            out.loss.detach(),
-            out.recon_nll.detach().mean(),
-            out.kl.detach().mean(),
-            grad_norm,
-            beta,
-        )
-
-    step.module = net
-    return step
 
 
 # ---- evaluation on a fixed batch --------------------------------------------------------------
@@ -287,7 +191,8 @@ class MetricsLog:
 def _load_dataset(cfg: RunConfig, info: distributed.DistInfo) -> ImageDataset:
     # Rank 0 builds the cache; the others wait, then open the finished file.
     def load():
-        return dataset_for_split(cfg.to_dict(), cfg.split, limit=cfg.limit, progress=cfg.progress)
+        bars = cfg.progress and not cfg.quiet
+        return dataset_for_split(cfg.to_dict(), cfg.split, limit=cfg.limit, progress=bars)
 
     ds = load() if info.is_main else None
     distributed.barrier(info)
@@ -314,7 +219,6 @@ def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
     device = info.device
     num_threads = set_num_threads(cfg.num_threads)
     console = Console(quiet=cfg.quiet, is_main=info.is_main)
-    set_bars(cfg.progress and not cfg.quiet and info.is_main)
     if info.is_main:
         check_output_dir(out)  # before any work: a bad --out fails now, not after training
 
@@ -328,6 +232,8 @@ def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
             console.notice(line)
 
     ds = _load_dataset(cfg, info)
+    if cfg.resolution is None:  # a folder's own image size (train.folder)
+        cfg.resolution = ds.image_shape[1]
     if cfg.preset is None:
         cfg.preset = default_preset(cfg.dataset, ds.image_shape)
         cfg.check_resolution()
@@ -392,13 +298,19 @@ def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         cfg.save(out / "run_config.json")
     log = MetricsLog(out / "metrics.jsonl", info.is_main, start if resume is not None else None)
-    step_fn = make_train_step(model, optimizer, cfg, dist_info=info, total_steps=total)
-    fixed = _fixed_images(ds, min(EVAL_IMAGES, cfg.eval_images), device)
-    tracker = HeldOutTracker(cfg, model, out, device) if info.is_main else None
     console.start_block(
         cfg=cfg, dataset=ds, model=model, device=_device_name(device), total=total, start=start,
         cache=cache_summary(ds.images, Path(cfg.cache_dir) if cfg.cache_dir else DEFAULT_CACHE),
     )  # fmt: skip
+    # Running sums on the device, added by the step itself (inside its CUDA graph) and read back only when
+    # logging: loss, recon, kl, grad-norm (good steps), then good steps, skipped steps, the current run of
+    # skipped steps and the longest such run.
+    stats = StepStats(device)
+    step_fn = make_train_step(
+        model, optimizer, cfg, dist_info=info, total_steps=total, stats=stats, note=console.say
+    )
+    fixed = _fixed_images(ds, min(EVAL_IMAGES, cfg.eval_images), device)
+    tracker = HeldOutTracker(cfg, model, out, device) if info.is_main else None
     run_t0 = time.perf_counter()
 
     def checkpoint(step):
@@ -415,10 +327,7 @@ def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
 
     step, last_good = start, start
     has_checkpoint, total_skipped, window_step0 = resume is not None, 0, start
-    # Running sums on the device, read back only when logging: loss, recon, kl, grad-norm (good steps),
-    # then good steps, skipped steps, the current run of skipped steps and the longest such run.
-    sums = torch.zeros(4, device=device)
-    counts = torch.zeros(4, device=device)
+    sums, counts = stats.sums, stats.counts
     window_t0, img_per_s = time.perf_counter(), float("nan")
     end = total if stop_at is None else min(total, stop_at)
     check_every = min(cfg.log_every, cfg.max_bad_steps)
@@ -431,15 +340,11 @@ def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
             if deadline is not None and _past(deadline, info, device):
                 out_of_time = True
                 break
-            result = step_fn(batches.batch(step), step)
+            # The batch is gathered straight into the step's static input (its CUDA graph reads it there).
+            result = step_fn(batches.batch(step, out=getattr(step_fn, "input", None)), step)
             step += 1
-            ok = result.ok.float()
-            values = torch.stack([result.loss, result.recon, result.kl, result.grad_norm]).float()
-            sums += torch.where(result.ok, values, torch.zeros_like(values))
-            run = (counts[2] + 1) * (1 - ok)
-            counts.copy_(
-                torch.stack([counts[0] + ok, counts[1] + 1 - ok, run, torch.maximum(counts[3], run)])
-            )
+            if not result.counted:  # a step that does not keep the running sums itself
+                stats.add(result)
             log_now = step % cfg.log_every == 0 or step == end
             if log_now or step % check_every == 0:
                 good, skipped, _, longest = counts.tolist()
@@ -477,7 +382,7 @@ def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
                         "kl": kl,
                         "beta": result.beta,
                         "grad_norm": gn,
-                        "lr": optimizer.param_groups[0]["lr"],
+                        "lr": result.lr,
                         "img_per_s": img_per_s,
                     }
                     log.write(record)
@@ -488,6 +393,7 @@ def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
                 sums.zero_()
                 counts[0] = 0
                 window_t0, window_step0 = time.perf_counter(), step
+            paused = time.perf_counter()  # evaluation, grids and checkpoints stay out of img/s
             if info.is_main and (step % cfg.eval_every == 0 or step == total):
                 log.write({"step": step, "eval_split": cfg.split, **evaluate_fixed(model, fixed)})
                 held_out = tracker.evaluate(step, _metadata(cfg, model_cfg, step, {}, partial=True))
@@ -499,6 +405,7 @@ def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
             if step % cfg.checkpoint_every == 0 and step != total:
                 checkpoint(step)
                 last_good, has_checkpoint = step, True
+            window_t0 += time.perf_counter() - paused
             if progress is not None:
                 progress.update(1)
     except KeyboardInterrupt:
@@ -539,7 +446,8 @@ def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
         if out_of_time:
             extra.update(time_limit_s=cfg.time_limit, planned_steps=end)
         final = final_report(model, cfg, model_cfg, step, img_per_s, device, command, out, extra=extra)
-        console.final_block(final=final, out=out, elapsed=time.perf_counter() - run_t0, reproduce=command)
+        console.final_block(final=final, out=out, elapsed=time.perf_counter() - run_t0, reproduce=command,
+                            likelihood=model_cfg.likelihood)  # fmt: skip
         if cfg.push_to_hub:
             url = model.push_to_hub(cfg.push_to_hub, extra_files=[str(out / "README.md")])
             console.say(f"pushed to {url}")
@@ -606,7 +514,7 @@ def held_out_dataset(cfg: RunConfig, limit: int | None = None) -> tuple[str, Ima
     split (e.g. a local CelebA copy without one): returns (split name, dataset)."""
 
     def load(split: str) -> ImageDataset:
-        return dataset_for_split(cfg.to_dict(), split, limit=limit, progress=cfg.progress)
+        return dataset_for_split(cfg.to_dict(), split, limit=limit, progress=cfg.progress and not cfg.quiet)
 
     try:
         ds = load("test")
@@ -648,4 +556,5 @@ def _device_name(device: torch.device) -> str:
         return torch.cuda.get_device_name(device)
     import platform
 
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"CPU ({platform.processor() or platform.machine()}, {threads} thread{'s' * (threads != 1)})"

@@ -29,7 +29,10 @@ def _probe(folder: Path, flag: str, path: Path) -> None:
 
 
 def check_output_dir(path: str | Path, flag: str = "--out") -> Path:
-    """`path` is, or can become, a writable folder. Creates nothing (a probe file is removed at once)."""
+    """`path` is, or can become, a writable folder. Creates nothing (a probe file is removed at once).
+
+    Raises OutputPathError (a ValueError) when `path` is a file, lies under a file, or cannot be written.
+    """
     path = Path(path)
     base = _nearest_existing(path)
     if not base.is_dir():
@@ -40,7 +43,10 @@ def check_output_dir(path: str | Path, flag: str = "--out") -> Path:
 
 
 def check_output_file(path: str | Path, flag: str = "--output") -> Path:
-    """`path` is, or can become, a writable file (not a folder; its parent folder writable or creatable)."""
+    """`path` is, or can become, a writable file (not a folder; its parent folder writable or creatable).
+
+    Raises OutputPathError (a ValueError) otherwise, naming `flag` and the path.
+    """
     path = Path(path)
     if path.is_dir():
         raise OutputPathError(f"{flag} {path} is a folder: give a file path, e.g. {path / 'eval.json'}")

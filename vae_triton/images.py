@@ -16,7 +16,6 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 BACKGROUND = 255  # grey level under transparent pixels: white, as image viewers and browsers show them
-GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F")
 
 Source = str | os.PathLike | bytes | BinaryIO | Image.Image
 

@@ -124,6 +124,35 @@ class IWEstimate(NamedTuple):
         return self.log_likelihood - self.elbo
 
 
+def _log_weight_chunks(model, x, num_samples: int, chunk: int | None, generator):
+    """Yield (log_w (k, B), recon_nll (k, B), kl (B,)) for successive chunks of the K importance samples.
+
+    log w = log p(x|z) + log p(z) − log q(z|x), z ~ q(z|x), in the compute dtype (fp64 for fp64 models).
+    """
+    k_total = _check_count("num_samples", num_samples, "importance samples K per image")
+    mu, logvar = model.encode(x)
+    batch, dim = mu.shape
+    step = (
+        max(1, ROWS_PER_PASS // max(batch, 1))
+        if chunk is None
+        else _check_count("chunk", chunk, "importance samples decoded per pass for each image")
+    )
+    clamp = _logvar_clamp(model)
+    cdt = _compute_dtype(mu)
+    log_norm = dim * HALF_LOG_2PI
+    # log q(z|x) = −½‖ε‖² + log_q_rest; log_q_rest = −½ Σ log σ² − (D/2) log 2π with the op's clamp.
+    log_q_rest = -0.5 * logvar.to(cdt).clamp(*clamp).sum(dim=1) - log_norm
+    for start in range(0, k_total, step):
+        k = min(step, k_total - start)
+        eps = _draw_eps((k * batch, dim), mu, generator)
+        z, kl = _sample_q(mu, logvar, k, clamp, eps)
+        recon = model.recon_nll(model.decode(z), _repeat_rows(x, k)).to(cdt).view(k, batch)
+        zc = z.to(cdt)
+        log_pz = (-0.5 * (zc * zc).sum(dim=1) - log_norm).view(k, batch)
+        log_q = -0.5 * (eps * eps).sum(dim=1).view(k, batch) + log_q_rest
+        yield -recon + log_pz - log_q, recon, kl.to(cdt)
+
+
 @torch.no_grad()
 def importance_weighted(
     model,
@@ -144,35 +173,58 @@ def importance_weighted(
     (z − μ)/σ would cancel catastrophically where σ ≪ |μ| (σ = e⁻¹⁵ at the logvar clamp).
     Evaluation only (no gradients).
     """
-    k_total = _check_count("num_samples", num_samples, "importance samples K per image")
-    mu, logvar = model.encode(x)
-    batch, dim = mu.shape
-    step = (
-        max(1, ROWS_PER_PASS // max(batch, 1))
-        if chunk is None
-        else _check_count("chunk", chunk, "importance samples decoded per pass for each image")
-    )
-    clamp = _logvar_clamp(model)
-    cdt = _compute_dtype(mu)
-    log_norm = dim * HALF_LOG_2PI
-    # log q(z|x) = −½‖ε‖² + log_q_rest; log_q_rest = −½ Σ log σ² − (D/2) log 2π with the op's clamp.
-    log_q_rest = -0.5 * logvar.to(cdt).clamp(*clamp).sum(dim=1) - log_norm
-
-    log_sum_w = torch.full((batch,), -math.inf, dtype=cdt, device=mu.device)
-    recon_sum = torch.zeros(batch, dtype=cdt, device=mu.device)
-    kl = None
-    for start in range(0, k_total, step):
-        k = min(step, k_total - start)
-        eps = _draw_eps((k * batch, dim), mu, generator)
-        z, kl = _sample_q(mu, logvar, k, clamp, eps)
-        recon = model.recon_nll(model.decode(z), _repeat_rows(x, k)).to(cdt).view(k, batch)
-        zc = z.to(cdt)
-        log_pz = (-0.5 * (zc * zc).sum(dim=1) - log_norm).view(k, batch)
-        log_q = -0.5 * (eps * eps).sum(dim=1).view(k, batch) + log_q_rest
-        log_w = -recon + log_pz - log_q
+    log_sum_w, recon_sum, kl = None, None, None
+    for log_w, recon, kl in _log_weight_chunks(model, x, num_samples, chunk, generator):
+        if log_sum_w is None:
+            log_sum_w = torch.full_like(kl, -math.inf)
+            recon_sum = torch.zeros_like(kl)
         log_sum_w = torch.logaddexp(log_sum_w, torch.logsumexp(log_w, dim=0))
         recon_sum += recon.sum(dim=0)
-    return IWEstimate(log_sum_w - math.log(k_total), recon_sum / k_total, kl.to(cdt))
+    return IWEstimate(log_sum_w - math.log(num_samples), recon_sum / num_samples, kl)
+
+
+@torch.no_grad()
+def log_importance_weights(
+    model, x: torch.Tensor, num_samples: int, *, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """All S = `num_samples` log importance weights log p(x, z_s) − log q(z_s|x), z_s ~ q(z|x): (S, B) nats.
+
+    E[log w] is the ELBO and log E[w] = log p(x); `iw_bounds_by_k` groups them into IW bounds.
+    """
+    return torch.cat([log_w for log_w, _, _ in _log_weight_chunks(model, x, num_samples, None, generator)])
+
+
+class IWBounds(NamedTuple):
+    """IW bounds for several K from one set of S log weights, each (len(ks), B) nats.
+
+    mean[i]: the average over the S // K_i disjoint groups of K_i weights of log (1/K_i) Σ w, an unbiased
+    estimate of the K_i-sample bound E[log (1/K) Σ_k w_k]; sem[i]: its standard error over the groups
+    (NaN with a single group).
+    """
+
+    ks: tuple[int, ...]
+    mean: torch.Tensor
+    sem: torch.Tensor
+
+
+def iw_bounds_by_k(log_w: torch.Tensor, ks) -> IWBounds:
+    """Estimates of the K-sample IW bound for each K in `ks` from (S, B) log weights (S ≥ max(ks)).
+
+    By Jensen's inequality E[log (1/K) Σ w] ≤ log E[w] = log p(x), and the bound rises with K
+    (Burda et al. 2016, Theorem 1): K = 1 is the ELBO.
+    """
+    ks = tuple(_check_count("K", k, "importance samples per bound") for k in ks)
+    s = log_w.shape[0]
+    if not ks or max(ks) > s:
+        raise ValueError(f"every K must be in [1, {s}] (the number of log weights), got {ks}")
+    means, sems = [], []
+    for k in ks:
+        groups = s // k
+        per_group = torch.logsumexp(log_w[: groups * k].view(groups, k, -1), dim=1) - math.log(k)
+        means.append(per_group.mean(dim=0))
+        sem = per_group.std(dim=0) / math.sqrt(groups) if groups > 1 else torch.full_like(means[-1], math.nan)
+        sems.append(sem)
+    return IWBounds(ks, torch.stack(means), torch.stack(sems))
 
 
 def iw_log_likelihood(
@@ -189,6 +241,169 @@ def iw_log_likelihood(
     any K, when q(z|x) is the exact posterior. See `importance_weighted` for chunking and the noise.
     """
     return importance_weighted(model, x, num_samples, chunk, generator=generator).log_likelihood
+
+
+# --------------------------------------------------------------------- exact posterior on a 2-D grid
+
+
+class PosteriorGrid(NamedTuple):
+    """Quadrature of a 2-latent model's posterior, per image (`posterior_on_grid`). All in nats.
+
+    log_px (B,): log p(x) = log ∫ p(x|z) p(z) dz by the rectangle rule on the grid.
+    elbo (B,): E_q[log p(x|z)] (quadrature over the same grid) − KL[q(z|x) ‖ p(z)] (closed form).
+    kl_to_posterior (B,): KL[q(z|x) ‖ p(z|x)] = ∫ q (log q − log p(z|x)) dz by quadrature.
+    log_posterior (B, n, n): log p(z|x) at the grid points, a log density (nats, per unit area of z).
+    log_q (B, n, n): log q(z|x) at the same points.
+    z (B, n, n, 2): the grid of each image, z[b, i, j] = (z1_i, z2_j); each image gets its own window
+        (posteriors of image models are narrow and lie in different places). For B = 1, z[0] is (n, n, 2).
+    q_mass (B,): ∫ q over the window, ≈ 1 when the window holds q (a check on the quadrature).
+    log_px − (elbo + kl_to_posterior) = (1 − q_mass)·log p(x) + the quadrature error of KL[q ‖ p(z)]:
+    the identity log p(x) = ELBO + KL[q ‖ p(z|x)] holds on the grid to quadrature accuracy.
+    """
+
+    log_px: torch.Tensor
+    elbo: torch.Tensor
+    kl_to_posterior: torch.Tensor
+    log_posterior: torch.Tensor
+    log_q: torch.Tensor
+    z: torch.Tensor
+    q_mass: torch.Tensor
+
+
+def _axis_points(lo: torch.Tensor, hi: torch.Tensor, n: int) -> torch.Tensor:
+    """n cell centres per axis of the window [lo, hi] (2,): (2, n)."""
+    frac = (torch.arange(n, dtype=lo.dtype, device=lo.device) + 0.5) / n
+    return lo[:, None] + (hi - lo)[:, None] * frac
+
+
+def _mesh(axes: torch.Tensor) -> torch.Tensor:
+    """(2, n) axis points → (n, n, 2) grid with [i, j] = (axes[0, i], axes[1, j])."""
+    return torch.stack(torch.meshgrid(axes[0], axes[1], indexing="ij"), dim=-1)
+
+
+def _log_joint_on(model, x1: torch.Tensor, zs: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(x, z) and −log p(x|z) of one image x1 (1, C, H, W) at the points zs (m, 2): fp64 (m,) each."""
+    recon = []
+    param = next(iter(model.parameters()))
+    for start in range(0, zs.shape[0], chunk):
+        z = zs[start : start + chunk]
+        out = model.decode(z.to(param.dtype))
+        recon.append(model.recon_nll(out, _repeat_rows(x1, z.shape[0])).double())
+    recon_nll = torch.cat(recon)
+    log_pz = -0.5 * (zs * zs).sum(dim=1) - 2 * HALF_LOG_2PI
+    return log_pz - recon_nll, recon_nll
+
+
+def _mass_window(model, x1, q_lo, q_hi, *, span, coarse, threshold, max_levels, chunk):
+    """Zoom from the prior's box to the box holding the posterior's mass: (lo, hi) (2,) fp64.
+
+    Each level evaluates log p(x, z) on a coarse² grid and keeps the cells within `threshold` nats of the
+    best one, plus one cell around them. Mass at the window's edge widens the window; a box that no
+    longer shrinks by half ends the zoom. q's box (μ ± 6σ) is always included, for KL[q ‖ p(z|x)].
+    """
+    lo = torch.minimum(torch.full_like(q_lo, -span), q_lo)
+    hi = torch.maximum(torch.full_like(q_hi, span), q_hi)
+    for _ in range(max_levels):
+        axes = _axis_points(lo, hi, coarse)
+        log_joint = _log_joint_on(model, x1, _mesh(axes).reshape(-1, 2), chunk)[0].view(coarse, coarse)
+        keep = log_joint > log_joint.max() - threshold
+        step = (hi - lo) / coarse
+        rows = keep.any(dim=1).nonzero().flatten()
+        cols = keep.any(dim=0).nonzero().flatten()
+        first = torch.stack([rows.min(), cols.min()])
+        last = torch.stack([rows.max(), cols.max()])
+        at_edge = (first == 0) | (last == coarse - 1)
+        if at_edge.any():  # mass runs off the window: widen it on that side and look again
+            width = hi - lo
+            lo = torch.where(first == 0, lo - width / 2, lo)
+            hi = torch.where(last == coarse - 1, hi + width / 2, hi)
+            continue
+        new_lo = torch.minimum(axes[torch.arange(2), first] - 1.5 * step, q_lo)
+        new_hi = torch.maximum(axes[torch.arange(2), last] + 1.5 * step, q_hi)
+        done = bool(((new_hi - new_lo) > 0.5 * (hi - lo)).all())
+        lo, hi = new_lo, new_hi
+        if done:
+            break
+    return lo, hi
+
+
+@torch.no_grad()
+def posterior_on_grid(
+    model,
+    x: torch.Tensor,
+    *,
+    n: int = 64,
+    coarse: int = 24,
+    span: float = 5.0,
+    threshold: float = 30.0,
+    max_levels: int = 8,
+    chunk: int = ROWS_PER_PASS,
+) -> PosteriorGrid:
+    """The exact posterior p(z|x) ∝ p(x|z) N(z; 0, I) of a model with 2 latents, by quadrature on a grid.
+
+    x: (B, C, H, W) images as the model takes them. Returns a `PosteriorGrid` (shapes and units there).
+    The grid adapts to where the mass is: a coarse grid (coarse², over [−span, span]² and q's box
+    μ ± 6σ) finds the cells within `threshold` nats of the best, and zooms onto them until the box stops
+    shrinking; the final n × n grid covers that box and q's. With threshold = 30 nats the mass left
+    outside is below e⁻³⁰ per cell; the rectangle rule converges geometrically for smooth, decaying
+    integrands, so a posterior several cells wide is integrated to ~1e-6 nats. A second mode more than
+    `threshold` nats below the first, or narrower than a coarse cell, can be missed.
+    Cost: about (levels·coarse² + n²)·B decoder passes, `chunk` at a time.
+
+    Raises ValueError when the model's latent space is not 2-D (the grid is 2-D), or on bad options.
+    Formulas: log p(x) = log Σ_ij p(x, z_ij) ΔA; log p(z|x) = log p(x, z) − log p(x);
+    KL[q ‖ p(z|x)] = Σ_ij q_ij ΔA (log q_ij − log p(z_ij|x)); the ELBO's KL to N(0, I) is the closed form.
+    """
+    mu, logvar = model.encode(x)
+    if mu.dim() != 2 or mu.shape[1] != 2:
+        raise ValueError(
+            f"posterior_on_grid needs a model with 2 latent dimensions (a 2-D grid), got latent_dim "
+            f"{mu.shape[-1]}: train one with --latent-dim 2"
+        )
+    for name, value, low in (("n", n, 2), ("coarse", coarse, 4), ("max_levels", max_levels, 1)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+            raise ValueError(f"`{name}` must be an integer ≥ {low}, got {value!r}")
+    chunk = _check_count("chunk", chunk, "grid points decoded per pass")
+    for name, value in (("span", span), ("threshold", threshold)):
+        if not (isinstance(value, numbers.Real) and math.isfinite(value) and value > 0):
+            raise ValueError(f"`{name}` must be a positive number, got {value!r}")
+    clamp = _logvar_clamp(model)
+    mu, logvar = mu.double(), logvar.double().clamp(*clamp)
+    std = (0.5 * logvar).exp()
+    results = []
+    for b in range(x.shape[0]):
+        x1 = x[b : b + 1]
+        lo, hi = _mass_window(
+            model,
+            x1,
+            mu[b] - 6 * std[b],
+            mu[b] + 6 * std[b],
+            span=span,
+            coarse=coarse,
+            threshold=threshold,
+            max_levels=max_levels,
+            chunk=chunk,
+        )
+        grid = _mesh(_axis_points(lo, hi, n))
+        log_joint, recon_nll = (t.view(n, n) for t in _log_joint_on(model, x1, grid.reshape(-1, 2), chunk))
+        log_area = torch.log((hi - lo).prod() / n**2)
+        log_px = torch.logsumexp(log_joint.flatten(), 0) + log_area
+        log_post = log_joint - log_px
+        log_q = (-0.5 * ((grid - mu[b]) / std[b]) ** 2 - 0.5 * logvar[b] - HALF_LOG_2PI).sum(dim=-1)
+        q_w = (log_q + log_area).exp()
+        kl_prior = 0.5 * (logvar[b].exp() + mu[b] ** 2 - 1.0 - logvar[b]).sum()
+        results.append(
+            (
+                log_px,
+                -(q_w * recon_nll).sum() - kl_prior,
+                (q_w * (log_q - log_post)).sum(),
+                log_post,
+                log_q,
+                grid,
+                q_w.sum(),
+            )
+        )
+    return PosteriorGrid(*(torch.stack(column) for column in zip(*results, strict=True)))
 
 
 # ------------------------------------------------------------------------ per-image and latent stats

@@ -159,9 +159,9 @@ class VAEConfig:
             raise ConfigError(
                 f"{where}config has unknown field(s) {sorted(unknown)}: written by a newer version?"
             )
-        defaults = cls()
+        kinds = {f.name: str(f.type) for f in fields(cls)}
         for name, value in d.items():
-            problem = _field_type_problem(getattr(defaults, name), value)
+            problem = _field_type_problem(kinds[name], value)
             if problem:
                 raise ConfigError(f"{where}field config.{name} = {value!r} {problem}")
         try:
@@ -174,27 +174,26 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _field_type_problem(default: Any, value: Any) -> str | None:
-    """Why `value` cannot stand in for a field whose default is `default` (None when it can)."""
-    if isinstance(default, bool):
+def _field_type_problem(kind: str, value: Any) -> str | None:
+    """Why `value` cannot fill a field annotated `kind` ("int", "tuple[float, float]"...); None if it can."""
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    if kind == "bool":
         return None if isinstance(value, bool) else "must be true or false"
-    if isinstance(default, int):
-        return None if isinstance(value, int) and not isinstance(value, bool) else "must be an integer"
-    if isinstance(default, float):
+    if kind == "int":
+        return None if is_int else "must be an integer"
+    if kind == "float":
         return None if _is_number(value) else "must be a finite number"
-    if isinstance(default, str):
+    if kind == "str":
         return None if isinstance(value, str) else "must be a string"
-    if isinstance(default, tuple):
+    if kind.startswith("tuple["):
         if not isinstance(value, list | tuple):
             return "must be a list"
-        first = default[0] if default else 0  # an empty default (mlp_hidden of a conv net) holds ints
-        item_ok = (lambda v: isinstance(v, int) and not isinstance(v, bool)) if isinstance(
-            first, int
-        ) else _is_number
+        numbers = "float" in kind
+        item_ok = _is_number if numbers else (lambda v: isinstance(v, int) and not isinstance(v, bool))
         if not all(item_ok(v) for v in value):
-            return "must be a list of " + ("integers" if isinstance(first, int) else "numbers")
-        if isinstance(first, float) and len(value) != len(default):
-            return f"must be a list of {len(default)} numbers"
+            return "must be a list of " + ("numbers" if numbers else "integers")
+        if "..." not in kind and len(value) != kind.count(",") + 1:
+            return f"must be a list of {kind.count(',') + 1} numbers"
     return None
 
 
@@ -297,6 +296,9 @@ class VAE(nn.Module):
             raise ValueError(f"config must be a VAEConfig, got {type(config).__name__}")
         self.config = cfg = config
         self.metadata: dict[str, Any] = {}
+        # Check that images are finite and in [0, 1] (one host sync per call). The training loop turns it
+        # off: its data is in [0, 1] by construction, and a sync per step would stall the GPU.
+        self.check_inputs = True
         if cfg.arch == "mlp":
             self._build_mlp(cfg)
         else:
@@ -306,9 +308,6 @@ class VAE(nn.Module):
             self.log_sigma = nn.Parameter(torch.full(shape, float(cfg.log_sigma)))
         else:
             self.register_parameter("log_sigma", None)
-        # Check that images are finite and in [0, 1] (one host sync per call). The training loop turns it
-        # off: its data is in [0, 1] by construction, and a sync per step would stall the GPU.
-        self.check_inputs = True
 
     def _build_mlp(self, cfg: VAEConfig) -> None:
         # encoder: D → h1 → … → hn → (μ, log σ²); decoder: latent → hn → … → h1 → D (logits or pre-sigmoid).
@@ -475,7 +474,11 @@ class VAE(nn.Module):
         map_location: str | torch.device = "cpu",
         revision: str | None = None,
     ) -> VAE:
-        """Load a directory written by `save_pretrained` (or a Hub repo id), in eval mode."""
+        """Load a directory written by `save_pretrained` (or a Hub repo id), in eval mode.
+
+        Raises FileNotFoundError for a missing folder or file, `ConfigError` (a ValueError naming the file
+        and the field) for a malformed config.json, and ValueError for weights that do not fit it.
+        """
         folder = Path(path)
         if not folder.is_dir():
             folder = _download_from_hub(str(path), revision)

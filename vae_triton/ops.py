@@ -21,15 +21,17 @@ bitwise equal (tested):
   step outside a CUDA graph is host-bound. `LIGHT_EAGER = False` routes eager calls through the custom
   ops too (benchmarks and tests compare the two).
 Per call the host validates Python scalars and tensor metadata only (nothing allocated, no sync); what
-depends only on shapes and strides is cached; a fixed σ is folded into the Gaussian kernels.
+depends only on shapes and strides is cached; σ, fixed or learned, is computed inside the Gaussian kernels
+(one launch forward, one backward, per op).
 The random seed travels as a 1-element int64 tensor on the device (drawn there with `torch.randint`
 when `seed=None`), so there is no host sync and no recompilation per seed.
 
 Value ranges (outside them a ValueError names the argument and the range; inside them no op returns NaN
-for finite inputs): `log_sigma` within LOG_SIGMA_RANGE = [−40, 40] (σ² and 1/σ² stay finite normal
-float32 numbers); a tensor `log_sigma` is clamped to that range on the device (no host sync; `torch.clamp`'s
-gradient). `logvar_clamp` high ≤ LOGVAR_MAX = 88 (exp(logvar) finite in float32); with
-`logvar_clamp=None`, logvar itself must stay ≤ 88. Sums that exceed float32 give ±inf, not NaN.
+for finite inputs — images with x − mean finite in float32, Bernoulli targets in [0, 1]): `log_sigma`
+within LOG_SIGMA_RANGE = [−40, 40] (σ² and 1/σ² stay finite normal float32 numbers); a tensor
+`log_sigma` is clamped to that range on the device (in the kernel, or by `torch.clamp` on the torch path:
+no host sync, `torch.clamp`'s gradient). `logvar_clamp` high ≤ LOGVAR_MAX = 88 (exp(logvar) finite in
+float32); with `logvar_clamp=None`, logvar itself must stay ≤ 88. Sums that exceed float32 give ±inf.
 """
 
 from __future__ import annotations
@@ -67,13 +69,23 @@ _NO_CONTEXT = contextlib.nullcontext()
 # --------------------------------------------------------------------------------------- dispatch
 
 
-def backend_for(*tensors: torch.Tensor) -> str:
-    """'triton' or 'torch': which implementation an op would run on these (already validated) tensors."""
-    choice = os.environ.get(BACKEND_ENV, "").strip().lower() or "auto"
+def _backend_choice(value: str | None) -> str:
+    if not value:  # the common case, kept cheap: unset
+        return "auto"
+    choice = value.strip().lower() or "auto"
     if choice not in ("auto", "triton", "torch"):
         raise ValueError(f"{BACKEND_ENV}={choice!r} is not a backend; use 'triton', 'torch' or unset it")
-    if choice == "torch" or any(t.dtype == torch.float64 for t in tensors):
+    return choice
+
+
+def backend_for(*tensors: torch.Tensor) -> str:
+    """'triton' or 'torch': which implementation an op would run on these (already validated) tensors."""
+    choice = _backend_choice(os.environ.get(BACKEND_ENV))  # read per call: it may change at run time
+    if choice == "torch":
         return "torch"
+    for t in tensors:
+        if t.dtype is torch.float64:
+            return "torch"
     device = tensors[0].device
     runs_here = TRITON_AVAILABLE and (device.type == "cuda" or (device.type == "cpu" and INTERPRETED))
     if choice == "triton" and not runs_here:
@@ -176,8 +188,8 @@ def _check_images(op: str, first: str, a, second: str, b) -> None:
 
 
 def _check_log_sigma(op: str, mean: torch.Tensor, log_sigma):
-    """A float in LOG_SIGMA_RANGE, or a float tensor holding one value or one per channel (dim 1 of `mean`),
-    returned clamped to LOG_SIGMA_RANGE on its device (no host sync)."""
+    """A float in LOG_SIGMA_RANGE, or a float tensor holding one value or one per channel (dim 1 of `mean`)
+    (the ops clamp a tensor to LOG_SIGMA_RANGE on its device: no host sync)."""
     if isinstance(log_sigma, torch.Tensor):
         _check_float(op, "log_sigma", log_sigma)
         if log_sigma.device != mean.device:
@@ -190,7 +202,7 @@ def _check_log_sigma(op: str, mean: torch.Tensor, log_sigma):
                 f"{op}: `log_sigma` must be a float, a one-element tensor or shape ({channels},) — one per "
                 f"channel of the images {tuple(mean.shape)} — got shape {tuple(log_sigma.shape)}"
             )
-        return log_sigma.clamp(*LOG_SIGMA_RANGE)
+        return log_sigma
     if isinstance(log_sigma, bool) or not isinstance(log_sigma, numbers.Real):
         raise ValueError(f"{op}: `log_sigma` must be a float or a tensor, got {type(log_sigma).__name__}")
     lo, hi = LOG_SIGMA_RANGE
@@ -220,25 +232,16 @@ def _reparameterize_kl_bwd(grad_z, grad_kl, mu, logvar, seed, eps, lo, hi):
         return _reparameterize_kernels.reparameterize_kl_bwd(grad_z, grad_kl, mu, logvar, seed, eps, lo, hi)
 
 
-def _gaussian_fixed_fwd(mean, x, log_sigma, sigmoid):
-    with _launching_on(mean):
-        return _gaussian_kernels.gaussian_nll_fixed(mean, x, log_sigma, sigmoid)
+def _gaussian_fwd(images, x, log_sigma, value, sigmoid):
+    with _launching_on(images):
+        return _gaussian_kernels.gaussian_nll_fwd(images, x, log_sigma, value, *LOG_SIGMA_RANGE, sigmoid)
 
 
-def _gaussian_fixed_bwd(grad, mean, x, log_sigma, need_mean, need_x, sigmoid):
-    scale, _ = _gaussian_kernels.fixed_sigma_scale(log_sigma, 0)
+def _gaussian_bwd(grad, images, x, log_sigma, value, need_images, need_x, need_sigma, sigmoid):
     with _launching_on(grad):
-        return _gaussian_kernels.squared_error_sums_bwd(grad, mean, x, need_mean, need_x, scale, sigmoid)
-
-
-def _sums_fwd(mean, x, groups, sigmoid):
-    with _launching_on(mean):
-        return _gaussian_kernels.squared_error_sums(mean, x, groups, sigmoid)
-
-
-def _sums_bwd(grad_sums, mean, x, need_mean, need_x, sigmoid):
-    with _launching_on(grad_sums):
-        return _gaussian_kernels.squared_error_sums_bwd(grad_sums, mean, x, need_mean, need_x, 1.0, sigmoid)
+        return _gaussian_kernels.gaussian_nll_bwd(
+            grad, images, x, log_sigma, value, *LOG_SIGMA_RANGE, need_images, need_x, need_sigma, sigmoid
+        )
 
 
 def _bernoulli_fwd(logits, x):
@@ -260,7 +263,7 @@ def _reparameterize_kl_grads(backward, needs_input_grad, grad_z, grad_kl, mu, lo
 
 
 def _pair(grads, needs):
-    """Gradients of (images, x): None where not asked for (the kernels return empty placeholders)."""
+    """Gradients of (images, x[, log σ]): None where not asked for (the kernels return empty placeholders)."""
     return tuple(g if need else None for g, need in zip(grads, needs, strict=True))
 
 
@@ -307,81 +310,53 @@ def _reparameterize_kl_grad(ctx, grad_z, grad_kl):
 _reparameterize_kl_op.register_autograd(_reparameterize_kl_grad, setup_context=_reparameterize_kl_setup)
 
 
-@torch.library.custom_op("vae_triton::gaussian_nll_fixed", mutates_args=())
-def _gaussian_fixed_op(mean: Tensor, x: Tensor, log_sigma: float, sigmoid: bool) -> Tensor:
-    return _gaussian_fixed_fwd(mean, x, log_sigma, sigmoid)
+@torch.library.custom_op("vae_triton::gaussian_nll", mutates_args=())
+def _gaussian_op(images: Tensor, x: Tensor, log_sigma: Tensor | None, value: float, sigmoid: bool) -> Tensor:
+    return _gaussian_fwd(images, x, log_sigma, value, sigmoid)
 
 
-@_gaussian_fixed_op.register_fake
-def _(mean, x, log_sigma, sigmoid):
-    return mean.new_empty(mean.shape[0], dtype=torch.float32)
+@_gaussian_op.register_fake
+def _(images, x, log_sigma, value, sigmoid):
+    return images.new_empty(images.shape[0], dtype=torch.float32)
 
 
-@torch.library.custom_op("vae_triton::gaussian_nll_fixed_backward", mutates_args=())
-def _gaussian_fixed_backward_op(
-    grad: Tensor, mean: Tensor, x: Tensor, log_sigma: float, need_mean: bool, need_x: bool, sigmoid: bool
-) -> tuple[Tensor, Tensor]:
-    return _gaussian_fixed_bwd(grad, mean, x, log_sigma, need_mean, need_x, sigmoid)
+@torch.library.custom_op("vae_triton::gaussian_nll_backward", mutates_args=())
+def _gaussian_backward_op(
+    grad: Tensor, images: Tensor, x: Tensor, log_sigma: Tensor | None, value: float,
+    need_images: bool, need_x: bool, need_sigma: bool, sigmoid: bool,
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    return _gaussian_bwd(grad, images, x, log_sigma, value, need_images, need_x, need_sigma, sigmoid)
 
 
-def _grads_like_fake(mean, x, need_mean, need_x):
+@_gaussian_backward_op.register_fake
+def _(grad, images, x, log_sigma, value, need_images, need_x, need_sigma, sigmoid):
+    grad_images, grad_x = _grads_like_fake(images, x, need_images, need_x)
+    need_sigma = need_sigma and log_sigma is not None
+    return grad_images, grad_x, torch.empty_like(log_sigma) if need_sigma else images.new_empty(0)
+
+
+def _grads_like_fake(images, x, need_images, need_x):
     return (
-        torch.empty_like(mean) if need_mean else mean.new_empty(0),
+        torch.empty_like(images) if need_images else images.new_empty(0),
         torch.empty_like(x) if need_x else x.new_empty(0),
     )
 
 
-@_gaussian_fixed_backward_op.register_fake
-def _(grad, mean, x, log_sigma, need_mean, need_x, sigmoid):
-    return _grads_like_fake(mean, x, need_mean, need_x)
+def _gaussian_setup(ctx, inputs, output):
+    images, x, log_sigma, value, sigmoid = inputs
+    ctx.save_for_backward(images, x, log_sigma)
+    ctx.args = (value, sigmoid)
 
 
-def _pair_setup(ctx, inputs, output):
-    ctx.save_for_backward(inputs[0], inputs[1])
-    ctx.args = inputs[2:]
-
-
-def _gaussian_fixed_grad(ctx, grad):
-    mean, x = ctx.saved_tensors
-    log_sigma, sigmoid = ctx.args
-    needs = ctx.needs_input_grad[:2]
-    grads = _gaussian_fixed_backward_op(grad, mean, x, log_sigma, *needs, sigmoid)
+def _gaussian_grad(ctx, grad):
+    images, x, log_sigma = ctx.saved_tensors
+    value, sigmoid = ctx.args
+    needs = ctx.needs_input_grad[:3]
+    grads = _gaussian_backward_op(grad, images, x, log_sigma, value, *needs, sigmoid)
     return (*_pair(grads, needs), None, None)
 
 
-_gaussian_fixed_op.register_autograd(_gaussian_fixed_grad, setup_context=_pair_setup)
-
-
-@torch.library.custom_op("vae_triton::squared_error_sums", mutates_args=())
-def _squared_error_sums_op(mean: Tensor, x: Tensor, groups: int, sigmoid: bool) -> Tensor:
-    return _sums_fwd(mean, x, groups, sigmoid)
-
-
-@_squared_error_sums_op.register_fake
-def _(mean, x, groups, sigmoid):
-    return mean.new_empty((mean.shape[0], groups), dtype=torch.float32)
-
-
-@torch.library.custom_op("vae_triton::squared_error_sums_backward", mutates_args=())
-def _squared_error_sums_backward_op(
-    grad_sums: Tensor, mean: Tensor, x: Tensor, need_mean: bool, need_x: bool, sigmoid: bool
-) -> tuple[Tensor, Tensor]:
-    return _sums_bwd(grad_sums, mean, x, need_mean, need_x, sigmoid)
-
-
-@_squared_error_sums_backward_op.register_fake
-def _(grad_sums, mean, x, need_mean, need_x, sigmoid):
-    return _grads_like_fake(mean, x, need_mean, need_x)
-
-
-def _squared_error_sums_grad(ctx, grad_sums):
-    mean, x = ctx.saved_tensors
-    _, sigmoid = ctx.args
-    needs = ctx.needs_input_grad[:2]
-    return (*_pair(_squared_error_sums_backward_op(grad_sums, mean, x, *needs, sigmoid), needs), None, None)
-
-
-_squared_error_sums_op.register_autograd(_squared_error_sums_grad, setup_context=_pair_setup)
+_gaussian_op.register_autograd(_gaussian_grad, setup_context=_gaussian_setup)
 
 
 @torch.library.custom_op("vae_triton::bernoulli_nll", mutates_args=())
@@ -404,6 +379,10 @@ def _bernoulli_nll_backward_op(
 @_bernoulli_nll_backward_op.register_fake
 def _(grad, logits, x, need_logits, need_x):
     return _grads_like_fake(logits, x, need_logits, need_x)
+
+
+def _pair_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0], inputs[1])
 
 
 def _bernoulli_nll_grad(ctx, grad):
@@ -434,26 +413,19 @@ class _ReparameterizeKL(torch.autograd.Function):
 
 
 class _Gaussian(torch.autograd.Function):
-    """A fixed σ (`log_sigma` a float): the per-image NLL (B,). A learned σ (None): the sums S (B, G)."""
-
     @staticmethod
-    def forward(ctx, images, x, sigmoid, log_sigma, groups):
-        ctx.save_for_backward(images, x)
-        ctx.args = (sigmoid, log_sigma)
-        if log_sigma is None:
-            return _sums_fwd(images, x, groups, sigmoid)
-        return _gaussian_fixed_fwd(images, x, log_sigma, sigmoid)
+    def forward(ctx, images, x, log_sigma, value, sigmoid):
+        ctx.save_for_backward(images, x, log_sigma)
+        ctx.args = (value, sigmoid)
+        return _gaussian_fwd(images, x, log_sigma, value, sigmoid)
 
     @staticmethod
     def backward(ctx, grad):
-        images, x = ctx.saved_tensors
-        sigmoid, log_sigma = ctx.args
-        needs = ctx.needs_input_grad[:2]
-        if log_sigma is None:
-            grads = _sums_bwd(grad, images, x, *needs, sigmoid)
-        else:
-            grads = _gaussian_fixed_bwd(grad, images, x, log_sigma, *needs, sigmoid)
-        return (*_pair(grads, needs), None, None, None)
+        images, x, log_sigma = ctx.saved_tensors
+        value, sigmoid = ctx.args
+        needs = ctx.needs_input_grad[:3]
+        grads = _gaussian_bwd(grad, images, x, log_sigma, value, *needs, sigmoid)
+        return (*_pair(grads, needs), None, None)
 
 
 class _BernoulliNLL(torch.autograd.Function):
@@ -525,24 +497,12 @@ def _gaussian(op: str, images, x, log_sigma, sigmoid: bool):
     learned = isinstance(log_sigma, torch.Tensor)
     if backend_for(*((images, x, log_sigma) if learned else (images, x))) == "torch":
         ref = reference.gaussian_nll_logits if sigmoid else reference.gaussian_nll
-        return ref(images, x, log_sigma)
-
-    light = _eager_light()
-    if not learned:  # σ folded into the kernel: one launch (+ one tiny sum when a row spans chunks)
-        if light:
-            return _Gaussian.apply(images, x, sigmoid, log_sigma, 1)
-        return _gaussian_fixed_op(images, x, log_sigma, sigmoid)
-
-    groups = images.shape[1] if log_sigma.numel() > 1 else 1
-    if light:
-        sums = _Gaussian.apply(images, x, sigmoid, None, groups)  # (B, G) fp32
-    else:
-        sums = _squared_error_sums_op(images, x, groups, sigmoid)
-    ls = log_sigma.float().reshape(-1)  # (G,)
-    per_group = math.prod(images.shape[1:]) // groups
-    return 0.5 * (sums * torch.exp(-2.0 * ls)).sum(dim=1) + per_group * (
-        ls.sum() + groups * reference.HALF_LOG_2PI
-    )
+        return ref(images, x, log_sigma.clamp(*LOG_SIGMA_RANGE) if learned else log_sigma)
+    # σ lives in the kernels, fixed (a float) or learned (a tensor, clamped there): one launch each way
+    tensor, value = (log_sigma, 0.0) if learned else (None, log_sigma)
+    if _eager_light():
+        return _Gaussian.apply(images, x, tensor, value, sigmoid)
+    return _gaussian_op(images, x, tensor, value, sigmoid)
 
 
 def gaussian_nll(mean, x, log_sigma=0.0):

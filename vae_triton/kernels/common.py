@@ -88,11 +88,11 @@ class _Plan:
 
 
 @functools.lru_cache(maxsize=1024)
-def _plan(shape: torch.Size, groups: int, in_strides: tuple, out_strides: tuple) -> _Plan:
+def _plan(shape: torch.Size, groups: int, in_strides: tuple, out_strides: tuple, channels_last: bool):
     """The walking order for tensors of `shape` with these strides, found once per layout on meta tensors."""
     ins = [torch.empty_strided(shape, st, device="meta") for st in in_strides]
     outs = [torch.empty_strided(shape, st, device="meta") for st in out_strides]
-    orders: list[tuple[int, ...] | None] = [None]
+    orders: list[tuple[int, ...] | None] = [] if channels_last else [None]
     if groups == 1 and len(shape) >= 3:
         orders.append(_channels_last_perm(len(shape)))
 
@@ -100,14 +100,14 @@ def _plan(shape: torch.Size, groups: int, in_strides: tuple, out_strides: tuple)
         return all(_try_view(t, perm, groups) is not None for t in tensors)
 
     usable = [perm for perm in orders if fits(outs, perm)]
-    perm = next((p for p in usable if fits(ins, p)), usable[0] if usable else None)
+    perm = next((p for p in usable if fits(ins, p)), usable[0] if usable else orders[0])
 
     def strides(t) -> Strides | None:
         v = _try_view(t, perm, groups)
         return None if v is None else tuple(v.stride())
 
     length = shape.numel() // (shape[0] * groups) if shape[0] * groups else 0
-    return _Plan(perm, length, tuple(map(strides, ins)), tuple(strides(o) if usable else None for o in outs))
+    return _Plan(perm, length, tuple(map(strides, ins)), tuple(map(strides, outs)))
 
 
 @dataclass
@@ -124,32 +124,36 @@ class Walk:
     copy_back: list[tuple[torch.Tensor, torch.Tensor]]
 
 
-def group_walk(inputs: list[torch.Tensor], groups: int, outputs: list[torch.Tensor] = ()) -> Walk:
+def group_walk(
+    inputs: list[torch.Tensor], groups: int, outputs: list[torch.Tensor] = (), channels_last: bool = False
+) -> Walk:
     """(B, G, L) strides of `inputs` and `outputs` in which index (b, g, l) means the same element for all.
 
     Row-strided views (`params.chunk(2, dim=1)`), contiguous and channels_last tensors are used in place;
-    with G = 1 a channels_last batch is walked in memory order (a sum does not care about the order).
+    with G = 1 a channels_last batch is walked in memory order (a sum does not care about the order), and
+    `channels_last=True` insists on that order (channel = l mod C), copying what does not fit it.
     An input no common order can describe is copied. Outputs are written in place, so the order is chosen
-    among those every output supports; an output none supports is replaced by a contiguous scratch
-    tensor, to copy back after the kernel. The decision is cached per (shape, strides): no view is made.
+    among those every output supports; an output that does not fit it is replaced by a dense scratch
+    tensor in that order, to copy back after the kernel. The decision is cached per (shape, strides): no
+    view is made per call.
     """
     shape = inputs[0].shape
-    plan = _plan(shape, groups, tuple(t.stride() for t in inputs), tuple(o.stride() for o in outputs))
-    length = plan.length
-    g_eff = groups if plan.perm is None else 1
-    dense = (g_eff * length, length, 1)
+    in_strides, out_strides = tuple([t.stride() for t in inputs]), tuple([o.stride() for o in outputs])
+    plan = _plan(shape, groups, in_strides, out_strides, channels_last)
+    length, perm = plan.length, plan.perm
+    dense = (length, length, 1) if perm is not None else (groups * length, length, 1)
     walk = Walk(length, [], [], [], [], [])
     for t, st in zip(inputs, plan.inputs, strict=True):
         if st is None:  # a layout this order cannot express: copy into it
-            t = (t if plan.perm is None else t.permute(plan.perm)).contiguous()
-            st = dense
+            t, st = (t if perm is None else t.permute(perm)).contiguous(), dense
         walk.inputs.append(t)
         walk.in_strides.append(st)
     for o, st in zip(outputs, plan.outputs, strict=True):
-        if st is None:  # a layout no order describes (a rare dense permutation): write a scratch copy
-            scratch = torch.empty(o.shape, dtype=o.dtype, device=o.device)
-            walk.copy_back.append((scratch, o))
-            o, st = scratch, (groups * length, length, 1)
+        if st is None:  # a layout this order cannot express (rare): write a dense scratch copy in it
+            order = perm if perm is not None else tuple(range(o.dim()))
+            scratch = torch.empty([o.shape[d] for d in order], dtype=o.dtype, device=o.device)
+            walk.copy_back.append((scratch, o if perm is None else o.permute(perm)))
+            o, st = scratch, dense
         walk.outputs.append(o)
         walk.out_strides.append(st)
     return walk

@@ -1,0 +1,112 @@
+"""The README's commands, as a new user runs them: the quick start, the Python snippets from another
+folder after `pip install -e .`, and every `python -m train ...` line against the real parsers."""
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from train import evaluate
+from train.config import parse_args
+
+REPO = Path(__file__).resolve().parents[1]
+README = (REPO / "README.md").read_text()
+BLOCKS = re.findall(r"```(\w+)\n(.*?)```", README, flags=re.S)
+PYTHON = [code for lang, code in BLOCKS if lang == "python"]
+BASH = [code for lang, code in BLOCKS if lang == "bash"]
+
+# Python blocks that are not self-contained programs, each with the reason; every other block runs.
+NOT_RUN = {
+    "metrics.bits_per_dim(nll_nats": "a reference card of calls; names like nll_nats stand for your values",
+    'Client("http://127.0.0.1:7860")': "needs a running app (tests/test_app_client.py drives it)",
+}
+
+
+def test_quick_start_is_the_two_commands_and_ci_runs_the_second():
+    first = BASH[0].strip().splitlines()
+    assert first == ["pip install -e . && python app.py", 'pip install -e ".[dev]" && python -m pytest -q']
+    assert 'pip install -q -e ".[dev]" && python -m pytest -q' in (REPO / ".ci" / "run").read_text()
+
+
+def test_the_reasons_for_not_running_a_block_are_still_true():
+    for marker in NOT_RUN:
+        assert sum(marker in code for code in PYTHON) == 1, marker
+
+
+def _commands(prefix: str) -> list[list[str]]:
+    """Every `python -m <prefix> ...` command of the bash blocks, continuation lines joined, shell
+    variables of the loops set to 1, comments dropped."""
+    found = []
+    for block in BASH:
+        text = block.replace("\\\n", " ")
+        for line in text.splitlines():
+            line = line.split(" #")[0].replace("$b", "1").replace("$B", "1")
+            m = re.search(rf"-m {re.escape(prefix)}(\s.*|$)", line)
+            if m and not line.lstrip().startswith("#"):
+                found.append(shlex.split(m.group(1).split("&&")[0].split(";")[0]))
+    return found
+
+
+def test_every_train_command_in_the_readme_parses():
+    commands = _commands("train")
+    assert len(commands) >= 6
+    for words in commands:
+        if words[:1] == ["--help"]:
+            continue
+        parse_args(words)  # raises SystemExit on a flag that does not exist or a bad value
+
+
+def test_every_evaluate_command_in_the_readme_parses():
+    commands = _commands("train.evaluate")
+    assert len(commands) >= 3
+    for words in commands:
+        evaluate.parse_args(words)
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """A virtual environment seeing the system's packages, with this project installed by
+    `pip install -e .` (no dependencies fetched, no network, no build isolation)."""
+    venv = tmp_path_factory.mktemp("venv")
+    make = [sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", venv]
+    subprocess.run(make, check=True)
+    python = venv / "bin" / "python"
+    pip = [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps"]
+    r = subprocess.run([*pip, "--no-build-isolation", "-e", str(REPO)], capture_output=True, text=True,
+                       timeout=300)  # fmt: skip
+    if r.returncode and "no such option: --python" in r.stderr:
+        pytest.skip("pip older than 22.3 cannot install into another environment")
+    assert r.returncode == 0, r.stderr
+    return python
+
+
+def _run(python, args, cwd, timeout=120):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VAE_TRITON_BACKEND": "torch", "PYTHONPATH": ""}
+    env.pop("TRITON_INTERPRET", None)  # a user's shell: the CPU runs the torch path
+    return subprocess.run([str(python), *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)  # fmt: skip
+
+
+@pytest.mark.parametrize("index", range(len(PYTHON)))
+def test_python_snippets_run_from_another_folder(installed, tmp_path, index):
+    code = PYTHON[index]
+    if any(marker in code for marker in NOT_RUN):
+        pytest.skip(next(reason for marker, reason in NOT_RUN.items() if marker in code))
+    r = _run(installed, ["-c", code], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+def test_the_clis_run_from_another_folder(installed, tmp_path):
+    for module, flag in (("train", "--kl-warmup-steps"), ("train.evaluate", "--iw-samples")):
+        r = _run(installed, ["-m", module, "--help"], cwd=tmp_path)
+        assert r.returncode == 0 and flag in r.stdout, r.stderr
+
+
+def test_the_browser_test_prerequisite_is_documented_and_its_absence_skips():
+    assert "apt-get install -y chromium" in README
+    browser_test = (REPO / "tests" / "test_app_browser.py").read_text()
+    assert 'shutil.which("chromium")' in browser_test and "skipif(CHROMIUM is None" in browser_test
