@@ -102,12 +102,15 @@ def test_time_limit_stops_cleanly_with_a_checkpoint_and_a_model_card(tmp_path, c
     assert records(out)[-1]["final"] and records(out)[-1]["eval_split"] == "test"
 
 
-def test_eval_every_reports_the_test_split_and_keep_best_saves_the_best(tmp_path):
+def test_eval_every_reports_the_test_split_and_keep_best_saves_the_best(tmp_path, capsys):
     out = tmp_path / "run"
     args = [*SPRITES, "--preset", "mlp", "--steps", "6", "--eval-every", "2", "--keep-best", "--lr", "3e-3"]
     assert main([*args, "--out", str(out)]) == 0
     held = [r for r in records(out) if "heldout_elbo" in r]
     assert [r["step"] for r in held] == [2, 4, 6]
+    printed = [ln for ln in capsys.readouterr().out.splitlines() if "held-out ELBO" in ln]
+    assert [ln.split()[1] for ln in printed] == ["2/6", "4/6", "6/6"]
+    assert f"held-out ELBO {held[0]['heldout_elbo']:.2f} nats on 32 test images" in printed[0]
     assert {r["heldout_split"] for r in held} == {"test"} and {r["heldout_images"] for r in held} == {32}
     for r in held:
         assert r["heldout_elbo"] == pytest.approx(-(r["heldout_recon"] + r["heldout_kl"]))

@@ -163,6 +163,12 @@ class HeldOutTracker:
                 )
         return record
 
+    def describe(self, record: dict) -> str:
+        return (
+            f"held-out ELBO {record['heldout_elbo']:.2f} nats on {record['heldout_images']} {self.split} "
+            f"images (recon {record['heldout_recon']:.2f}, KL {record['heldout_kl']:.2f})"
+        )
+
     def summary(self) -> dict:
         """Numbers for the final metadata and model card (empty when nothing was tracked)."""
         if self.best is None:
@@ -401,6 +407,8 @@ def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
                     log.write(held_out)
                     if progress is not None:
                         progress.set_postfix_str(f"{tracker.split} ELBO {held_out['heldout_elbo']:.1f}")
+                    else:
+                        console.say(f"step {step:>{len(str(end))}}/{end}  {tracker.describe(held_out)}")
                 save_grids(model, fixed, out, step)
             if step % cfg.checkpoint_every == 0 and step != total:
                 checkpoint(step)
