@@ -237,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m train",
         description=(
-            "Train a convolutional VAE. Losses are per-image sums in nats: loss = mean(recon + β·KL). "
+            "Train a VAE (conv or MLP). Losses are per-image sums in nats: loss = mean(recon + β·KL). "
             "Output: model.safetensors + config.json (load with VAE.from_pretrained), run_config.json, "
             "metrics.jsonl, PNG grids, checkpoints/ and a README model card."
         ),
