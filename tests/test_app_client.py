@@ -4,6 +4,7 @@ upload then a good one, the upload cap and the file-serving boundary), plus its 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import socket
 import subprocess
@@ -245,3 +246,46 @@ def test_a_checkpoint_that_is_not_there_stops_the_app_with_a_message(tmp_path):
     )
     assert done.returncode != 0
     assert "no-such-run does not exist" in done.stderr and "Traceback" not in done.stderr
+
+
+# ---- the Posterior tab, on the bundled 2-latent digits model ------------------------------------------
+@pytest.fixture(scope="module")
+def bundled_client():
+    with serve_app() as (url, log):
+        assert "serving bundled models" in log
+        yield Client(url, verbose=False)
+
+
+def _check_posterior(numbers: dict) -> None:
+    """The identity on the grid, and IW bounds rising with K to log p(x), within Monte Carlo error."""
+    assert numbers["elbo"] + numbers["kl_to_posterior"] == pytest.approx(numbers["log_px"], abs=1e-3)
+    assert numbers["kl_to_posterior"] > 0 and numbers["q_mass_on_grid"] == pytest.approx(1.0, abs=1e-4)
+    bounds = numbers["iw_bounds"]
+    assert [b["K"] for b in bounds] == [1, 10, 100, 1000]
+    sem = [b["sem"] or 0.0 for b in bounds]
+    for i in range(3):
+        assert bounds[i + 1]["bound"] >= bounds[i]["bound"] - 3 * math.hypot(sem[i], sem[i + 1]), bounds
+    for b, s in zip(bounds, sem, strict=True):
+        assert b["bound"] <= numbers["log_px"] + 3 * s + 1e-3, (bounds, numbers["log_px"])
+    assert bounds[0]["bound"] == pytest.approx(numbers["elbo"], abs=4 * sem[0] + 1e-3)  # K = 1: the ELBO
+
+
+def test_posterior_on_an_example_and_an_upload(bundled_client, tmp_path):
+    named = bundled_client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert "/posterior" in named
+    example = REPO / "demo" / "models" / "digits2d" / "examples" / "digit-0.png"
+    seen, latent, figure, identity, bounds, caption, numbers = bundled_client.predict(
+        handle_file(str(example)), api_name="/posterior"
+    )
+    assert png_size(seen) == (112, 112) and png_size(latent) == (2 * 15 * 28,) * 2
+    assert "log p(x) = ELBO + KL[q(z|x) ‖ p(z|x)]" in identity and "Jensen" in caption
+    assert figure and bounds  # the two matplotlib figures, as gr.Plot sends them
+    _check_posterior(numbers)
+
+    upload = tmp_path / "seven.png"  # an RGB photo-sized "7", not like the training files
+    img = Image.new("RGB", (300, 200), "black")
+    ImageDraw.Draw(img).line([(110, 40), (190, 40), (140, 170)], fill="white", width=22)
+    img.save(upload)
+    *_, numbers_upload = bundled_client.predict(handle_file(str(upload)), api_name="/posterior")
+    _check_posterior(numbers_upload)
+    assert numbers_upload["log_px"] != numbers["log_px"]
