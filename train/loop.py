@@ -336,7 +336,6 @@ def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
     sums, counts = stats.sums, stats.counts
     window_t0, img_per_s = time.perf_counter(), float("nan")
     end = total if stop_at is None else min(total, stop_at)
-    check_every = min(cfg.log_every, cfg.max_bad_steps)
     interrupted = out_of_time = False
     loop_t0 = time.perf_counter()
     deadline = None if cfg.time_limit is None else loop_t0 + cfg.time_limit
@@ -352,7 +351,10 @@ def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
             if not result.counted:  # a step that does not keep the running sums itself
                 stats.add(result)
             log_now = step % cfg.log_every == 0 or step == end
-            if log_now or step % check_every == 0:
+            # The device counters are read (a host sync) only when logging, and before a checkpoint (which
+            # syncs anyway): a diverged run stops at the next of these, its skipped steps left the weights
+            # untouched.
+            if log_now or step % cfg.checkpoint_every == 0:
                 good, skipped, _, longest = counts.tolist()
                 total_skipped += int(skipped)
                 if skipped:
