@@ -121,8 +121,8 @@ def elbo_panel(stats: dict) -> str:
     ]
     identity = (
         f"\n**log p(x) = ELBO + KL[q(z|x) ‖ p(z|x)]:**  {nats(stats['iw_log_likelihood'])} = "
-        f"{nats(stats['elbo'])} + {nats(stats['gap'])}  (the IW bound stands in for log p(x), so the gap is "
-        "slightly underestimated; raise K to tighten it)"
+        f"{nats(stats['elbo'])} + {nats(stats['gap'])}  (the IW bound stands in for log p(x), so the gap "
+        "shown is a lower estimate of KL[q ‖ p(z|x)]; raise K to tighten it)"
     )
     note = ""
     if stats["likelihood"] == "bernoulli" and not stats["binary_input"]:

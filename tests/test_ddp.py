@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -61,6 +62,11 @@ def test_two_process_training_on_cpu(tmp_path):
         "--no-progress",
     ]
     r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    if r.returncode != 0 and "terminate called without an active exception" in r.stderr:
+        # Seen about once in 15 runs on a loaded 2-core CPU: a gloo worker thread aborts while the process
+        # group is torn down after the run. One fresh attempt; any other failure, or a second one, fails.
+        shutil.rmtree(out, ignore_errors=True)
+        r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr[:6000]
     # Checkpoints at steps 3 and 6 ran the cross-rank weight check (it raises on any difference).
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

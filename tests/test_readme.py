@@ -101,7 +101,8 @@ def test_python_snippets_run_from_another_folder(installed, tmp_path, index):
 
 
 def test_the_clis_run_from_another_folder(installed, tmp_path):
-    for module, flag in (("train", "--kl-warmup-steps"), ("train.evaluate", "--iw-samples")):
+    clis = (("train", "--kl-warmup-steps"), ("train.evaluate", "--iw-samples"), ("demo", "--hub-repo"))
+    for module, flag in clis:
         r = _run(installed, ["-m", module, "--help"], cwd=tmp_path)
         assert r.returncode == 0 and flag in r.stdout, r.stderr
 

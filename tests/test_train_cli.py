@@ -66,7 +66,7 @@ def test_no_progress_prints_a_start_block_log_lines_and_a_final_block_and_no_bar
     assert [ln.split()[1] for ln in stdout.splitlines() if ln.startswith("step ")] == ["2/6", "4/6", "6/6"]
     final = stdout.split("done: 6 steps")[1]
     files = [str(out / name) for name in ("model.safetensors", "README.md", "metrics.jsonl")]
-    commands = [f"python -m train.evaluate --checkpoint {out}", f"python app.py --checkpoint {out}"]
+    commands = [f"python -m train.evaluate --checkpoint {out}", f"python -m demo --checkpoint {out}"]
     for word in ("recon NLL", "KL", "ELBO", "elapsed", "img/s", *files, *commands):
         assert word in final, (word, final)
     elbo = float(re.search(r"ELBO\s+(-?[\d.]+)", final).group(1))
@@ -96,7 +96,9 @@ def test_resume_on_a_finished_run_says_so_and_how_to_train_longer(tmp_path, caps
     before = tree(out)
     code, stdout, stderr = run(capsys, *args, "--resume")
     assert code == 0
-    assert "already finished" in stderr and "--steps 8 --resume" in stderr, stderr
+    hint = stderr[stderr.index("python -m train") :].split("\n")[0]
+    assert "already finished" in stderr and hint.endswith(" --resume"), stderr
+    assert hint.count("--steps") == 1 and "--steps 8 " in hint, hint  # one --steps: the larger one
     assert tree(out) == before  # nothing re-evaluated or rewritten
 
 

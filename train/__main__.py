@@ -8,14 +8,16 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     from .checkpoint import CheckpointError
-    from .config import build_parser, parse_args
+    from .config import parse_args
     from .data import DataUnavailableError
     from .loop import TrainingDiverged, train
 
     try:
         cfg = parse_args(argv)
     except ValueError as e:
-        build_parser().error(str(e))  # exits 2 with usage
+        # One line, like every other refusal (argparse's own errors still show the usage).
+        print(f"python -m train: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     try:
         train(cfg, argv=argv)
     except KeyboardInterrupt:

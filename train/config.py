@@ -388,7 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-bad-steps",
         type=int,
         default=d.max_bad_steps,
-        help="non-finite loss/gradients: skip the step; stop after this many in a row",
+        help="a non-finite loss or gradient skips the step (on the device); stop after this many skipped "
+        "in a row, or more than this many in all (checked when logging and before checkpoints)",
     )
     g.add_argument("--seed", type=int, default=d.seed, help="seeds weights, noise and data order")
     g.add_argument(

@@ -108,9 +108,10 @@ class Console:
     def final_block(self, *, final: dict, out: Path, elapsed: float, reproduce: str, likelihood: str) -> None:
         out = Path(out)
         recon, kl = final["eval_recon"], final["eval_kl"]
+        held_out = final["eval_split"] != "train"
         rows = [
             (
-                "held-out",
+                "held-out" if held_out else "training",
                 f"{final['eval_images']} images of the {final['eval_split']} split, one "
                 "posterior sample each, nats per image",
             ),  # fmt: skip
@@ -127,6 +128,11 @@ class Console:
             ("throughput", f"{final['img_per_s']:,.0f} img/s (median over logging windows)"),
         ]
         self.table(f"done: {final['step']:,} steps", rows)
+        if not held_out:
+            self.warn(
+                "the data has no test split, so these numbers are on training images: add a test/ "
+                "subfolder or pass --test-fraction 0.2 to hold some out"
+            )
         files = [
             ("model", out / "model.safetensors", "+ config.json"),
             ("model card", out / "README.md", "(numbers and the command that reproduces it)"),
@@ -139,7 +145,7 @@ class Console:
             "next",
             [
                 ("evaluate", f"python -m train.evaluate --checkpoint {shlex.quote(str(out))}"),
-                ("serve", f"python app.py --checkpoint {shlex.quote(str(out))}"),
+                ("serve", f"python -m demo --checkpoint {shlex.quote(str(out))}"),
                 ("reproduce", reproduce),
             ],
         )

@@ -197,7 +197,10 @@ class BatchSource:
                 f"--batch-size {batch_size} must be divisible by the number of processes ({world})"
             )
         if len(dataset) < batch_size:
-            raise ValueError(f"the dataset has {len(dataset)} images, fewer than --batch-size {batch_size}")
+            raise ValueError(
+                f"the dataset has {len(dataset)} images, fewer than --batch-size {batch_size}: use "
+                f"--batch-size {max(1, len(dataset) // max(world, 1))} or less, or add images"
+            )
         self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
         self.device = torch.device(device)
         self.hflip, self.rank, self.world = hflip, rank, world

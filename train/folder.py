@@ -38,6 +38,7 @@ SPLIT_DIRS = {"train": ("train",), "test": ("test",), "valid": ("valid", "val", 
 FOLDER_SPLITS = ("train", "valid", "test", "all")
 DEFAULT_RESOLUTION = 64
 NATIVE_MAX = 128  # larger square images are downscaled to DEFAULT_RESOLUTION unless --resolution says else
+_REPORTED: set = set()  # caches whose skipped files were already reported
 
 
 def load_folder(
@@ -73,7 +74,8 @@ def load_folder(
         except DataUnavailableError as e:
             raise DataUnavailableError(f"--data-dir {root} ({rule}): {e}") from None
     report = read_report(path)
-    if report["skipped"]:
+    if report["skipped"] and path not in _REPORTED:  # once per process: a run opens its splits several times
+        _REPORTED.add(path)
         print(
             f"folder {root} ({split}): skipped {report['skipped']} unreadable or non-image files "
             f"(e.g. {', '.join(report['examples'])})",

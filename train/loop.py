@@ -12,7 +12,7 @@ import math
 import statistics
 import sys
 import time
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -267,7 +267,7 @@ def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
         console.notice(
             f"{out} already finished: its checkpoint is at step {resume['step']} of {total}, so there is "
             f"nothing to train. To train longer, raise --steps: "
-            f"{command} --steps {2 * resume['step']} --resume"
+            f"{reproduce_command(replace(cfg, steps=2 * resume['step'], epochs=None))} --resume"
         )
         return {"step": resume["step"], "already_finished": True}
 
@@ -456,6 +456,10 @@ def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
         if out_of_time:
             extra.update(time_limit_s=cfg.time_limit, planned_steps=end)
         final = final_report(model, cfg, model_cfg, step, img_per_s, device, command, out, extra=extra)
+        stale = out / "eval.json"  # it measured the weights this run just replaced
+        if stale.exists():
+            stale.unlink()
+            console.notice(f"removed {stale}: it evaluated the previous weights; run train.evaluate again")
         console.final_block(final=final, out=out, elapsed=time.perf_counter() - run_t0, reproduce=command,
                             likelihood=model_cfg.likelihood)  # fmt: skip
         if cfg.push_to_hub:

@@ -67,7 +67,7 @@ step, with one posterior sample per image (the ELBO is a lower bound on log p(x)
 | reconstruction NLL (nats/image) | {final["eval_recon"]:.2f} |
 | KL[q(z\\|x) ‖ p(z)] (nats/image) | {final["eval_kl"]:.2f} |
 | −ELBO (nats/image) | {final["eval_recon"] + final["eval_kl"]:.2f} |{bpd}
-| active units (Cov_x E_q[z] > 0.01) | {final["active_units"]} / {model_cfg["latent_dim"]} |
+| active units (Var_x E_q[z] > 0.01) | {final["active_units"]} / {model_cfg["latent_dim"]} |
 | training throughput (median over logging windows) | {final["img_per_s"]:.0f} img/s on {final["device"]} |
 | steps × batch | {final["step"]} × {run["batch_size"]} |
 
