@@ -60,6 +60,11 @@ CSS = """
 #elbo-panel :is(td, th), #posterior-identity :is(td, th) { word-break: normal; overflow-wrap: normal; }
 #latent-map img { cursor: crosshair; }
 .caption p { color: var(--body-text-color-subdued); font-size: 0.92em; }
+/* A phone-wide screen would squash the frame strip to a sliver: keep it 96 px tall and let it scroll. */
+@media (max-width: 600px) {
+  #strip { overflow-x: auto; }
+  #strip img { height: 96px; width: auto; max-width: none; }
+}
 """
 
 
@@ -529,7 +534,7 @@ def build_demo(ladder: inf.Ladder) -> gr.Blocks:
                 gr.Examples(
                     examples=pairs, inputs=[image_a, image_b], label=examples_label, cache_examples=False
                 )
-                strip = _image_output("decoded frames, from → to")
+                strip = _image_output("decoded frames, from → to", show_label=False, elem_id="strip")
                 with gr.Row():
                     animation = gr.Image(
                         label="animation",
