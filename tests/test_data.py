@@ -18,10 +18,10 @@ from train.data import (
     BatchSource,
     DataUnavailableError,
     ImageDataset,
-    build_cache,
     dsprites_images,
     get_dataset,
 )
+from train.imagecache import build_cache
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -23,15 +23,12 @@ from vae_triton.io import remove_stale_temps
 from . import dsprites as _dsprites
 from .celeba import load_celeba
 from .folder import load_folder
-from .imagecache import (  # noqa: F401  (re-exported: the loaders' shared names)
+from .imagecache import (  # noqa: F401  (DataUnavailableError is also this module's API)
     BINARIZE_CHOICES,
     CHANNEL_CHOICES,
     DataUnavailableError,
     ImageDataset,
     binarize,
-    build_cache,
-    cache_key,
-    open_cache,
 )
 
 DATASETS = ("dsprites", "celeba", "folder")
