@@ -141,17 +141,23 @@ def annotated_grid(
     tile: int,
     gap: int,
     *,
-    left: int = 200,
-    bottom: int = 32,
+    left: int | None = None,
 ) -> Image.Image:
     """A grid image with a text label left of each row and below each column (light text on dark grey).
-    Column labels go below: the top-right corner is where Gradio puts its image buttons."""
+    Row labels may hold a line break. The font is a fifth of a tile (≥ 17 px), so a phone that shows the
+    grid at a third of its size still shows ~8 px text. Column labels go below: the top-right corner is
+    where Gradio puts its image buttons."""
+    font = _font(max(17, tile // 5))
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    widest = max((probe.multiline_textbbox((0, 0), t, font=font)[2] for t in row_labels), default=0)
+    left = widest + 2 * font.size // 2 if left is None else left
+    bottom = 2 * font.size
     canvas = Image.new("RGB", (body.width + left, body.height + bottom), (40, 40, 40))
     canvas.paste(body.convert("RGB"), (left, 0))
     draw = ImageDraw.Draw(canvas)
-    style = {"fill": (235, 235, 235), "font": _font(17)}
+    style = {"fill": (235, 235, 235), "font": font}
     for r, text in enumerate(row_labels):
-        draw.text((10, r * (tile + gap) + tile // 2), text, anchor="lm", **style)
+        draw.multiline_text((font.size // 2, r * (tile + gap) + tile // 2), text, anchor="lm", **style)
     for c, text in enumerate(col_labels):
         draw.text(
             (left + c * (tile + gap) + tile // 2, body.height + bottom // 2), text, anchor="mm", **style

@@ -14,6 +14,7 @@ from PIL import Image
 from train import threads
 from train.__main__ import main
 from train.config import MLP_MAX_SIZE, build_parser, default_preset
+from train.report import heldout_trend
 from vae_triton.model import VAE
 
 SPRITES = ["--dataset", "dsprites", "--limit", "64", "--batch-size", "16", "--no-progress",
@@ -121,7 +122,19 @@ def test_eval_every_reports_the_test_split_and_keep_best_saves_the_best(tmp_path
     assert final["best_step"] == best["step"] and final["heldout_split"] == "test"
     card = (out / "README.md").read_text()
     assert "the table above is on the `test` split" in card and "`heldout_*` lines on the test split" in card
-    assert f"at step {best['step']} (saved in `best/`)" in card
+    assert f"at step {best['step']} (saved in `best/`" in card
+    # The convergence check: the held-out ELBO over the last 20 % of the steps (the evaluation at step ≤ 4.8).
+    change = held[2]["heldout_elbo"] - held[1]["heldout_elbo"]
+    assert final["heldout_trend_from_step"] == 4 and final["heldout_trend_change"] == pytest.approx(change)
+    assert f"at step 4 → {held[2]['heldout_elbo']:.2f} at step 6, a change of {change:+.2f} nats" in card
+
+
+def test_the_held_out_trend_needs_an_evaluation_before_the_last_fifth():
+    rows = [{"step": s, "heldout_elbo": e} for s, e in [(10, -90.0), (80, -60.0), (90, -59.5), (100, -59.0)]]
+    assert heldout_trend(rows) == {
+        "heldout_trend_from_step": 80, "heldout_trend_from": -60.0, "heldout_trend_change": 1.0
+    }  # fmt: skip
+    assert heldout_trend(rows[2:]) == {} and heldout_trend([{"step": 5, "loss": 1.0}]) == {}
 
 
 def test_held_out_elbo_is_the_elbo_of_the_test_images(tmp_path):

@@ -29,7 +29,7 @@ from .config import RunConfig, default_kl_warmup_steps, default_preset
 from .console import Console, cache_summary
 from .data import DEFAULT_CACHE, BatchSource, DataUnavailableError, ImageDataset, dataset_for_split
 from .paths import check_output_dir
-from .report import failure_card, interleave_rows, read_metrics, save_grid, write_model_card
+from .report import failure_card, heldout_trend, interleave_rows, read_metrics, save_grid, write_model_card
 from .step import (  # noqa: F401 — StepResult, autocast_dtype, beta_at, lr_at: names train.loop always had
     StepResult,
     StepStats,
@@ -453,6 +453,7 @@ def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
     if info.is_main:
         extra = {"num_threads": num_threads, "train_seconds": round(loop_seconds, 2)}
         extra.update(tracker.summary() if tracker else {})
+        extra.update(heldout_trend(read_metrics(out / "metrics.jsonl")))
         if out_of_time:
             extra.update(time_limit_s=cfg.time_limit, planned_steps=end)
         final = final_report(model, cfg, model_cfg, step, img_per_s, device, command, out, extra=extra)

@@ -104,11 +104,21 @@ def splits_note(run: dict, final: dict) -> str:
         "its `eval_*` lines on fixed training images and its `heldout_*` lines on the test split.",
     ]
     if "best_heldout_elbo" in final:
-        where = " (saved in `best/`)" if final.get("best_saved") else ""
+        where = (
+            " (saved in `best/`; chosen on that split, so its number there is optimistic)"
+            if final.get("best_saved") else ""
+        )  # fmt: skip
         lines.append(
             f"Best held-out ELBO during training: {final['best_heldout_elbo']:.2f} nats/image on the "
-            f"`{final['heldout_split']}` split at step {final['best_step']}{where}; chosen on that split, "
-            "so its number there is optimistic."
+            f"`{final['heldout_split']}` split at step {final['best_step']}{where}."
+        )
+    if "heldout_trend_change" in final:
+        start, change = final["heldout_trend_from"], final["heldout_trend_change"]
+        lines.append(
+            f"Held-out ELBO over the last 20 % of the steps: {start:.2f} at step "
+            f"{final['heldout_trend_from_step']} → {start + change:.2f} at step {final['step']}, "
+            f"a change of {change:+.2f} nats ({100 * change / abs(start):+.1f} %) (the convergence check: "
+            "a converged run changes by ≈ 0)."
         )
     if "time_limit_s" in final:
         lines.append(
@@ -116,6 +126,21 @@ def splits_note(run: dict, final: dict) -> str:
             f"{final['planned_steps']} planned steps."
         )
     return "\n".join(lines)
+
+
+def heldout_trend(records: list[dict], last_share: float = 0.2) -> dict:
+    """The held-out ELBO's change over the last `last_share` of the steps, from the `heldout_*` lines of
+    metrics.jsonl (`--eval-every`): the convergence check (a flat curve changes by ~0 nats). Empty when
+    fewer than two evaluations span that window."""
+    points = [(r["step"], r["heldout_elbo"]) for r in records if "heldout_elbo" in r]
+    if not points:
+        return {}
+    end_step, end = points[-1]
+    before = [p for p in points if p[0] <= (1 - last_share) * end_step]
+    if not before:
+        return {}
+    start_step, start = before[-1]
+    return {"heldout_trend_from_step": start_step, "heldout_trend_from": start, "heldout_trend_change": end - start}
 
 
 def write_model_card(out: Path, run: dict, final: dict, command: str, model_cfg: dict) -> None:
