@@ -210,6 +210,33 @@ def test_resume_applies_safe_flags_with_a_notice(stopped_run, capsys):
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r][-2:] == [3, 6]
 
 
+@pytest.mark.parametrize("length", [["--steps", "6"], ["--epochs", "3"]])
+def test_resume_of_a_cosine_run_refuses_another_length(tmp_path, capsys, length):
+    """Cosine's rate is a function of step / planned steps: another length would change every later
+    step's rate, so the run would no longer be the one its card's reproduce line trains."""
+    out = tmp_path / "run"
+    args = [*SPRITES, *TINY, "--steps", "4", "--lr-schedule", "cosine", "--out", str(out), "--no-progress"]
+    loop.train(parse_args(args), stop_at=2)
+    before = tree(out)
+    at = args.index("--steps")
+    again = args[:at] + args[at + 2 :]
+    code, _, err = run(capsys, *again, *length, "--resume")
+    assert code == 2 and "Traceback" not in err
+    assert f"{length[0]} {float(length[1]) if length[0] == '--epochs' else length[1]} (the run used" in err and "cosine spans the planned steps" in err, err
+    assert tree(out) == before
+    assert run(capsys, *args, "--resume", "--quiet")[0] == 0  # the same length continues
+
+
+def test_a_finished_cosine_run_points_to_a_new_longer_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = [*SPRITES, *TINY, "--steps", "4", "--lr-schedule", "cosine", "--out", out, "--no-progress"]
+    assert run(capsys, *args)[0] == 0
+    code, _, err = run(capsys, *args, "--resume")
+    hint = err[err.index("python -m train") :].split("\n")[0]
+    assert code == 0 and "start a new run with more --steps" in err and "--resume" not in hint, err
+    assert "--steps 8 " in hint and f"--out {out}-longer" in hint, hint
+
+
 def test_every_run_config_field_is_either_resumable_or_guarded():
     # A new flag must be classified: guarded by default (refused on --resume when it differs).
     names = {f for f in RunConfig().to_dict()}

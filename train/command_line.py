@@ -95,7 +95,14 @@ def resume_config(cfg: RunConfig, saved: dict, given: set[str]) -> tuple[RunConf
         if name not in now or name == "resume" or merged.get(name) == now[name]:
             continue
         was = saved.get(name)
-        if name in RESUMABLE:
+        if name in ("steps", "epochs") and merged.get("lr_schedule") == "cosine":
+            # The cosine rate is a function of step / planned steps: another length changes the rate of
+            # every step still to come, and the card's reproduce line would no longer reproduce the run.
+            refused.append(
+                f"{flag(name)} {now[name]} (the run used {was}; its --lr-schedule cosine spans the planned "
+                "steps, so another length changes the learning rate of every step to come)"
+            )
+        elif name in RESUMABLE:
             merged[name] = now[name]
             if name not in ("out", "progress", "quiet"):
                 changed.append(f"{flag(name)} {now[name]} (was {was})")

@@ -264,10 +264,15 @@ def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
         cfg.kl_warmup_steps = default_kl_warmup_steps(total)
     command = reproduce_command(cfg)
     if resume is not None and resume["step"] >= total:
+        longer = replace(cfg, steps=2 * resume["step"], epochs=None)
+        how = (  # a cosine schedule spans the planned steps: a longer one is another run
+            f"start a new run with more --steps: {reproduce_command(replace(longer, out=f'{out}-longer'))}"
+            if cfg.lr_schedule == "cosine"
+            else f"raise --steps: {reproduce_command(longer)} --resume"
+        )
         console.notice(
             f"{out} already finished: its checkpoint is at step {resume['step']} of {total}, so there is "
-            f"nothing to train. To train longer, raise --steps: "
-            f"{reproduce_command(replace(cfg, steps=2 * resume['step'], epochs=None))} --resume"
+            f"nothing to train. To train longer, {how}"
         )
         return {"step": resume["step"], "already_finished": True}
 
