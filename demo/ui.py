@@ -256,9 +256,7 @@ def make_handlers(
         rows, ranked, values = inf.traverse_image(rung, x, num_dims, span, steps)
         scale, gap = 2, 2
         body = im.grid(rows.reshape(-1, *rows.shape[2:]), cols=rows.shape[1], scale=scale, gap=gap)
-        row_labels = [
-            f"z{d}\n{kl:.2f} nats" + ("" if kl >= inf.ACTIVE_KL else " (off)") for d, kl in ranked
-        ]
+        row_labels = [f"z{d}\n{kl:.2f} nats" + ("" if kl >= inf.ACTIVE_KL else " (off)") for d, kl in ranked]
         # ASCII signs (not every font has U+2212); two decimals at most: 9 steps over ±3 hit ±0.75.
         col_labels = [f"{v:+.2f}".rstrip("0").rstrip(".") if v else "0" for v in values]
         picture = im.annotated_grid(body, row_labels, col_labels, tile=cfg.image_size * scale, gap=gap)

@@ -20,7 +20,13 @@ def test_curves_of_a_ladder_are_labelled_by_beta_and_written_as_png(tmp_path, ca
     b = _run(tmp_path / "b4", 4.0, [-99.0, -95.0, -94.0])
     curves = load_curves([a, b])
     assert [label for label, _ in curves] == ["β = 1", "β = 4"]
-    assert [r["heldout_elbo"] for r in curves[0][1]] == [-90.0, -70.0, -65.0, -64.0, -63.5]  # loss lines dropped
+    assert [r["heldout_elbo"] for r in curves[0][1]] == [
+        -90.0,
+        -70.0,
+        -65.0,
+        -64.0,
+        -63.5,
+    ]  # loss lines dropped
     out = tmp_path / "curves.png"
     assert main([str(a), str(b), "--out", str(out)]) == 0
     assert Image.open(out).size == (1000, 400) and f"wrote {out}" in capsys.readouterr().out

@@ -222,7 +222,8 @@ def test_resume_of_a_cosine_run_refuses_another_length(tmp_path, capsys, length)
     again = args[:at] + args[at + 2 :]
     code, _, err = run(capsys, *again, *length, "--resume")
     assert code == 2 and "Traceback" not in err
-    assert f"{length[0]} {float(length[1]) if length[0] == '--epochs' else length[1]} (the run used" in err and "cosine spans the planned steps" in err, err
+    shown = float(length[1]) if length[0] == "--epochs" else length[1]
+    assert f"{length[0]} {shown} (the run used" in err and "cosine spans the planned steps" in err, err
     assert tree(out) == before
     assert run(capsys, *args, "--resume", "--quiet")[0] == 0  # the same length continues
 

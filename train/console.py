@@ -105,7 +105,16 @@ class Console:
             f"{record['img_per_s']:,.0f} img/s  eta {eta}"
         )
 
-    def final_block(self, *, final: dict, out: Path, elapsed: float, reproduce: str, likelihood: str) -> None:
+    def final_block(
+        self,
+        *,
+        final: dict,
+        out: Path,
+        elapsed: float,
+        reproduce: str,
+        likelihood: str,
+        lr_schedule: str = "constant",
+    ) -> None:
         out = Path(out)
         recon, kl = final["eval_recon"], final["eval_kl"]
         held_out = final["eval_split"] != "train"
@@ -138,7 +147,13 @@ class Console:
             ("model card", out / "README.md", "(numbers and the command that reproduces it)"),
             ("metrics", out / "metrics.jsonl", ""),
             ("pictures", out / "reconstructions.png", "samples.png, grids/"),
-            ("checkpoint", out / "checkpoints", "(continue with --resume and a larger --steps)"),
+            (
+                "checkpoint",
+                out / "checkpoints",
+                "(a cosine schedule spans its --steps: train longer as a new run)"
+                if lr_schedule == "cosine"
+                else "(continue with --resume and a larger --steps)",
+            ),
         ]
         self.table("files", [(k, f"{p} {extra}".rstrip()) for k, p, extra in files])
         self.table(

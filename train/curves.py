@@ -31,10 +31,17 @@ def load_curves(runs: list[Path]) -> list[tuple[str, list[dict]]]:
                 "with a test split) to record them"
             )
         curves.append((run, records))
-    betas = [json.loads((run / "run_config.json").read_text()).get("beta") if (run / "run_config.json").exists()
-             else None for run, _ in curves]  # fmt: skip
+    betas = [_beta(run) for run, _ in curves]
     by_beta = None not in betas and len(set(betas)) == len(betas)
-    return [(f"β = {b:g}" if by_beta else run.name, records) for (run, records), b in zip(curves, betas)]
+    return [
+        (f"β = {b:g}" if by_beta else run.name, records)
+        for (run, records), b in zip(curves, betas, strict=True)
+    ]
+
+
+def _beta(run: Path) -> float | None:
+    config = run / "run_config.json"
+    return json.loads(config.read_text()).get("beta") if config.exists() else None
 
 
 def curves_figure(curves: list[tuple[str, list[dict]]]) -> Figure:
@@ -61,7 +68,9 @@ def curves_figure(curves: list[tuple[str, list[dict]]]) -> Figure:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train.curves", description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="+", type=Path, help="run directories (what `python -m train --out` wrote)")
+    parser.add_argument(
+        "runs", nargs="+", type=Path, help="run directories (what `python -m train --out` wrote)"
+    )
     parser.add_argument("--out", type=Path, required=True, help="the PNG to write")
     args = parser.parse_args(argv)
     try:

@@ -467,7 +467,7 @@ def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
             stale.unlink()
             console.notice(f"removed {stale}: it evaluated the previous weights; run train.evaluate again")
         console.final_block(final=final, out=out, elapsed=time.perf_counter() - run_t0, reproduce=command,
-                            likelihood=model_cfg.likelihood)  # fmt: skip
+                            likelihood=model_cfg.likelihood, lr_schedule=cfg.lr_schedule)  # fmt: skip
         if cfg.push_to_hub:
             url = model.push_to_hub(cfg.push_to_hub, extra_files=[str(out / "README.md")])
             console.say(f"pushed to {url}")

@@ -140,7 +140,11 @@ def heldout_trend(records: list[dict], last_share: float = 0.2) -> dict:
     if not before:
         return {}
     start_step, start = before[-1]
-    return {"heldout_trend_from_step": start_step, "heldout_trend_from": start, "heldout_trend_change": end - start}
+    return {
+        "heldout_trend_from_step": start_step,
+        "heldout_trend_from": start,
+        "heldout_trend_change": end - start,
+    }
 
 
 def write_model_card(out: Path, run: dict, final: dict, command: str, model_cfg: dict) -> None:
