@@ -67,6 +67,18 @@ def test_every_evaluate_command_in_the_readme_parses():
         evaluate.parse_args(words)
 
 
+def test_every_curves_command_in_the_readme_draws_the_bundled_runs(tmp_path, monkeypatch, capsys):
+    from train import curves
+
+    commands = _commands("train.curves")
+    assert len(commands) >= 1
+    monkeypatch.chdir(REPO)
+    for words in commands:
+        at = words.index("--out")
+        runs = [str(p) for w in words[:at] for p in sorted(REPO.glob(w))]  # the shell's glob
+        assert runs and curves.main([*runs, "--out", str(tmp_path / "curves.png")]) == 0
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
     """A virtual environment seeing the system's packages, with this project installed by
