@@ -124,6 +124,12 @@ def rate_distortion_figure(
     pad_x, pad_y = 0.2 * (np.ptp(rates) + 1.0), 0.2 * (np.ptp(dists) + 1.0)
     x0, x1 = max(0.0, rates.min() - pad_x), rates.max() + pad_x
     y0, y1 = dists.min() - pad_y, dists.max() + pad_y
+    if image:  # an image near the ladder widens the frame to hold it, with a margin for its marker
+        r, d = image
+        span_x, span_y = x1 - x0, y1 - y0
+        if x0 - span_x <= r <= x1 + span_x and y0 - span_y <= d <= y1 + span_y:
+            x0, x1 = max(0.0, min(x0, r - 0.08 * span_x)), max(x1, r + 0.08 * span_x)
+            y0, y1 = min(y0, d - 0.08 * span_y), max(y1, d + 0.08 * span_y)
     totals = np.linspace(x0 + y0, x1 + y1, 7)[1:-1]
     for total in totals:
         ax.plot([x0, x1], [total - x0, total - x1], color="0.75", lw=0.8, ls="--", zorder=0)

@@ -60,10 +60,14 @@ CSS = """
 #elbo-panel :is(td, th), #posterior-identity :is(td, th) { word-break: normal; overflow-wrap: normal; }
 #latent-map img { cursor: crosshair; }
 .caption p { color: var(--body-text-color-subdued); font-size: 0.92em; }
-/* A phone-wide screen would squash the frame strip to a sliver: keep it 96 px tall and let it scroll. */
+/* At phone width the frame strip and the traversal (its labels are drawn in the image) would shrink to a
+   sliver and to ~6 px text: keep them larger and let them scroll sideways, from their left end (Gradio
+   centres the image, which would put the overflow's left part out of reach). */
 @media (max-width: 600px) {
-  #strip { overflow-x: auto; }
+  #strip .image-container, #traversal .image-container { overflow-x: auto; }
+  #strip .image-container > button, #traversal .image-container > button { justify-content: flex-start; }
   #strip img { height: 96px; width: auto; max-width: none; }
+  #traversal img { width: 760px; height: auto; max-width: none; }
 }
 """
 
@@ -694,11 +698,12 @@ def _posterior_tab(models: inf.Ladder | None, why_not: str) -> dict:
             gr.Examples(examples=[[p] for p in examples], inputs=[image], label=label, cache_examples=False)
             button = gr.Button("Explore the posterior", variant="primary")
         seen = _image_output("what the model sees", height=200, elem_id="posterior-seen")
-    figure = gr.Plot(label="p(z|x) and q(z|x)", elem_id="posterior-plot")
+    # The figures carry their own titles: Gradio's label box would sit on top of them.
+    figure = gr.Plot(label="p(z|x) and q(z|x)", show_label=False, elem_id="posterior-plot")
     identity = gr.Markdown(elem_id="posterior-identity")
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
-            bounds = gr.Plot(label="IW bounds by K", elem_id="iw-plot")
+            bounds = gr.Plot(label="IW bounds by K", show_label=False, elem_id="iw-plot")
         with gr.Column(scale=2):
             bounds_caption = gr.Markdown(elem_classes=["caption"], elem_id="iw-caption")
     with gr.Row(equal_height=False):

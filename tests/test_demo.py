@@ -512,3 +512,10 @@ def test_rate_distortion_plane_marks_the_rung_and_the_image(handlers, ladder):
     # Lines of equal ELBO: slope −1 (D + R = const).
     dashed = [ln for ln in ax.lines if ln.get_linestyle() == "--"]
     assert dashed and all(np.allclose(np.diff(ln.get_ydata()), -np.diff(ln.get_xdata())) for ln in dashed)
+    # An image just outside the ladder's frame widens it (the whole marker shows); one far off is pinned
+    # to the border with its numbers, so the curve is not squashed.
+    near = h.rate_distortion(1.0, {"beta": 1.0, "kl": 25.0, "recon_nll": 4.0}).axes[0]
+    y0, y1 = near.get_ylim()
+    assert y0 < 4.0 < y1 and any(list(ln.get_ydata()) == [4.0] for ln in near.lines)
+    far = h.rate_distortion(1.0, {"beta": 1.0, "kl": 500.0, "recon_nll": 3000.0}).axes[0]
+    assert far.get_ylim()[1] < 3000 and "off the plane" in far.get_legend().get_texts()[0].get_text()

@@ -117,8 +117,8 @@ def splits_note(run: dict, final: dict) -> str:
         lines.append(
             f"Held-out ELBO over the last 20 % of the steps: {start:.2f} at step "
             f"{final['heldout_trend_from_step']} → {start + change:.2f} at step {final['step']}, "
-            f"a change of {change:+.2f} nats ({100 * change / abs(start):+.1f} %) (the convergence check: "
-            "a converged run changes by ≈ 0)."
+            f"a change of {change:+.2f} nats ({100 * change / abs(start):+.1f} %). This is the convergence "
+            "check: the closer to 0, the flatter the end of the run."
         )
     if "time_limit_s" in final:
         lines.append(
