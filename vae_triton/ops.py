@@ -37,6 +37,7 @@ float32); with `logvar_clamp=None`, logvar itself must stay ≤ 88. Sums that ex
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import numbers
 import os
@@ -254,12 +255,46 @@ def _bernoulli_bwd(grad, logits, x, need_logits, need_x):
         return _bernoulli_kernels.bernoulli_nll_bwd(grad, logits, x, need_logits, need_x)
 
 
-def _reparameterize_kl_grads(backward, needs_input_grad, grad_z, grad_kl, mu, logvar, seed, eps, lo, hi):
+# Saving for backward and turning the kernels' outputs into gradients is the same on both paths (the
+# custom ops below, the light autograd.Functions after them); only the backward they call differs.
+def _reparameterize_kl_setup(ctx, inputs, output=None):
+    mu, logvar, seed, eps, lo, hi = inputs
+    ctx.save_for_backward(mu, logvar, seed, eps)
+    ctx.clamp = (lo, hi)
+
+
+def _reparameterize_kl_grads(backward, ctx, grad_z, grad_kl):
+    mu, logvar, seed, eps = ctx.saved_tensors
+    lo, hi = ctx.clamp
     grad_mu, grad_logvar = backward(grad_z, grad_kl, mu, logvar, seed, eps, lo, hi)
     grad_eps = None
-    if eps is not None and needs_input_grad[3]:  # rare (ε is noise): plain torch is fine here
+    if eps is not None and ctx.needs_input_grad[3]:  # rare (ε is noise): plain torch is fine here
         grad_eps = (grad_z.float() * torch.exp(0.5 * logvar.float().clamp(lo, hi))).to(eps.dtype)
     return grad_mu, grad_logvar, None, grad_eps, None, None
+
+
+def _gaussian_setup(ctx, inputs, output=None):
+    images, x, log_sigma, value, sigmoid = inputs
+    ctx.save_for_backward(images, x, log_sigma)
+    ctx.args = (value, sigmoid)
+
+
+def _gaussian_grads(backward, ctx, grad):
+    images, x, log_sigma = ctx.saved_tensors
+    value, sigmoid = ctx.args
+    needs = ctx.needs_input_grad[:3]
+    grads = backward(grad, images, x, log_sigma, value, *needs, sigmoid)
+    return (*_pair(grads, needs), None, None)
+
+
+def _bernoulli_setup(ctx, inputs, output=None):
+    ctx.save_for_backward(inputs[0], inputs[1])
+
+
+def _bernoulli_grads(backward, ctx, grad):
+    logits, x = ctx.saved_tensors
+    needs = ctx.needs_input_grad[:2]
+    return _pair(backward(grad, logits, x, *needs), needs)
 
 
 def _pair(grads, needs):
@@ -295,19 +330,10 @@ def _(grad_z, grad_kl, mu, logvar, seed, eps, lo, hi):
     return mu.new_empty(mu.shape), logvar.new_empty(logvar.shape)
 
 
-def _reparameterize_kl_setup(ctx, inputs, output):
-    mu, logvar, seed, eps, lo, hi = inputs
-    ctx.save_for_backward(mu, logvar, seed, eps)
-    ctx.clamp = (lo, hi)
-
-
-def _reparameterize_kl_grad(ctx, grad_z, grad_kl):
-    mu, logvar, seed, eps = ctx.saved_tensors
-    backward, needs = _reparameterize_kl_backward_op, ctx.needs_input_grad
-    return _reparameterize_kl_grads(backward, needs, grad_z, grad_kl, mu, logvar, seed, eps, *ctx.clamp)
-
-
-_reparameterize_kl_op.register_autograd(_reparameterize_kl_grad, setup_context=_reparameterize_kl_setup)
+_reparameterize_kl_op.register_autograd(
+    functools.partial(_reparameterize_kl_grads, _reparameterize_kl_backward_op),
+    setup_context=_reparameterize_kl_setup,
+)
 
 
 @torch.library.custom_op("vae_triton::gaussian_nll", mutates_args=())
@@ -342,21 +368,9 @@ def _grads_like_fake(images, x, need_images, need_x):
     )
 
 
-def _gaussian_setup(ctx, inputs, output):
-    images, x, log_sigma, value, sigmoid = inputs
-    ctx.save_for_backward(images, x, log_sigma)
-    ctx.args = (value, sigmoid)
-
-
-def _gaussian_grad(ctx, grad):
-    images, x, log_sigma = ctx.saved_tensors
-    value, sigmoid = ctx.args
-    needs = ctx.needs_input_grad[:3]
-    grads = _gaussian_backward_op(grad, images, x, log_sigma, value, *needs, sigmoid)
-    return (*_pair(grads, needs), None, None)
-
-
-_gaussian_op.register_autograd(_gaussian_grad, setup_context=_gaussian_setup)
+_gaussian_op.register_autograd(
+    functools.partial(_gaussian_grads, _gaussian_backward_op), setup_context=_gaussian_setup
+)
 
 
 @torch.library.custom_op("vae_triton::bernoulli_nll", mutates_args=())
@@ -381,17 +395,9 @@ def _(grad, logits, x, need_logits, need_x):
     return _grads_like_fake(logits, x, need_logits, need_x)
 
 
-def _pair_setup(ctx, inputs, output):
-    ctx.save_for_backward(inputs[0], inputs[1])
-
-
-def _bernoulli_nll_grad(ctx, grad):
-    logits, x = ctx.saved_tensors
-    needs = ctx.needs_input_grad[:2]
-    return _pair(_bernoulli_nll_backward_op(grad, logits, x, *needs), needs)
-
-
-_bernoulli_nll_op.register_autograd(_bernoulli_nll_grad, setup_context=_pair_setup)
+_bernoulli_nll_op.register_autograd(
+    functools.partial(_bernoulli_grads, _bernoulli_nll_backward_op), setup_context=_bernoulli_setup
+)
 
 
 # ------------------------------------------------------------ light eager path: autograd.Function
@@ -399,46 +405,35 @@ _bernoulli_nll_op.register_autograd(_bernoulli_nll_grad, setup_context=_pair_set
 
 class _ReparameterizeKL(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, mu, logvar, seed, eps, lo, hi):
-        ctx.save_for_backward(mu, logvar, seed, eps)
-        ctx.clamp = (lo, hi)
-        return _reparameterize_kl_fwd(mu, logvar, seed, eps, lo, hi)
+    def forward(ctx, *inputs):
+        _reparameterize_kl_setup(ctx, inputs)
+        return _reparameterize_kl_fwd(*inputs)
 
     @staticmethod
     def backward(ctx, grad_z, grad_kl):
-        mu, logvar, seed, eps = ctx.saved_tensors
-        return _reparameterize_kl_grads(
-            _reparameterize_kl_bwd, ctx.needs_input_grad, grad_z, grad_kl, mu, logvar, seed, eps, *ctx.clamp
-        )
+        return _reparameterize_kl_grads(_reparameterize_kl_bwd, ctx, grad_z, grad_kl)
 
 
 class _Gaussian(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, images, x, log_sigma, value, sigmoid):
-        ctx.save_for_backward(images, x, log_sigma)
-        ctx.args = (value, sigmoid)
-        return _gaussian_fwd(images, x, log_sigma, value, sigmoid)
+    def forward(ctx, *inputs):
+        _gaussian_setup(ctx, inputs)
+        return _gaussian_fwd(*inputs)
 
     @staticmethod
     def backward(ctx, grad):
-        images, x, log_sigma = ctx.saved_tensors
-        value, sigmoid = ctx.args
-        needs = ctx.needs_input_grad[:3]
-        grads = _gaussian_bwd(grad, images, x, log_sigma, value, *needs, sigmoid)
-        return (*_pair(grads, needs), None, None)
+        return _gaussian_grads(_gaussian_bwd, ctx, grad)
 
 
 class _BernoulliNLL(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits, x):
-        ctx.save_for_backward(logits, x)
-        return _bernoulli_fwd(logits, x)
+    def forward(ctx, *inputs):
+        _bernoulli_setup(ctx, inputs)
+        return _bernoulli_fwd(*inputs)
 
     @staticmethod
     def backward(ctx, grad):
-        logits, x = ctx.saved_tensors
-        needs = ctx.needs_input_grad[:2]
-        return _pair(_bernoulli_bwd(grad, logits, x, *needs), needs)
+        return _bernoulli_grads(_bernoulli_bwd, ctx, grad)
 
 
 # ------------------------------------------------------------------------------------ public API
