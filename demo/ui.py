@@ -160,13 +160,16 @@ def png_file(picture: Image.Image) -> str:
     `write_bytes`: two identical requests then rewrite (truncate, refill) the very file the other is
     serving, and the client sees "peer closed connection" (h11: less data than Content-Length). A file
     path is instead copied into Gradio's cache under a temporary name and renamed into place.
+
+    The file is written even when one of that name exists: the fresh mtime is what keeps the pruning of
+    this or a parallel request from deleting it before Gradio has copied it (an old file of the same
+    content could otherwise be returned and pruned in the same call).
     """
     data = _encode_png(picture)
     path = PNG_DIR / f"{hashlib.sha256(data).hexdigest()[:24]}.png"
-    if not path.exists():
-        with atomic_path(path) as tmp:
-            Path(tmp).write_bytes(data)
-        _prune_pngs()
+    with atomic_path(path) as tmp:
+        Path(tmp).write_bytes(data)
+    _prune_pngs()
     return str(path)
 
 

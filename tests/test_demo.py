@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import time
 from pathlib import Path
 
@@ -325,6 +326,22 @@ def test_interpolate_gives_a_strip_and_a_bouncing_gif(handlers, ladder):
         handlers.interpolate(a, b, 1.0, 6, "cubic")
     with pytest.raises(gr.Error, match="frames"):
         handlers.interpolate(a, b, 1.0, 1, "linear")
+
+
+def test_a_png_returned_again_survives_the_pruning_of_old_files(tmp_path, monkeypatch):
+    # The failure this guards: a request whose picture matched an old file got that file's path back,
+    # and the pruning of the same call (or a parallel one) deleted it before Gradio copied it.
+    monkeypatch.setattr(ui, "PNG_DIR", tmp_path)
+    pictures = [Image.new("L", (4, 4), shade) for shade in range(5)]
+    hour_ago = time.time() - 3600
+    for age_rank, picture in enumerate(pictures):  # pictures[0] the oldest
+        os.utime(ui.png_file(picture), (hour_ago + age_rank, hour_ago + age_rank))
+    monkeypatch.setattr(ui, "KEEP_PNG_FILES", 2)
+    again = ui.png_file(pictures[0])  # the oldest, beyond the newest 2
+    ui.png_file(Image.new("L", (4, 4), 99))  # a new picture prunes
+    assert Path(again).exists() and np.array_equal(np.asarray(opened(again)), np.asarray(pictures[0]))
+    assert len(list(tmp_path.glob("*.png"))) == 2  # the new one and `again`; the old rest are gone
+    assert not list(tmp_path.glob(".*.tmp"))
 
 
 def test_sample_is_seeded_and_temperature_zero_decodes_the_prior_mean(handlers, ladder):

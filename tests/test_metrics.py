@@ -459,10 +459,13 @@ def test_evaluate_model_reports_the_closed_form_gap_and_latent_metrics():
         kl_to_posterior = kl_divergence(model.q(x), model.posterior(x)).mean().item()
         log_px = model.marginal().log_prob(x).mean().item()
     factors = np.arange(6)[:, None] % 2
+    # Here χ²[p(z|x) ‖ q] = 1.6, so the IW estimate of one image has sd ≈ √(1.6/K) and bias 1.6/(2K):
+    # at K = 20000 the mean of 6 images has sd 0.0037 nats and the 0.02 tolerance is 5.5 sd (at K = 3000,
+    # 2 sd: it failed about one run in thirty).
     result = metrics.evaluate_model(
-        model, x, factors, factor_names=["parity"], iw_samples=3000, batch_size=4, progress=False
+        model, x, factors, factor_names=["parity"], iw_samples=20000, batch_size=4, progress=False
     )
-    assert result["images"] == 6 and result["iw_samples"] == 3000 and result["num_dims"] == 5
+    assert result["images"] == 6 and result["iw_samples"] == 20000 and result["num_dims"] == 5
     assert result["elbo"] == pytest.approx(-(result["recon_nll"] + result["kl"]))
     assert result["gap"] == pytest.approx(result["iw_log_likelihood"] - result["elbo"])
     assert result["gap"] == pytest.approx(kl_to_posterior, abs=0.05)
