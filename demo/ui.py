@@ -341,8 +341,12 @@ def make_handlers(
         rung = range_note(beta)
         return rung.beta, text.model_card(rung, ladder), rate_distortion(rung.beta)
 
-    def warn_outside(beta) -> None:
-        range_note(beta)
+    def warn_outside(beta, evt: gr.EventData = None) -> None:
+        """β committed (the end of a drag, Enter, or leaving the number box): a toast if it was outside
+        the trained range. The raw value is the release event's data; by the time Gradio reads the
+        slider's own value, the browser may have clamped a typed 100 to the end of the range."""
+        raw = getattr(evt, "_data", None)
+        range_note(beta if raw is None else raw)
 
     def snap(beta):
         """The slider let go (end of a drag, or typing done): move it onto the nearest trained β."""
@@ -658,17 +662,20 @@ def build_demo(ladder: inf.Ladder) -> gr.Blocks:
         slider.change(
             h.follow_beta, inputs=[slider], outputs=[beta, card, rd_plot], preprocess=False, **unqueued
         )
-        # Typing a β beyond the range: the browser clamps it to the end of the slider before `change`; the
-        # raw `input` is where the user learns why.
-        slider.input(
+        slider.release(h.snap, inputs=[slider], outputs=[slider], preprocess=False, **unqueued)
+        # Typing a β beyond the range: the browser clamps it to the end of the slider, so the user learns
+        # why when the value is committed. Not on `input`: Gradio drops (or, always_last, re-reads after
+        # the clamp) the keystrokes of "100" that come while "1" is being checked; the release event's
+        # data is the raw value, captured before the clamp.
+        slider.release(
             h.warn_outside,
             inputs=[slider],
             outputs=None,
             preprocess=False,
             api_visibility="private",
             show_progress="hidden",  # queued: Gradio delivers warnings only through the queue
+            trigger_mode="multiple",  # every commit is checked with its own value
         )
-        slider.release(h.snap, inputs=[slider], outputs=[slider], preprocess=False, **unqueued)
         # Then each tab re-runs on its own inputs in its own event, so a bad value on one tab (a seed of
         # −5) never touches another.
         follow = None

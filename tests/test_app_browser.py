@@ -157,7 +157,8 @@ def beta_number(page):
 
 def type_beta(page, value: str) -> None:
     box = beta_number(page)
-    box.fill(value)
+    box.fill("")
+    box.press_sequentially(value, delay=30)  # key by key, as a person types: "1", "10", "100"
     box.press("Enter")
     box.blur()
 
@@ -188,9 +189,15 @@ def test_a_bad_seed_breaks_only_the_sample_tab(page, betas):
     """Issue 13: a seed of −5 stopped every other tab from following β."""
     settle(page)
     open_tab(page, "Sample")
+    # A tab's content mounts when first opened and is then filled by its β-following event: typing before
+    # that finished could be overwritten, and the click then sampled with seed 0 (no error came).
+    page.wait_for_selector("#samples img")
+    settle(page)
     seed = page.locator("#seed input")
     seed.fill("-5")
-    seed.blur()  # commit the typed value before the click (once, under load, no error message came)
+    seed.blur()  # commit the typed value before the click
+    page.wait_for_timeout(300)
+    assert seed.input_value() == "-5"
     page.get_by_role("button", name="Sample", exact=True).click()
     page.wait_for_function("document.body.innerText.includes('seed must be in')")
     settle(page)

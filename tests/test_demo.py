@@ -10,7 +10,9 @@ import io
 import math
 import os
 import time
+import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import gradio as gr
 import numpy as np
@@ -410,6 +412,13 @@ def test_the_card_follows_beta_and_the_slider_snaps(handlers, ladder):
     # Let go (end of a drag, or the number box left): the slider itself moves onto the trained β.
     assert handlers.snap(3.0) == 4.0 and handlers.snap(1.2) == 1.0 and handlers.snap(100) == 4.0
     assert handlers.snap(4.0) == gr.skip() and handlers.snap("abc") == 1.0
+    # The commit's toast reads the raw value from the release event: the slider's own value may already
+    # be clamped to the end of the range by then.
+    with pytest.warns(UserWarning, match="β = 100 is outside"):
+        handlers.warn_outside(4.0, SimpleNamespace(_data=100))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        handlers.warn_outside(4.0, SimpleNamespace(_data=4.0))  # in range: silent
 
 
 def test_non_dsprites_ladders_use_model_samples_as_examples(tmp_path):
