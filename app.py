@@ -11,22 +11,12 @@ GRADIO_SERVER_NAME / GRADIO_SERVER_PORT apply when --host / --port are not given
 
 from __future__ import annotations
 
-try:  # ZeroGPU needs `spaces` imported before torch touches CUDA; elsewhere it is simply absent
-    import spaces  # noqa: F401
-except ImportError:
-    pass
-
-import os
-
 from demo.serve import create_demo, default_threads, main, parse_args  # noqa: F401  (the entry points)
 
 if __name__ == "__main__":
     main()
 else:
-    # `gradio app.py` (hot reload) and other importers look for a module-level `demo`; it reads the
-    # same environment variables the flags default to.
-    demo = create_demo(
-        os.environ.get("VAE_CHECKPOINT") or None,
-        os.environ.get("VAE_HUB_REPO") or None,
-        os.environ.get("VAE_DEVICE", "cpu"),
-    )
+    # `gradio app.py` (hot reload) and other importers look for a module-level `demo`: the flags'
+    # defaults, i.e. the environment variables above.
+    _defaults = parse_args([])
+    demo = create_demo(_defaults.checkpoint, _defaults.hub_repo, _defaults.device, _defaults.threads)

@@ -6,6 +6,11 @@
 
 from __future__ import annotations
 
+try:  # ZeroGPU needs `spaces` imported before torch touches CUDA (first thing here, for both entry points)
+    import spaces  # noqa: F401
+except ImportError:
+    pass
+
 import argparse
 import logging
 import os
