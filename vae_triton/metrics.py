@@ -24,16 +24,15 @@ import torch
 from tqdm.auto import tqdm
 
 from . import ops
+from .likelihoods import DEQUANTIZED, DISCRETE_BINARY, BpdConvention, Gaussian, Likelihood, likelihood_for
 from .reference import DEFAULT_LOGVAR_CLAMP, HALF_LOG_2PI
 
 # One decoder pass of the IW bound decodes about this many (image, sample) pairs when chunk=None.
 ROWS_PER_PASS = 1024
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2016
 MIG_BINS = 20  # Chen et al. 2018 / Locatello et al. 2019 discretise each latent into 20 bins
-BPD_DEQUANTIZED = (
-    "bpd = (NLL_nats + D·ln 256) / (D·ln 2): density on [0,1]^D, uniform dequantization of 8-bit data"
-)
-BPD_DISCRETE = "bpd = NLL_nats / (D·ln 2): a probability mass function over binary pixels"
+BPD_DEQUANTIZED = DEQUANTIZED.formula
+BPD_DISCRETE = DISCRETE_BINARY.formula
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -359,11 +358,15 @@ def posterior_on_grid(
     than `threshold` nats below the first, or narrower than a coarse cell, can be missed.
     Cost: about (levels·coarse² + 2n²)·B decoder passes, `chunk` at a time.
 
-    Raises ValueError when the model's latent space is not 2-D (the grid is 2-D), or on bad options.
+    Raises ValueError for an empty batch `x`, a model whose latent space is not 2-D (the grid is 2-D), or
+    bad options.
     Formulas: log p(x) = log Σ_ij p(x, z_ij) ΔA; log p(z|x) = log p(x, z) − log p(x);
     KL[q ‖ p(z|x)] = Σ_ij q_ij ΔA_q (log q_ij − log p(x, z_ij)) + log p(x) on q's grid; the ELBO's KL to
     N(0, I) is the closed form.
     """
+    if not isinstance(x, torch.Tensor) or x.dim() < 1 or x.shape[0] < 1:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"`x` must be a batch of at least one image, got {shape}")
     mu, logvar = model.encode(x)
     if mu.dim() != 2 or mu.shape[1] != 2:
         raise ValueError(
@@ -406,7 +409,7 @@ def posterior_on_grid(
         q_joint, q_recon = (t.view(n, n) for t in _log_joint_on(model, x1, q_grid.reshape(-1, 2), chunk))
         q_log = _log_normal_2d(q_grid, mu[b], std[b], logvar[b])
         q_w = (q_log + torch.log((q_hi - q_lo).prod() / n**2)).exp()
-        kl_prior = 0.5 * (logvar[b].exp() + mu[b] ** 2 - 1.0 - logvar[b]).sum()
+        kl_prior = kl_to_prior(mu[b], logvar[b], clamp).sum()
         results.append(
             (
                 log_px,
@@ -452,18 +455,67 @@ def psnr(x: torch.Tensor, x_hat: torch.Tensor, max_value: float = 1.0) -> torch.
     return 10.0 * torch.log10(max_value**2 / mse(x, x_hat).clamp(min=1e-10))
 
 
+def kl_to_prior(mu: torch.Tensor, logvar: torch.Tensor, logvar_clamp=DEFAULT_LOGVAR_CLAMP) -> torch.Tensor:
+    """KL[N(μ, σ²) ‖ N(0, 1)] = ½(σ² + μ² − 1 − log σ²) of each element, same shape, in nats.
+
+    The one per-dimension KL of the toolkit (`kl_per_dim`, `free_bits_kl`, `posterior_on_grid`): log σ² is
+    clamped to `logvar_clamp` as the fused op clamps it, so these numbers sum to the op's per-image KL.
+    Computed in float32 (float64 stays float64).
+    """
+    cdt = torch.float64 if logvar.dtype == torch.float64 else torch.float32
+    lv = logvar.to(cdt).clamp(*logvar_clamp)
+    m = mu.to(cdt)
+    return 0.5 * (lv.exp() + m * m - 1.0 - lv)
+
+
 def kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor, logvar_clamp=DEFAULT_LOGVAR_CLAMP) -> torch.Tensor:
-    """KL[q(z_d|x) ‖ N(0, 1)] of each latent dimension averaged over the rows (the data), (D,) nats."""
-    lv = logvar.float().clamp(*logvar_clamp)
-    m = mu.float()
-    return (0.5 * (lv.exp() + m * m - 1.0 - lv)).mean(dim=0)
+    """KL[q(z_d|x) ‖ N(0, 1)] of each latent dimension averaged over the rows (the data), (D,) fp32 nats."""
+    return kl_to_prior(mu.float(), logvar.float(), logvar_clamp).mean(dim=0)
+
+
+def free_bits_kl(mu: torch.Tensor, logvar: torch.Tensor, free_bits: float, logvar_clamp=DEFAULT_LOGVAR_CLAMP):
+    """Σ_d max(mean_b KL_bd, λ): the free-bits KL term (Kingma et al. 2016), a float32 scalar, nats."""
+    return kl_per_dim(mu, logvar, logvar_clamp).clamp(min=free_bits).sum()
 
 
 def active_units(mu: torch.Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD) -> int:
-    """Burda et al. 2016: latent d is active when Cov_x(E_q[z_d|x]) = Var over data of μ_d(x) > threshold."""
+    """Burda et al. 2016: latent d is active when Cov_x(E_q[z_d|x]) = Var over data of μ_d(x) > threshold.
+
+    mu: (N, D) posterior means of N ≥ 2 images. The variance is the population variance of the N
+    evaluated images (divisor N, `correction=0`): the statistic describes that set of images, as Burda et
+    al.'s Cov_x over the data does, so the same images give the same count in the training log and in
+    `train.evaluate`. (With N = 512 the unbiased divisor N − 1 moves the threshold by 0.2 %.)
+    Raises ValueError for another shape or N < 2.
+    """
     if mu.dim() != 2 or mu.shape[0] < 2:
         raise ValueError(f"`mu` must be (N, D) posterior means of N ≥ 2 images, got shape {tuple(mu.shape)}")
     return int((mu.float().var(dim=0, correction=0) > threshold).sum().item())
+
+
+def is_binary(x: torch.Tensor) -> bool:
+    """True when every value of the images `x` is exactly 0 or 1 (one reduction, one host sync)."""
+    return bool(((x == 0) | (x == 1)).all().item())
+
+
+def likelihood_of(model) -> Likelihood:
+    """The model's `Likelihood` object: `model.likelihood`, else built from `model.config`, else a
+    Gaussian (a model outside this toolkit is scored as a density)."""
+    lik = getattr(model, "likelihood", None)
+    if isinstance(lik, Likelihood):
+        return lik
+    config = getattr(model, "config", None)
+    return likelihood_for(config) if hasattr(config, "likelihood") else Gaussian()
+
+
+def bpd_convention(model, binary: bool) -> BpdConvention | None:
+    """The bits/dim convention for `model` on data that is (`binary`) or is not all {0, 1} pixels.
+
+    The likelihood decides (`Likelihood.bpd_convention`): a density (Gaussian) is dequantized, a pmf over
+    binary pixels (Bernoulli) is not, and a Bernoulli decoder on grey pixels gets None (no bits/dim: its
+    NLL is a cross-entropy, not a normalised likelihood). The training log and `evaluate_model` both ask
+    here, so they cannot disagree.
+    """
+    return likelihood_of(model).bpd_convention(binary)
 
 
 # ----------------------------------------------------------------------------------------------- MIG
@@ -636,10 +688,6 @@ def _mean_sem(values: torch.Tensor) -> tuple[float, float]:
     return v.mean().item(), sem
 
 
-def _is_binary(x: torch.Tensor) -> bool:
-    return bool(((x == 0) | (x == 1)).all().item())
-
-
 @torch.no_grad()
 def likelihood_metrics(
     model,
@@ -668,7 +716,7 @@ def likelihood_metrics(
     ):
         for x in iter_batches(images, batch_size, _model_device(model)):
             num_dims = x[0].numel()
-            binary = binary and _is_binary(x)
+            binary = binary and is_binary(x)
             if iw_samples:
                 est = importance_weighted(model, x, iw_samples, iw_chunk, generator=generator)
                 columns["iw"].append(est.log_likelihood.double().cpu())
@@ -701,19 +749,15 @@ def likelihood_metrics(
 
 def _bpd_fields(model, result: dict, binary: bool) -> dict:
     """bits/dim of the ELBO and (if computed) the IW bound, under the convention that applies."""
-    likelihood = getattr(getattr(model, "config", None), "likelihood", "gaussian")
-    if likelihood == "bernoulli" and not binary:
-        # A Bernoulli "likelihood" of grey pixels is not normalised over [0, 1]: no bits/dim to report.
-        return {
-            "bpd_convention": "none: Bernoulli decoder on non-binary pixels is not a normalised likelihood"
-        }
-    dequantized = likelihood != "bernoulli"
-    fields = {"bpd_convention": BPD_DEQUANTIZED if dequantized else BPD_DISCRETE}
-    fields["bpd_elbo"] = bits_per_dim(-result["elbo"], result["num_dims"], dequantized=dequantized)
+    convention = bpd_convention(model, binary)
+    if convention is None:
+        label = likelihood_of(model).label
+        return {"bpd_convention": f"none: a {label} decoder on grey pixels is not a normalised likelihood"}
+    dims, dequantized = result["num_dims"], convention.dequantized
+    fields = {"bpd_convention": convention.formula}
+    fields["bpd_elbo"] = bits_per_dim(-result["elbo"], dims, dequantized=dequantized)
     if "iw_log_likelihood" in result:
-        fields["bpd_iw"] = bits_per_dim(
-            -result["iw_log_likelihood"], result["num_dims"], dequantized=dequantized
-        )
+        fields["bpd_iw"] = bits_per_dim(-result["iw_log_likelihood"], dims, dequantized=dequantized)
     return fields
 
 

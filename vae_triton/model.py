@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import tempfile
 from dataclasses import asdict, dataclass, fields, replace
@@ -22,14 +23,15 @@ from torch import nn
 
 from . import ops
 from .io import atomic_path, write_json_atomic
+from .likelihoods import LIKELIHOODS, Gaussian, likelihood_for
+from .metrics import free_bits_kl, kl_per_dim  # noqa: F401 — kl_per_dim: the name train.loop imports here
 
 FORMAT_VERSION = 1
 MODEL_TYPE = "vae-triton-conv"
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 
-LIKELIHOODS = ("gaussian", "bernoulli")
-SIGMA_MODES = ("fixed", "scalar", "channel")
+SIGMA_MODES = Gaussian.SIGMA_MODES
 NORMS = ("none", "batch")
 ACTIVATIONS = ("relu", "leaky_relu", "tanh")
 ARCHITECTURES = ("conv", "mlp")
@@ -84,7 +86,7 @@ class VAEConfig:
             raise ValueError(f"VAEConfig.{name}={value!r} is invalid: {fix}")
 
         if self.likelihood not in LIKELIHOODS:
-            bad("likelihood", self.likelihood, f"use one of {LIKELIHOODS}")
+            bad("likelihood", self.likelihood, f"use one of {tuple(LIKELIHOODS)}")
         if self.sigma not in SIGMA_MODES:
             bad("sigma", self.sigma, f"use one of {SIGMA_MODES}")
         if self.norm not in NORMS:
@@ -303,8 +305,11 @@ class VAE(nn.Module):
             self._build_mlp(cfg)
         else:
             self._build_conv(cfg)
-        if cfg.likelihood == "gaussian" and cfg.sigma != "fixed":
-            shape = (cfg.image_channels,) if cfg.sigma == "channel" else ()
+        # The likelihood object owns the NLL, the mean image and the bits/dim convention; a learned scale
+        # stays a parameter here, so that `log_sigma` keeps its name in model.safetensors.
+        self.likelihood = likelihood_for(cfg)
+        shape = self.likelihood.scale_shape(cfg.image_channels)
+        if shape is not None:
             self.log_sigma = nn.Parameter(torch.full(shape, float(cfg.log_sigma)))
         else:
             self.register_parameter("log_sigma", None)
@@ -353,12 +358,16 @@ class VAE(nn.Module):
 
     # ---- the model protocol -------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images (B, C, H, W) in [0, 1] → (μ, log σ²), each (B, latent_dim).
+        """Images (B, C, H, W) in [0, 1] → (μ, log σ²), each (B, latent_dim) in the model's dtype.
 
-        Raises ValueError for a wrong shape or dtype, and (while `check_inputs` is True) for values
-        outside [0, 1] or non-finite ones, with the conversion to use.
+        Float images of another dtype are cast to the model's (float64 data on a float32 model, float32 data
+        on a `model.half()`). Raises ValueError naming `x` for a wrong shape, an empty batch, an integer or
+        bool dtype, and (while `check_inputs` is True) values outside [0, 1] or non-finite ones, with the
+        conversion to use.
         """
-        self._check_images(x, "x")
+        return self._encode(self._images(x, "x"))
+
+    def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.config.arch == "mlp":
             h = self.encoder(rearrange(x, "b c h w -> b (c h w)"))
         else:
@@ -368,10 +377,23 @@ class VAE(nn.Module):
         return mu, logvar
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Latents (B, latent_dim) → logits (B, C, H, W) float32, for both likelihoods: the mean image is
-        `output_to_image(output)` = sigmoid(logits) (the Gaussian NLL fuses that sigmoid into its kernel)."""
-        if z.dim() != 2 or z.shape[1] != self.config.latent_dim:
-            raise ValueError(f"z must have shape (B, {self.config.latent_dim}), got {tuple(z.shape)}")
+        """Latents (B, latent_dim) → decoder output (B, C, H, W) float32: logits for both likelihoods; the
+        mean image is `output_to_image(output)` = sigmoid(logits) (the Gaussian NLL fuses that sigmoid).
+
+        Float latents of another dtype are cast to the model's. Raises ValueError naming `z` for a wrong
+        shape, an empty batch, an integer or bool dtype, and (while `check_inputs` is True: one host sync)
+        NaN or infinite values, which would decode to NaN images.
+        """
+        d = self.config.latent_dim
+        if not isinstance(z, torch.Tensor) or z.dim() != 2 or z.shape[1] != d or z.shape[0] < 1:
+            shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+            raise ValueError(f"z must be a float tensor of shape (B, {d}) with B ≥ 1, got {shape}")
+        z = self._as_model_dtype(z, "z", "latents are real numbers: use z.float()")
+        if self.check_inputs and not _capturing(z) and not bool(torch.isfinite(z).all()):
+            raise ValueError("z holds NaN or infinite values (they decode to NaN images): find their source")
+        return self._decode(z)
+
+    def _decode(self, z: torch.Tensor) -> torch.Tensor:
         cfg = self.config
         h = self.from_latent(z)
         # fp32 logits: a bf16 sigmoid would quantise the mean the NLL scores.
@@ -381,18 +403,14 @@ class VAE(nn.Module):
         s = cfg.bottom_size
         return self.decoder(rearrange(h, "b (c h w) -> b c h w", h=s, w=s)).float()
 
-    def effective_log_sigma(self) -> torch.Tensor | float:
-        """log σ of the Gaussian decoder (a float when fixed; a tensor with gradient when learned)."""
-        if self.log_sigma is None:
-            return float(self.config.log_sigma)
-        # Floor it: a perfect fit on 8-bit data would otherwise drive σ → 0 and the NLL → −∞.
-        return self.log_sigma.clamp(min=self.config.min_log_sigma)
+    def effective_log_sigma(self) -> torch.Tensor | float | None:
+        """log σ of the decoder likelihood: a float when fixed, a tensor with gradient (floored at
+        `config.min_log_sigma`) when learned, None for a likelihood without a scale (Bernoulli)."""
+        return self.likelihood.log_scale(self.log_sigma)
 
     def recon_nll(self, output: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """−log p(x | z) per image, (B,) float32 nats; `output` is `decode`'s logits."""
-        if self.config.likelihood == "bernoulli":
-            return ops.bernoulli_nll(output, x)
-        return ops.gaussian_nll_logits(output, x, self.effective_log_sigma())
+        """−log p(x | z) per image, (B,) float32 nats; `output` is `decode`'s logits (`self.likelihood`)."""
+        return self.likelihood.nll(output, x, self.log_sigma)
 
     def forward(
         self,
@@ -406,11 +424,17 @@ class VAE(nn.Module):
 
         With `free_bits` λ > 0 the KL term of the loss becomes Σ_d max(mean_b KL_bd, λ) (Kingma et al.
         2016): dimensions below λ nats get no pressure. The reported `kl` is always the true KL.
-        `eps` injects the reparameterization noise (tests, reproducibility).
+        `eps` injects the reparameterization noise (tests, reproducibility). `x` as in `encode`.
+        Raises ValueError for a Python `beta` or `free_bits` that is NaN or infinite; a tensor β is not
+        inspected (that would cost a host sync in the training step).
         """
-        mu, logvar = self.encode(x)
+        for name, value in (("beta", beta), ("free_bits", free_bits)):
+            if isinstance(value, numbers.Real) and not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value}")
+        x = self._images(x, "x")
+        mu, logvar = self._encode(x)
         z, kl = ops.reparameterize_kl(mu, logvar, eps=eps, logvar_clamp=self.config.logvar_clamp)
-        output = self.decode(z)
+        output = self._decode(z)
         recon = self.recon_nll(output, x)
         kl_term = (
             kl.mean() if free_bits <= 0 else free_bits_kl(mu, logvar, free_bits, self.config.logvar_clamp)
@@ -419,31 +443,45 @@ class VAE(nn.Module):
         return VAEOutput(loss, recon, kl, z, output, mu, logvar)
 
     def output_to_image(self, output: torch.Tensor) -> torch.Tensor:
-        """Decoder output (logits) → the mean image in [0, 1]: sigmoid, for both likelihoods."""
-        return torch.sigmoid(output.float())
+        """Decoder output (logits) → the likelihood's mean image in [0, 1], float32 (sigmoid for both)."""
+        return self.likelihood.mean(output)
 
     @torch.no_grad()
     def sample(
         self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """n images from the prior, z ~ N(0, temperature²·I), as mean images in [0, 1].
+        """n images from the prior, z ~ N(0, temperature²·I), as mean images (n, C, H, W) float32 in [0, 1].
 
-        Raises ValueError for n < 1 or a temperature that is negative, NaN or infinite.
+        Raises ValueError for an `n` that is not a positive integer, a `temperature` that is not a number ≥ 0,
+        is NaN or infinite, or so large that z·temperature overflows the model's dtype or the decoder
+        (half precision: from a few hundred).
         """
-        if n < 1:
-            raise ValueError(f"n must be a positive number of samples, got {n}")
-        if not (math.isfinite(float(temperature)) and float(temperature) >= 0):
-            raise ValueError(f"temperature must be a finite number >= 0 (1 = the prior), got {temperature}")
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+            raise ValueError(f"n must be a positive integer number of samples, got {n!r}")
+        try:
+            t = float(temperature)
+        except (TypeError, ValueError):
+            t = math.nan
+        if isinstance(temperature, bool) or not (math.isfinite(t) and t >= 0):
+            raise ValueError(f"temperature must be a finite number >= 0 (1 = the prior), got {temperature!r}")
         device = self._device()
         gen_device = generator.device if generator is not None else device
-        z = torch.randn(n, self.config.latent_dim, generator=generator, device=gen_device).to(device)
-        return self.output_to_image(self.decode(z * temperature))
+        z = torch.randn(int(n), self.config.latent_dim, generator=generator, device=gen_device).to(device)
+        z = (z * t).to(self._dtype())
+        images = self.output_to_image(self._decode(z)) if bool(torch.isfinite(z).all()) else None
+        if images is None or not bool(torch.isfinite(images).all()):
+            raise ValueError(
+                f"temperature={temperature!r} is too large: the scaled latents overflow the decoder in "
+                f"{self._dtype()} (or its weights are not finite); use a temperature near 1"
+            )
+        return images
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """Decode the posterior mean μ(x): the deterministic reconstruction, in [0, 1]."""
+        """Decode the posterior mean μ(x): the deterministic reconstruction, (B, C, H, W) float32 in [0, 1].
+        `x` as in `encode`."""
         mu, _ = self.encode(x)
-        return self.output_to_image(self.decode(mu))
+        return self.output_to_image(self._decode(mu))
 
     # ---- persistence --------------------------------------------------------------------------
     def save_pretrained(
@@ -530,19 +568,30 @@ class VAE(nn.Module):
     def _device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def _check_images(self, x: torch.Tensor, name: str) -> None:
+    def _dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def _as_model_dtype(self, t: torch.Tensor, name: str, fix: str) -> torch.Tensor:
+        """A float tensor cast to the model's dtype (the intent is clear); ValueError for any other dtype."""
+        if not t.is_floating_point():
+            raise ValueError(f"{name} must be a float tensor, got dtype {t.dtype}: {fix}")
+        dtype = self._dtype()
+        return t if t.dtype == dtype else t.to(dtype)
+
+    def _images(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        """`x` checked as a batch of images for this model and cast to its dtype."""
         c, s = self.config.image_channels, self.config.image_size
         if not isinstance(x, torch.Tensor) or x.dim() != 4 or tuple(x.shape[1:]) != (c, s, s):
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(
                 f"{name} must be a float tensor of shape (B, {c}, {s}, {s}) in [0, 1], got {shape}"
             )
-        if not x.is_floating_point():
-            raise ValueError(
-                f"{name} must be a float tensor in [0, 1], got dtype {x.dtype}: divide uint8 by 255"
-            )
-        if self.check_inputs and x.numel() and not _capturing(x):
+        if x.shape[0] < 1:
+            raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)}): pass at least one image")
+        x = self._as_model_dtype(x, name, "divide uint8 images by 255")
+        if self.check_inputs and not _capturing(x):
             check_unit_range(x, name)
+        return x
 
 
 def _capturing(x: torch.Tensor) -> bool:
@@ -568,23 +617,6 @@ def check_unit_range(x: torch.Tensor, name: str = "x") -> None:
     else:
         fix = "rescale it to [0, 1]"
     raise ValueError(f"{name} must hold images in [0, 1], got values in [{lo:g}, {hi:g}]: {fix}")
-
-
-def free_bits_kl(
-    mu: torch.Tensor, logvar: torch.Tensor, free_bits: float, clamp=(-30.0, 20.0)
-) -> torch.Tensor:
-    """Σ_d max(mean_b KL_bd, λ): the free-bits KL term (a scalar), computed in fp32."""
-    lv = logvar.float().clamp(*clamp)
-    m = mu.float()
-    kl_bd = 0.5 * (lv.exp() + m * m - 1.0 - lv)
-    return kl_bd.mean(dim=0).clamp(min=free_bits).sum()
-
-
-def kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor, clamp=(-30.0, 20.0)) -> torch.Tensor:
-    """Batch-mean KL of each latent dimension, (D,) nats."""
-    lv = logvar.float().clamp(*clamp)
-    m = mu.float()
-    return (0.5 * (lv.exp() + m * m - 1.0 - lv)).mean(dim=0)
 
 
 def _json_default(o):
