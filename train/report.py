@@ -12,6 +12,9 @@ from einops import rearrange
 from PIL import Image
 
 from vae_triton.io import atomic_path, write_text_atomic
+from vae_triton.likelihoods import likelihood_for
+from vae_triton.metrics import ACTIVE_UNIT_THRESHOLD
+from vae_triton.model import VAEConfig
 
 
 def save_grid(images: torch.Tensor, path: Path, cols: int = 8, scale: int = 1) -> Path:
@@ -37,9 +40,8 @@ def interleave_rows(originals: torch.Tensor, recons: torch.Tensor, cols: int = 8
 
 def model_card(run: dict, final: dict, command: str, model_cfg: dict) -> str:
     """A README for the output directory: what was trained, how, and what it measured."""
-    likelihood = model_cfg["likelihood"]
-    if likelihood == "gaussian":
-        likelihood += f" (σ {model_cfg['sigma']})"
+    likelihood = likelihood_for(VAEConfig.from_dict(model_cfg)).label
+    latent_dim = model_cfg["latent_dim"]
     bpd = f"\n| bits/dim (ELBO bound) | {final['eval_bpd']:.4f} |" if "eval_bpd" in final else ""
     lines = f"""---
 library_name: vae-triton
@@ -67,7 +69,7 @@ step, with one posterior sample per image (the ELBO is a lower bound on log p(x)
 | reconstruction NLL (nats/image) | {final["eval_recon"]:.2f} |
 | KL[q(z\\|x) ‖ p(z)] (nats/image) | {final["eval_kl"]:.2f} |
 | −ELBO (nats/image) | {final["eval_recon"] + final["eval_kl"]:.2f} |{bpd}
-| active units (Var_x E_q[z] > 0.01) | {final["active_units"]} / {model_cfg["latent_dim"]} |
+| active units (Var_x E_q[z] > {ACTIVE_UNIT_THRESHOLD:g}) | {final["active_units"]} / {latent_dim} |
 | training throughput (median over logging windows) | {final["img_per_s"]:.0f} img/s on {final["device"]} |
 | steps × batch | {final["step"]} × {run["batch_size"]} |
 

@@ -1,6 +1,8 @@
 """Walks through latent space: linear and spherical interpolation, and single-dimension traversals.
 
 Latents are float tensors of shape (D,) or (B, D); interpolation works along the last dimension.
+Every helper refuses NaN or infinite latents, fractions and values with a ValueError naming the argument
+(they would decode to NaN images); the check costs one host sync per argument.
 """
 
 from __future__ import annotations
@@ -16,10 +18,19 @@ INTERPOLATION_MODES = ("linear", "spherical")
 _PARALLEL_SIN = 1e-6
 
 
+def _check_finite(name: str, t: torch.Tensor) -> None:
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} holds NaN or infinite values: they would decode to NaN images")
+
+
 def _as_fractions(t, like: torch.Tensor) -> torch.Tensor:
-    t = torch.as_tensor(t, dtype=torch.float64, device=like.device)
+    try:
+        t = torch.as_tensor(t, dtype=torch.float64, device=like.device)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"t must be a number or a 1-D sequence of fractions, got {t!r}") from None
     if t.dim() > 1:
         raise ValueError(f"t must be a number or a 1-D sequence of fractions, got shape {tuple(t.shape)}")
+    _check_finite("t", t)
     return t
 
 
@@ -29,6 +40,7 @@ def _check_pair(z0: torch.Tensor, z1: torch.Tensor) -> None:
             raise ValueError(f"{name} must be a float tensor, got {getattr(z, 'dtype', type(z).__name__)}")
         if z.dim() not in (1, 2):
             raise ValueError(f"{name} must have shape (D,) or (B, D), got {tuple(z.shape)}")
+        _check_finite(name, z)
     if z0.shape != z1.shape:
         raise ValueError(f"z0 and z1 must have the same shape, got {tuple(z0.shape)} and {tuple(z1.shape)}")
 
@@ -85,6 +97,7 @@ def traverse(z: torch.Tensor, dims: Sequence[int], values, *, relative: bool = F
         raise ValueError(
             f"z must be one latent, a float tensor of shape (D,), got {getattr(z, 'shape', z)!r}"
         )
+    _check_finite("z", z)
     dims = [int(d) for d in dims]
     size = z.shape[0]
     bad = [d for d in dims if not 0 <= d < size]
@@ -93,6 +106,7 @@ def traverse(z: torch.Tensor, dims: Sequence[int], values, *, relative: bool = F
     v = torch.as_tensor(values, dtype=z.dtype, device=z.device)
     if v.dim() != 1 or v.numel() == 0:
         raise ValueError(f"values must be a non-empty 1-D sequence, got shape {tuple(v.shape)}")
+    _check_finite("values", v)
     out = z.expand(len(dims), v.numel(), size).clone()
     for row, d in enumerate(dims):
         out[row, :, d] = z[d] + v if relative else v
