@@ -416,10 +416,12 @@ class VAE(nn.Module):
         s = cfg.bottom_size
         return self.decoder(rearrange(h, "b (c h w) -> b c h w", h=s, w=s)).float()
 
-    def effective_log_sigma(self) -> torch.Tensor | float | None:
+    def effective_log_sigma(self) -> torch.Tensor | float:
         """log σ of the decoder likelihood: a float when fixed, a tensor with gradient (floored at
-        `config.min_log_sigma`) when learned, None for a likelihood without a scale (Bernoulli)."""
-        return self.likelihood.log_scale(self.log_sigma)
+        `config.min_log_sigma`) when learned. A likelihood without a scale (Bernoulli) gives the config's
+        `log_sigma`, which its NLL does not use (a Gaussian baseline can still score the mean image)."""
+        scale = self.likelihood.log_scale(self.log_sigma)
+        return float(self.config.log_sigma) if scale is None else scale
 
     def recon_nll(self, output: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """−log p(x | z) per image, (B,) float32 nats; `output` is `decode`'s logits (`self.likelihood`)."""
