@@ -1,6 +1,6 @@
-"""Evaluation that makes every term of log p(x) = ELBO + KL[q(z|x) ‖ p(z|x)] measurable (DESIGN §5).
+"""Evaluation that makes every term of log p(x) = ELBO + KL[q(z|x) ‖ p(z|x)] measurable.
 
-Any model that follows the protocol of DESIGN §4 works: `encode(x) -> (mu, logvar)` of a diagonal
+Any model that follows the model protocol (docs/design.md) works: `encode(x) -> (mu, logvar)` of a diagonal
 Gaussian q(z|x), `decode(z) -> output`, `recon_nll(output, x) -> (B,)` nats, with the prior N(0, I).
 Every per-image number is in nats, shape (B,).
 
@@ -430,7 +430,7 @@ def posterior_on_grid(
 def bits_per_dim(nll_nats, num_dims: int, *, dequantized: bool = True):
     """Nats per image → bits per dimension (float or tensor in, same out).
 
-    dequantized=True (DESIGN §2): the model is a density on [0, 1]^D scored on 8-bit data; with uniform
+    dequantized=True: the model is a density on [0, 1]^D scored on 8-bit data; with uniform
     dequantization −log P(x) ≤ NLL + D·ln 256, so bpd = (NLL + D·ln 256) / (D·ln 2). A uniform density
     gives 8. dequantized=False: the model is already a probability mass function over the pixel values
     (a Bernoulli decoder on binary images): bpd = NLL / (D·ln 2).

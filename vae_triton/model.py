@@ -1,4 +1,4 @@
-"""Convolutional and MLP VAEs, their config dataclass, and safetensors save/load (DESIGN §4).
+"""Convolutional and MLP VAEs, their config dataclass, and safetensors save/load.
 
 Loss terms are per-image sums in nats, shape (B,); the training loss is mean_b(recon_b + β·kl_b). The
 reparameterization, the KL and the reconstruction NLL go through `vae_triton.ops` (the fused Triton
