@@ -105,6 +105,14 @@ def weighted_grads(fn, inputs, weights):
     return outs, (torch.autograd.grad(loss, wanted) if wanted else ())
 
 
+def gradcheck_nll(op, images, x, log_sigma) -> bool:
+    """torch.autograd.gradcheck of op(images, x, log_sigma) over its tensor arguments (float64 leaves);
+    a float log σ stays fixed."""
+    if isinstance(log_sigma, torch.Tensor):
+        return torch.autograd.gradcheck(op, (images, x, log_sigma))
+    return torch.autograd.gradcheck(lambda a, b: op(a, b, log_sigma), (images, x))
+
+
 def check_nll(op, oracle, inputs, dtype=torch.float32):
     """op(*inputs) against oracle(*inputs in float64): (B,) float32 values, and the gradients of Σ w·nll
     for every tensor input that requires grad — dtype, shape and layout (`torch.empty_like`) of the input,

@@ -180,26 +180,24 @@ def fused(spec: FusedOp) -> Callable:
 
     op.register_autograd(compiled_grads, setup_context=spec.save)
 
-    def forward(ctx, *inputs):
-        spec.save(ctx, inputs)
-        return spec.forward(*inputs)
+    class Function(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, *inputs):
+            spec.save(ctx, inputs)
+            return spec.forward(*inputs)
 
-    def backward(ctx, *grad_outputs):
-        return _first_order_only(spec.name, ctx, grad_outputs, spec.grads(spec.backward, ctx, *grad_outputs))
+        @staticmethod
+        def backward(ctx, *grad_outputs):
+            grads = spec.grads(spec.backward, ctx, *grad_outputs)
+            return _first_order_only(spec.name, ctx, grad_outputs, grads)
 
-    title = "".join(part.title() for part in spec.name.split("_"))
-    function = type(
-        f"{title}Function",
-        (torch.autograd.Function,),
-        {"forward": staticmethod(forward), "backward": staticmethod(backward), "__module__": __name__},
-    )
+    Function.__name__ = Function.__qualname__ = "".join(w.title() for w in spec.name.split("_")) + "Function"
 
     def apply(*inputs):
         if _eager_wrapper == "function" and not torch.compiler.is_compiling():
-            return function.apply(*inputs)
+            return Function.apply(*inputs)
         return op(*inputs)
 
-    apply.custom_op, apply.function = op, function
     return apply
 
 
