@@ -39,7 +39,7 @@ def gaussian_oracle(mean, x, log_sigma):
         ls = ls.reshape(()) if ls.numel() == 1 else ls.reshape((1, -1) + (1,) * (mean.dim() - 2))
         scale = torch.exp(ls).expand(mean.shape)
     else:
-        scale = torch.full(mean.shape, math.exp(log_sigma), dtype=torch.float64)
+        scale = torch.full(mean.shape, math.exp(log_sigma), dtype=torch.float64, device=mean.device)
     return -Normal(mean.double(), scale).log_prob(x.double()).flatten(1).sum(dim=1)
 
 
