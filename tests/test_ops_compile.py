@@ -8,13 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from op_oracles import needs_triton
 from torch._dynamo.testing import CompileCounterWithBackend
 
 from vae_triton import ops, reference
 from vae_triton.ops import _common as dispatch
-
-TRITON_ACTIVE = ops.backend_for(torch.zeros(1)) == "triton"
-needs_triton = pytest.mark.skipif(not TRITON_ACTIVE, reason="Triton kernels not active")
 
 
 def elbo_terms(params, x, log_sigma, seed):
@@ -148,6 +146,17 @@ def test_light_eager_path_equals_the_custom_ops_bitwise(dtype):
     for a, b in zip(results["function"], results["custom_op"], strict=True):
         assert a.dtype == b.dtype and a.shape == b.shape and a.stride() == b.stride()
         assert torch.equal(a, b)
+
+
+@needs_triton
+def test_eager_wrapper_restores_the_light_path_and_rejects_unknown_kinds():
+    logits = torch.randn(2, 3, requires_grad=True)
+    with pytest.raises(KeyError), ops.eager_wrapper("custom_op"):
+        assert _wrappers(ops.bernoulli_nll(logits, torch.rand(2, 3))) == {"custom_op"}
+        raise KeyError("leaves the block early")
+    assert _wrappers(ops.bernoulli_nll(logits, torch.rand(2, 3))) == {"function"}
+    with pytest.raises(ValueError, match="eager_wrapper: `kind` must be one of"):
+        ops.eager_wrapper("fast").__enter__()
 
 
 # ------------------------------------------------------------------------------------------ dispatch

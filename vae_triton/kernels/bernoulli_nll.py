@@ -36,8 +36,8 @@ def _bernoulli_nll_fwd(
     acc = tl.zeros([BLOCK_B, BLOCK_L], dtype=tl.float32)
     for it in tl.static_range(ITERS):
         _, c, mask = common.column_tile(tl.program_id(1), it, row_ok, L, BLOCK_L, ITERS)
-        logit = tl.load(l_ptr + r * l_sb + c * l_sl, mask=mask, other=0.0).to(tl.float32)
-        x = tl.load(x_ptr + r * x_sb + c * x_sl, mask=mask, other=0.0).to(tl.float32)
+        logit = common.load_tile(l_ptr, r, l_sb, c, l_sl, mask)
+        x = common.load_tile(x_ptr, r, x_sb, c, x_sl, mask)
         softplus = tl.maximum(logit, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(logit)))
         acc += tl.where(mask, softplus - x * logit, 0.0)
     common.store_partial(part_ptr, tl.sum(acc, axis=1), rows, row_ok)
@@ -55,9 +55,9 @@ def _bernoulli_nll_bwd(
     g = common.load_per_row(g_ptr, g_sb, rows, row_ok)
     for it in tl.static_range(ITERS):
         _, c, mask = common.column_tile(tl.program_id(1), it, row_ok, L, BLOCK_L, ITERS)
-        logit = tl.load(l_ptr + r * l_sb + c * l_sl, mask=mask, other=0.0).to(tl.float32)
+        logit = common.load_tile(l_ptr, r, l_sb, c, l_sl, mask)
         if WRITE_GL:
-            x = tl.load(x_ptr + r * x_sb + c * x_sl, mask=mask, other=0.0).to(tl.float32)
+            x = common.load_tile(x_ptr, r, x_sb, c, x_sl, mask)
             e = tl.exp(-tl.abs(logit))  # ≤ 1: no overflow for any logit
             sigmoid = tl.where(logit >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
             tl.store(

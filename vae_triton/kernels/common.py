@@ -96,6 +96,12 @@ def column_tile(chunk, it, row_ok, L, BLOCK_L: tl.constexpr, ITERS: tl.constexpr
 
 
 @triton.jit
+def load_tile(ptr, r, row_stride, c, col_stride, mask):
+    """A [rows × columns] tile of a strided tensor, in fp32 (0 where masked off)."""
+    return tl.load(ptr + r * row_stride + c * col_stride, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
 def load_per_row(ptr, stride, rows, row_ok):
     """One fp32 value per row (an upstream per-image gradient), as a column to broadcast over the tile."""
     return tl.load(ptr + rows.to(tl.int64) * stride, mask=row_ok, other=0.0).to(tl.float32)[:, None]

@@ -33,11 +33,11 @@ def _load_posterior_tile(
 ):  # fmt: skip
     """mu, the raw logvar, the clamped logvar and ε of one tile, in fp32. Forward and backward share it,
     so backward's ε is the forward's by construction (same counter: the global element index r·D + c)."""
-    mu = tl.load(mu_ptr + r * mu_sb + c * mu_sd, mask=mask, other=0.0).to(tl.float32)
-    lv_in = tl.load(lv_ptr + r * lv_sb + c * lv_sd, mask=mask, other=0.0).to(tl.float32)
+    mu = common.load_tile(mu_ptr, r, mu_sb, c, mu_sd, mask)
+    lv_in = common.load_tile(lv_ptr, r, lv_sb, c, lv_sd, mask)
     lv = tl.minimum(tl.maximum(lv_in, lo), hi)
     if HAS_EPS:
-        eps = tl.load(eps_ptr + r * eps_sb + c * eps_sd, mask=mask, other=0.0).to(tl.float32)
+        eps = common.load_tile(eps_ptr, r, eps_sb, c, eps_sd, mask)
     else:
         eps = tl.randn(tl.load(seed_ptr), r * D + c)  # one scalar load per tile, served from cache
     return mu, lv_in, lv, eps
@@ -77,7 +77,7 @@ def _reparameterize_kl_bwd(
     gkl = common.load_per_row(gkl_ptr, gkl_sb, rows, row_ok)
     for it in tl.static_range(ITERS):
         _, c, mask = common.column_tile(tl.program_id(1), it, row_ok, D, BLOCK_L, ITERS)
-        gz = tl.load(gz_ptr + r * gz_sb + c * gz_sd, mask=mask, other=0.0).to(tl.float32)
+        gz = common.load_tile(gz_ptr, r, gz_sb, c, gz_sd, mask)
         mu, lv_in, lv, eps = _load_posterior_tile(
             mu_ptr, lv_ptr, eps_ptr, seed_ptr, r, c, mask, D,
             mu_sb, mu_sd, lv_sb, lv_sd, eps_sb, eps_sd, lo, hi, HAS_EPS,
