@@ -323,7 +323,8 @@ def bench_case(
 
 def graph_column(name, fn, eager, inputs, leaves, grad_z, one, timer, notes) -> float | None:
     """The CUDA-graph µs of one implementation; compile falls back to mode="reduce-overhead" when a hand
-    capture of its compiled forward + backward fails (a known torch limitation, DESIGN §8)."""
+    capture of its compiled forward + backward fails (on an H100 it did, with cudaErrorStreamCaptureImplicit:
+    capture the eager step, or compile with mode="reduce-overhead")."""
     try:
         return graph_us(fn, inputs, leaves, grad_z, one)
     except Exception as err:  # noqa: BLE001 — any capture failure is recorded, the run goes on
@@ -406,12 +407,13 @@ def launches_stubbed():
             if isinstance(obj, JITFunction):
                 saved.append((module, name, obj))
                 setattr(module, name, _NoLaunch())
-    old_env, old_interp = os.environ.get(ops.BACKEND_ENV), ops.INTERPRETED
-    ops.INTERPRETED = True  # lets backend_for pick Triton for CPU tensors
+    dispatch = getattr(ops, "_common", ops)  # the module whose INTERPRETED backend_for reads
+    old_env, old_interp = os.environ.get(ops.BACKEND_ENV), dispatch.INTERPRETED
+    dispatch.INTERPRETED = True  # lets backend_for pick Triton for CPU tensors
     try:
         yield
     finally:
-        ops.INTERPRETED = old_interp
+        dispatch.INTERPRETED = old_interp
         for module, name, obj in saved:
             setattr(module, name, obj)
         if old_env is None:
@@ -439,9 +441,9 @@ def host_overhead(reps: int, batch: int = 8, size: int = 8, latent: int = 16) ->
         "bernoulli_nll": lambda: ops.bernoulli_nll(images, x).sum(),
     }  # fmt: skip
     paths = {"torch": ("torch", None)}
-    if hasattr(ops, "LIGHT_EAGER"):
-        paths["function (eager)"] = ("triton", True)
-        paths["custom_op"] = ("triton", False)
+    if hasattr(ops, "eager_wrapper") or hasattr(ops, "LIGHT_EAGER"):
+        paths["function (eager)"] = ("triton", "function")
+        paths["custom_op"] = ("triton", "custom_op")
     else:  # a checkout before the light path: every eager call went through the custom ops
         paths["custom_op"] = ("triton", None)
     rows: list[HostRow] = []
@@ -449,19 +451,32 @@ def host_overhead(reps: int, batch: int = 8, size: int = 8, latent: int = 16) ->
     with launches_stubbed():
         for op_name, fn in cases.items():
             base: dict[str, float] = {}
-            for path, (backend, light) in paths.items():
+            for path, (backend, wrapper) in paths.items():
                 os.environ[ops.BACKEND_ENV] = backend
-                if light is not None:
-                    ops.LIGHT_EAGER = light
-                leaves = (params, images, log_sigma)
-                fwd = host_us(cpu, fn, reps)
-                full = host_us(cpu, lambda fn=fn: fn().backward(), reps, grad_to_none=leaves)
+                with eager_wrapper(wrapper):
+                    leaves = (params, images, log_sigma)
+                    fwd = host_us(cpu, fn, reps)
+                    full = host_us(cpu, lambda fn=fn: fn().backward(), reps, grad_to_none=leaves)
                 for phase, us in (("forward", fwd), ("full", full)):
                     base.setdefault(phase, us)
                     rows.append(HostRow(op_name, path, phase, round(us, 1), round(base[phase] / us, 2)))
-        if hasattr(ops, "LIGHT_EAGER"):
-            ops.LIGHT_EAGER = True
     return rows
+
+
+@contextlib.contextmanager
+def eager_wrapper(kind: str | None):
+    """`ops.eager_wrapper(kind)`; in an older checkout, its module-level LIGHT_EAGER switch instead."""
+    if kind is None:
+        yield
+    elif hasattr(ops, "eager_wrapper"):
+        with ops.eager_wrapper(kind):
+            yield
+    else:
+        ops.LIGHT_EAGER = kind == "function"
+        try:
+            yield
+        finally:
+            ops.LIGHT_EAGER = True
 
 
 def format_host_table(rows: list[HostRow]) -> str:

@@ -3,42 +3,20 @@ dtypes, extreme logits, strided / channels_last / odd-sized images (Triton inter
 
 import pytest
 import torch
-import torch.nn.functional as F
+from op_oracles import DTYPES, bernoulli_oracle, check_nll, needs_triton, small_tiles
 from torch.distributions import Bernoulli
 
 import vae_triton.kernels.bernoulli_nll as bernoulli_kernels
 from vae_triton import ops
-from vae_triton.kernels.common import Tiles
 
-pytestmark = pytest.mark.skipif(
-    ops.backend_for(torch.zeros(1)) != "triton", reason="Triton kernels not active"
-)
-
-TOL = {torch.float32: 2e-5, torch.bfloat16: 8e-3, torch.float16: 1e-3}  # gradient rtol (stored in dtype)
-
-
-def oracle(logits, x):
-    return F.binary_cross_entropy_with_logits(logits.double(), x.double(), reduction="none").flatten(1).sum(1)
+pytestmark = needs_triton
 
 
 def check(logits, x, dtype=torch.float32):
-    w = torch.randn(logits.shape[0])
-    leaves = [t for t in (logits, x) if t.requires_grad]
-    nll = ops.bernoulli_nll(logits, x)
-    got = torch.autograd.grad((w * nll).sum(), leaves) if leaves else ()
-    l64 = logits.detach().double().requires_grad_(logits.requires_grad)
-    x64 = x.detach().double().requires_grad_(x.requires_grad)
-    ref = oracle(l64, x64)
-    leaves64 = [t for t in (l64, x64) if t.requires_grad]
-    want = torch.autograd.grad((w.double() * ref).sum(), leaves64) if leaves64 else ()
-    assert nll.dtype == torch.float32 and nll.shape == logits.shape[:1]
-    torch.testing.assert_close(nll.double(), ref.detach(), rtol=2e-6, atol=1e-4)
-    for g, g64, leaf in zip(got, want, leaves, strict=True):
-        assert g.dtype == leaf.dtype and g.shape == leaf.shape
-        torch.testing.assert_close(g.double(), g64, rtol=TOL[dtype], atol=TOL[dtype])
+    check_nll(ops.bernoulli_nll, bernoulli_oracle, [logits, x], dtype)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_matches_bce_with_logits(dtype):
     logits = (3 * torch.randn(3, 1, 5, 7)).to(dtype).requires_grad_()
     check(logits, torch.rand(3, 1, 5, 7).to(dtype), dtype)
@@ -79,15 +57,12 @@ def test_strided_and_channels_last_layouts():
         (torch.randn(3, 3, 5, 4).transpose(2, 3), torch.rand(3, 3, 4, 5)),
     ]
     for lg, t in layouts:
-        lg = lg.detach().requires_grad_()
-        check(lg, t)
-        (grad,) = torch.autograd.grad(ops.bernoulli_nll(lg, t).sum(), lg)
-        assert grad.stride() == torch.empty_like(lg).stride()
+        check(lg.detach().requires_grad_(), t)  # gradients laid out like the input
 
 
 def test_odd_sizes_and_many_chunks(monkeypatch):
     check(torch.randn(5, 13, requires_grad=True), torch.rand(5, 13))
-    monkeypatch.setattr(bernoulli_kernels, "row_tiles", lambda rows, n: Tiles(2, 4, 2, 4, -(-n // 8)))
+    small_tiles(monkeypatch, bernoulli_kernels)
     check(torch.randn(5, 1, 5, 7, requires_grad=True), torch.rand(5, 1, 5, 7, requires_grad=True))
 
 

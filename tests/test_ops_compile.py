@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from op_oracles import needs_triton
 from torch._dynamo.testing import CompileCounterWithBackend
 
 from vae_triton import ops, reference
-
-TRITON_ACTIVE = ops.backend_for(torch.zeros(1)) == "triton"
-needs_triton = pytest.mark.skipif(not TRITON_ACTIVE, reason="Triton kernels not active")
+from vae_triton.ops import _common as dispatch
 
 
 def elbo_terms(params, x, log_sigma, seed):
@@ -130,23 +129,34 @@ def _all_ops(params, x, log_sigma, seed, eps):
 
 @needs_triton
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_light_eager_path_equals_the_custom_ops_bitwise(monkeypatch, dtype):
+def test_light_eager_path_equals_the_custom_ops_bitwise(dtype):
     """autograd.Function (eager) and custom_op (compile, opcheck) wrap the same launchers: same bits."""
     params, x, log_sigma, seed = inputs()
     params, x = params.to(dtype), x.to(dtype)
     eps = torch.randn(3, 5, dtype=dtype)
     w = torch.randn(3)
     results = {}
-    for light in (True, False):
-        monkeypatch.setattr(ops, "LIGHT_EAGER", light)
-        leaves = [t.detach().clone().requires_grad_() for t in (params, x, log_sigma, eps)]
-        nll, z = _all_ops(*leaves[:3], seed, leaves[3])
-        assert _wrappers(nll) == {"function" if light else "custom_op"}
-        grads = torch.autograd.grad((w * nll).sum() + z.float().square().sum(), leaves)
-        results[light] = (nll, z, *grads)
-    for a, b in zip(results[True], results[False], strict=True):
+    for kind in ("function", "custom_op"):
+        with ops.eager_wrapper(kind):
+            leaves = [t.detach().clone().requires_grad_() for t in (params, x, log_sigma, eps)]
+            nll, z = _all_ops(*leaves[:3], seed, leaves[3])
+            assert _wrappers(nll) == {kind}
+            grads = torch.autograd.grad((w * nll).sum() + z.float().square().sum(), leaves)
+        results[kind] = (nll, z, *grads)
+    for a, b in zip(results["function"], results["custom_op"], strict=True):
         assert a.dtype == b.dtype and a.shape == b.shape and a.stride() == b.stride()
         assert torch.equal(a, b)
+
+
+@needs_triton
+def test_eager_wrapper_restores_the_light_path_and_rejects_unknown_kinds():
+    logits = torch.randn(2, 3, requires_grad=True)
+    with pytest.raises(KeyError), ops.eager_wrapper("custom_op"):
+        assert _wrappers(ops.bernoulli_nll(logits, torch.rand(2, 3))) == {"custom_op"}
+        raise KeyError("leaves the block early")
+    assert _wrappers(ops.bernoulli_nll(logits, torch.rand(2, 3))) == {"function"}
+    with pytest.raises(ValueError, match="eager_wrapper: `kind` must be one of"):
+        ops.eager_wrapper("fast").__enter__()
 
 
 # ------------------------------------------------------------------------------------------ dispatch
@@ -162,7 +172,7 @@ def _wrappers(t: torch.Tensor) -> set[str]:
         seen.add(node)
         if "vae_triton" in type(node).__name__:
             found.add("custom_op")
-        elif getattr(getattr(node, "_forward_cls", None), "__module__", "") == "vae_triton.ops":
+        elif getattr(getattr(node, "_forward_cls", None), "__module__", "").startswith("vae_triton.ops"):
             found.add("function")
         stack.extend(fn for fn, _ in node.next_functions)
     return found
@@ -209,13 +219,13 @@ def test_float64_always_runs_the_reference(monkeypatch):
 def test_cpu_without_interpreter_or_without_triton_uses_torch(monkeypatch):
     monkeypatch.delenv("VAE_TRITON_BACKEND", raising=False)
     cpu = torch.zeros(2, 2)
-    monkeypatch.setattr(ops, "INTERPRETED", False)
+    monkeypatch.setattr(dispatch, "INTERPRETED", False)
     assert ops.backend_for(cpu) == "torch"
     monkeypatch.setenv("VAE_TRITON_BACKEND", "triton")
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
         ops.backend_for(cpu)
-    monkeypatch.setattr(ops, "INTERPRETED", True)
-    monkeypatch.setattr(ops, "TRITON_AVAILABLE", False)
+    monkeypatch.setattr(dispatch, "INTERPRETED", True)
+    monkeypatch.setattr(dispatch, "TRITON_AVAILABLE", False)
     with pytest.raises(RuntimeError, match="failed to import"):
         ops.backend_for(cpu)
     monkeypatch.delenv("VAE_TRITON_BACKEND")

@@ -2,33 +2,31 @@
 per-channel σ, three dtypes, strided / channels_last inputs, saturated logits, gradients for logits, x and
 log σ (Triton interpreter on CPU), float64 gradcheck of the reference, and its bad inputs."""
 
-
 import pytest
 import torch
-from test_ops_gaussian_nll import check as check_against
-from test_ops_gaussian_nll import oracle, sigma_for
+from op_oracles import (
+    DTYPES,
+    as64,
+    check_nll,
+    gaussian_logits_oracle,
+    gradcheck_nll,
+    image_layouts,
+    needs_triton,
+    sigma_for,
+    small_tiles,
+)
 
 import vae_triton.kernels.gaussian_nll as gaussian_kernels
 from vae_triton import ops, reference
-from vae_triton.kernels.common import Tiles
-
-TRITON_ACTIVE = ops.backend_for(torch.zeros(1)) == "triton"
-needs_triton = pytest.mark.skipif(not TRITON_ACTIVE, reason="Triton kernels not active")
-
-
-
-def logits_oracle(logits, x, log_sigma):
-    """−log N(x; sigmoid(l), σ²) summed per image, float64 (Normal.log_prob of the sigmoid)."""
-    return oracle(torch.sigmoid(logits.double()), x, log_sigma)
 
 
 def check(logits, x, log_sigma, dtype=torch.float32):
-    check_against(logits, x, log_sigma, dtype, op=ops.gaussian_nll_logits, oracle=logits_oracle)
+    check_nll(ops.gaussian_nll_logits, gaussian_logits_oracle, [logits, x, log_sigma], dtype)
 
 
 @needs_triton
 @pytest.mark.parametrize("sigma", ["fixed", "scalar", "channel"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_matches_normal_of_sigmoid(sigma, dtype):
     logits = (3 * torch.randn(3, 3, 5, 7)).to(dtype).requires_grad_()
     check(logits, torch.rand(3, 3, 5, 7).to(dtype), sigma_for(sigma, 3), dtype)
@@ -49,13 +47,7 @@ def test_strided_and_channels_last_layouts(sigma):
     params = torch.randn(3, 6, 5, 7)
     l_chunk, x_chunk = params.chunk(2, dim=1)
     x_chunk = torch.sigmoid(x_chunk)
-    cl = torch.channels_last
-    layouts = [
-        (l_chunk, x_chunk),
-        (l_chunk.contiguous(memory_format=cl), x_chunk.contiguous(memory_format=cl)),
-        (l_chunk.contiguous(memory_format=cl), x_chunk),
-        (l_chunk.transpose(2, 3).contiguous().transpose(2, 3), x_chunk.contiguous()),
-    ]  # fmt: skip
+    layouts = image_layouts(l_chunk, x_chunk)
     log_sigma = sigma_for(sigma, 3)
     for logits, x in layouts:
         check(logits.detach().requires_grad_(), x, log_sigma)
@@ -76,7 +68,7 @@ def test_saturated_logits(sigma):
 @pytest.mark.parametrize("sigma", ["scalar", "channel"])
 def test_many_chunks_per_channel(monkeypatch, sigma):
     """Small tiles so each channel spans several column chunks and row blocks are ragged."""
-    monkeypatch.setattr(gaussian_kernels, "row_tiles", lambda rows, n: Tiles(2, 4, 2, 4, -(-n // 8)))
+    small_tiles(monkeypatch, gaussian_kernels)
     logits = torch.randn(5, 3, 4, 5, requires_grad=True)
     check(logits, torch.rand(5, 3, 4, 5, requires_grad=True), sigma_for(sigma, 3))
     check(logits, torch.rand(5, 3, 4, 5), 0.2)
@@ -98,25 +90,19 @@ def test_torch_backend_matches_the_oracle(monkeypatch):
     logits = 3 * torch.randn(2, 3, 4, 4)
     x = torch.rand(2, 3, 4, 4)
     ls = torch.tensor([0.2, -0.1, 0.5])
-    torch.testing.assert_close(
-        ops.gaussian_nll_logits(logits, x, ls).double(), logits_oracle(logits, x, ls), rtol=2e-6, atol=1e-4
-    )
+    want = gaussian_logits_oracle(logits, x, ls)
+    torch.testing.assert_close(ops.gaussian_nll_logits(logits, x, ls).double(), want, rtol=2e-6, atol=1e-4)
 
 
 @pytest.mark.parametrize("sigma", ["fixed", "scalar", "channel"])
 def test_float64_gradcheck_of_the_reference(sigma):
     logits = torch.randn(2, 3, 2, 3, dtype=torch.float64, requires_grad=True)
     x = torch.rand(2, 3, 2, 3, dtype=torch.float64, requires_grad=True)
-    ls = sigma_for(sigma, 3)
-    if isinstance(ls, torch.Tensor):
-        ls = ls.detach().double().requires_grad_()
-        assert torch.autograd.gradcheck(reference.gaussian_nll_logits, (logits, x, ls))
-        assert torch.autograd.gradcheck(ops.gaussian_nll_logits, (logits, x, ls))
-    else:
-        assert torch.autograd.gradcheck(lambda a, b: reference.gaussian_nll_logits(a, b, ls), (logits, x))
-    torch.testing.assert_close(
-        reference.gaussian_nll_logits(logits, x, ls), logits_oracle(logits, x, ls), rtol=1e-12, atol=1e-10
-    )
+    ls = as64(sigma_for(sigma, 3))
+    assert gradcheck_nll(reference.gaussian_nll_logits, logits, x, ls)
+    assert gradcheck_nll(ops.gaussian_nll_logits, logits, x, ls)
+    want = gaussian_logits_oracle(logits, x, ls)
+    torch.testing.assert_close(reference.gaussian_nll_logits(logits, x, ls), want, rtol=1e-12, atol=1e-10)
 
 
 @needs_triton

@@ -7,51 +7,30 @@ torch.distributions (Normal + kl_divergence) in float64 on the same (rounded) in
 import pytest
 import scipy.stats
 import torch
-from torch.distributions import Normal, kl_divergence
+from op_oracles import DTYPES, GRAD_RTOL, kl_oracle, leaves, needs_triton, small_tiles, weighted_grads
 
 import vae_triton.kernels.reparameterize_kl as reparam_kernels
 from vae_triton import ops
-from vae_triton.kernels.common import Tiles
 
-pytestmark = pytest.mark.skipif(
-    ops.backend_for(torch.zeros(1)) != "triton", reason="Triton kernels not active"
-)
+pytestmark = needs_triton
 
-# (value rtol, gradient rtol) for outputs stored in each dtype; the math inside is fp32 for all of them.
-TOL = {torch.float32: (2e-6, 2e-5), torch.bfloat16: (8e-3, 8e-3), torch.float16: (1e-3, 1e-3)}
+VALUE_RTOL = {**GRAD_RTOL, torch.float32: 2e-6}  # z is stored in the input dtype; fp32 math inside
 
 
-def oracle(mu, logvar, eps, clamp=(-30.0, 20.0)):
-    """z and per-row KL from torch.distributions, float64, with torch.clamp's gradient on logvar."""
-    lv = logvar.double().clamp(*clamp)
-    q = Normal(mu.double(), torch.exp(0.5 * lv))
-    z = q.loc + q.scale * eps.double()
-    kl = kl_divergence(q, Normal(torch.zeros_like(q.loc), torch.ones_like(q.scale))).sum(dim=1)
-    return z, kl
-
-
-def grads(fn, inputs, weights):
-    """Gradients of Σ w·out over `inputs` for fn(*inputs) -> outputs."""
-    inputs = [t.detach().requires_grad_() for t in inputs]
-    outs = fn(*inputs)
-    loss = sum((w.double() * o.double()).sum() for w, o in zip(weights, outs, strict=True))
-    return outs, torch.autograd.grad(loss, inputs)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(3, 5), (17, 130)])
 def test_values_and_gradients_match_torch_distributions(dtype, shape):
     mu = torch.randn(shape).to(dtype)
     logvar = (2 * torch.randn(shape)).to(dtype)
     eps = torch.randn(shape)
     w_z, w_kl = torch.randn(shape).to(dtype), torch.randn(shape[0])  # g_z reaches the kernel in z's dtype
-    (z, kl), (g_mu, g_lv) = grads(
-        lambda m, lv: ops.reparameterize_kl(m, lv, eps=eps), [mu, logvar], [w_z, w_kl]
+    (z, kl), (g_mu, g_lv) = weighted_grads(
+        lambda m, lv: ops.reparameterize_kl(m, lv, eps=eps), leaves(mu, logvar), [w_z, w_kl]
     )
-    (z_ref, kl_ref), (g_mu_ref, g_lv_ref) = grads(
-        lambda m, lv: oracle(m, lv, eps), [mu.double(), logvar.double()], [w_z, w_kl]
+    (z_ref, kl_ref), (g_mu_ref, g_lv_ref) = weighted_grads(
+        lambda m, lv: kl_oracle(m, lv, eps), leaves(mu.double(), logvar.double()), [w_z, w_kl]
     )
-    rtol, grtol = TOL[dtype]
+    rtol, grtol = VALUE_RTOL[dtype], GRAD_RTOL[dtype]
     assert z.dtype == dtype and z.shape == shape and kl.dtype == torch.float32 and kl.shape == shape[:1]
     assert g_mu.dtype == dtype and g_lv.dtype == dtype
     torch.testing.assert_close(z.double(), z_ref, rtol=rtol, atol=rtol)
@@ -77,7 +56,7 @@ def test_noise_stream_does_not_depend_on_tiling(monkeypatch):
     """Small tiles, several column chunks per row: same ε (bitwise z), same KL up to summation order."""
     mu, logvar = torch.randn(5, 37), torch.randn(5, 37)
     z, kl = ops.reparameterize_kl(mu, logvar, seed=99)
-    monkeypatch.setattr(reparam_kernels, "row_tiles", lambda rows, n: Tiles(2, 4, 2, 4, -(-n // 8)))
+    small_tiles(monkeypatch, reparam_kernels)
     z_small, kl_small = ops.reparameterize_kl(mu, logvar, seed=99)
     assert torch.equal(z, z_small)
     torch.testing.assert_close(kl, kl_small, rtol=1e-6, atol=1e-5)
@@ -99,11 +78,11 @@ def test_extreme_logvar_is_clamped_with_torch_clamp_gradient():
     logvar[3] = torch.tensor([-30.0, 20.0, 0.0, 19.5, -29.5, 3.0])  # on the bounds: gradient passes
     eps = torch.randn(4, 6)
     w_z, w_kl = torch.randn(4, 6), torch.randn(4)
-    (z, kl), (g_mu, g_lv) = grads(
-        lambda m, lv: ops.reparameterize_kl(m, lv, eps=eps), [mu, logvar], [w_z, w_kl]
+    (z, kl), (g_mu, g_lv) = weighted_grads(
+        lambda m, lv: ops.reparameterize_kl(m, lv, eps=eps), leaves(mu, logvar), [w_z, w_kl]
     )
-    (z_ref, kl_ref), (g_mu_ref, g_lv_ref) = grads(
-        lambda m, lv: oracle(m, lv, eps), [mu.double(), logvar.double()], [w_z, w_kl]
+    (z_ref, kl_ref), (g_mu_ref, g_lv_ref) = weighted_grads(
+        lambda m, lv: kl_oracle(m, lv, eps), leaves(mu.double(), logvar.double()), [w_z, w_kl]
     )
     assert torch.isfinite(z).all() and torch.isfinite(kl).all()
     torch.testing.assert_close(z.double(), z_ref, rtol=2e-6, atol=1e-5)
@@ -118,7 +97,7 @@ def test_custom_clamp_and_no_clamp():
     mu, logvar, eps = torch.randn(3, 8), 3 * torch.randn(3, 8), torch.randn(3, 8)
     for clamp in [(-1.0, 2.0), None]:
         z, kl = ops.reparameterize_kl(mu, logvar, eps=eps, logvar_clamp=clamp)
-        z_ref, kl_ref = oracle(mu, logvar, eps, clamp or (-float("inf"), float("inf")))
+        z_ref, kl_ref = kl_oracle(mu, logvar, eps, clamp or (-float("inf"), float("inf")))
         torch.testing.assert_close(z.double(), z_ref, rtol=2e-6, atol=1e-5)
         torch.testing.assert_close(kl.double(), kl_ref, rtol=2e-6, atol=1e-5)
 
@@ -189,9 +168,14 @@ def test_float64_gradcheck_and_fp32_kernel_gradients_against_it():
     assert ops.backend_for(mu) == "torch"
     assert torch.autograd.gradcheck(lambda m, lv: ops.reparameterize_kl(m, lv, eps=eps), (mu, logvar))
     w_z, w_kl = torch.randn(3, 5), torch.randn(3)
-    _, g64 = grads(lambda m, lv: ops.reparameterize_kl(m, lv, eps=eps), [mu, logvar], [w_z, w_kl])
-    _, g32 = grads(lambda m, lv: ops.reparameterize_kl(m, lv, eps=eps.float()), [mu.float(), logvar.float()],
-                   [w_z, w_kl])  # fmt: skip
+    _, g64 = weighted_grads(
+        lambda m, lv: ops.reparameterize_kl(m, lv, eps=eps), leaves(mu, logvar), [w_z, w_kl]
+    )
+    _, g32 = weighted_grads(
+        lambda m, lv: ops.reparameterize_kl(m, lv, eps=eps.float()),
+        leaves(mu.float(), logvar.float()),
+        [w_z, w_kl],
+    )
     for a, b in zip(g32, g64, strict=True):
         torch.testing.assert_close(a.double(), b, rtol=2e-5, atol=1e-6)
 

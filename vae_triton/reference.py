@@ -1,7 +1,9 @@
 """Pure-torch versions of every fused op: the CPU path and the test oracle.
 
-Conventions (DESIGN §2): every loss term is a per-image sum in nats, shape (B,), float32, computed in
-float32 (float64 stays float64, so `gradcheck` can use these functions directly).
+Conventions: every loss term is a per-image sum in nats, shape (B,), float32, computed in
+float32 (float64 stays float64, so `gradcheck` can use these functions directly). Built from torch ops
+only, so they are differentiable twice (double backward, gradient penalties), which the Triton kernels'
+first-order gradients are not.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import common
 from .common import grid, group_walk, row_tiles
 
 
@@ -31,20 +32,15 @@ def _bernoulli_nll_fwd(
     l_sb, l_sl, x_sb, x_sl,
     BLOCK_B: tl.constexpr, BLOCK_L: tl.constexpr, ITERS: tl.constexpr,
 ):  # fmt: skip
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    row_ok = rows < B
-    r = rows.to(tl.int64)[:, None]
+    rows, row_ok, r = common.row_block(B, BLOCK_B)
     acc = tl.zeros([BLOCK_B, BLOCK_L], dtype=tl.float32)
     for it in tl.static_range(ITERS):
-        cols = (tl.program_id(1) * ITERS + it) * BLOCK_L + tl.arange(0, BLOCK_L)
-        c = cols.to(tl.int64)[None, :]
-        mask = row_ok[:, None] & (cols < L)[None, :]
-        logit = tl.load(l_ptr + r * l_sb + c * l_sl, mask=mask, other=0.0).to(tl.float32)
-        x = tl.load(x_ptr + r * x_sb + c * x_sl, mask=mask, other=0.0).to(tl.float32)
+        _, c, mask = common.column_tile(tl.program_id(1), it, row_ok, L, BLOCK_L, ITERS)
+        logit = common.load_tile(l_ptr, r, l_sb, c, l_sl, mask)
+        x = common.load_tile(x_ptr, r, x_sb, c, x_sl, mask)
         softplus = tl.maximum(logit, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(logit)))
         acc += tl.where(mask, softplus - x * logit, 0.0)
-    n_parts = tl.num_programs(1)
-    tl.store(part_ptr + rows.to(tl.int64) * n_parts + tl.program_id(1), tl.sum(acc, axis=1), mask=row_ok)
+    common.store_partial(part_ptr, tl.sum(acc, axis=1), rows, row_ok)
 
 
 @triton.jit
@@ -55,17 +51,13 @@ def _bernoulli_nll_bwd(
     WRITE_GL: tl.constexpr, WRITE_GX: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_L: tl.constexpr, ITERS: tl.constexpr,
 ):  # fmt: skip
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    row_ok = rows < B
-    r = rows.to(tl.int64)[:, None]
-    g = tl.load(g_ptr + rows.to(tl.int64) * g_sb, mask=row_ok, other=0.0).to(tl.float32)[:, None]
+    rows, row_ok, r = common.row_block(B, BLOCK_B)
+    g = common.load_per_row(g_ptr, g_sb, rows, row_ok)
     for it in tl.static_range(ITERS):
-        cols = (tl.program_id(1) * ITERS + it) * BLOCK_L + tl.arange(0, BLOCK_L)
-        c = cols.to(tl.int64)[None, :]
-        mask = row_ok[:, None] & (cols < L)[None, :]
-        logit = tl.load(l_ptr + r * l_sb + c * l_sl, mask=mask, other=0.0).to(tl.float32)
+        _, c, mask = common.column_tile(tl.program_id(1), it, row_ok, L, BLOCK_L, ITERS)
+        logit = common.load_tile(l_ptr, r, l_sb, c, l_sl, mask)
         if WRITE_GL:
-            x = tl.load(x_ptr + r * x_sb + c * x_sl, mask=mask, other=0.0).to(tl.float32)
+            x = common.load_tile(x_ptr, r, x_sb, c, x_sl, mask)
             e = tl.exp(-tl.abs(logit))  # ≤ 1: no overflow for any logit
             sigmoid = tl.where(logit >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
             tl.store(
@@ -83,16 +75,11 @@ def bernoulli_nll_fwd(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     walk = group_walk([logits, x], 1)
     (lv, xv), (l_st, x_st) = walk.inputs, walk.in_strides
     tiles = row_tiles(batch, walk.length)
-    one_chunk = tiles.chunks == 1  # then the kernel finishes the reduction: no extra launch
-    shape = (batch,) if one_chunk else (batch, tiles.chunks)
-    partials = torch.empty(shape, dtype=torch.float32, device=logits.device)
+    partials = common.row_partials(batch, tiles.chunks, logits.device)
     _bernoulli_nll_fwd[grid(tiles, batch)](
-        lv, xv, partials,
-        batch, walk.length,
-        l_st[0], l_st[2], x_st[0], x_st[2],
-        BLOCK_B=tiles.block_b, BLOCK_L=tiles.block_l, ITERS=tiles.iters, num_warps=tiles.num_warps,
-    )  # fmt: skip
-    return partials if one_chunk else partials.sum(dim=1)
+        lv, xv, partials, batch, walk.length, l_st[0], l_st[2], x_st[0], x_st[2], **tiles.launch
+    )
+    return common.row_sums(partials)
 
 
 def bernoulli_nll_bwd(
@@ -115,8 +102,7 @@ def bernoulli_nll_bwd(
         batch, walk.length,
         grad.stride(0), l_st[0], l_st[2], x_st[0], x_st[2],
         gl_st[0], gl_st[2], gx_st[0], gx_st[2],
-        WRITE_GL=need_logits, WRITE_GX=need_x,
-        BLOCK_B=tiles.block_b, BLOCK_L=tiles.block_l, ITERS=tiles.iters, num_warps=tiles.num_warps,
+        WRITE_GL=need_logits, WRITE_GX=need_x, **tiles.launch,
     )  # fmt: skip
     for scratch, dest in walk.copy_back:
         dest.copy_(scratch)

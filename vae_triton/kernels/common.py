@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 import triton
+import triton.language as tl
 
 # The interpreter runs each program as numpy ops (~ms of overhead per program): bigger tiles, fewer programs.
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -37,6 +38,11 @@ class Tiles:
     iters: int
     num_warps: int
     chunks: int  # column chunks per group: cdiv(L, block_l * iters)
+
+    @property
+    def launch(self) -> dict:
+        """The tile constexprs and num_warps every kernel here takes: `kernel[grid](..., **tiles.launch)`."""
+        return dict(BLOCK_B=self.block_b, BLOCK_L=self.block_l, ITERS=self.iters, num_warps=self.num_warps)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -60,6 +66,52 @@ def row_tiles(rows: int, length: int) -> Tiles:
 @functools.lru_cache(maxsize=1024)
 def grid(tiles: Tiles, rows: int, groups: int = 1) -> tuple[int, int]:
     return (triton.cdiv(rows, tiles.block_b), groups * tiles.chunks)
+
+
+def row_partials(batch: int, parts: int, device: torch.device) -> torch.Tensor:
+    """fp32 partial sums, one per (row, part): (B,) when a row is one part (the kernel then finishes the
+    row's sum: no extra launch), else (B, parts), summed by `row_sums`."""
+    return torch.empty((batch,) if parts == 1 else (batch, parts), dtype=torch.float32, device=device)
+
+
+def row_sums(partials: torch.Tensor) -> torch.Tensor:
+    return partials if partials.dim() == 1 else partials.sum(dim=1)
+
+
+# What every kernel's program does first: find its rows, then walk its column chunk tile by tile.
+
+
+@triton.jit
+def row_block(B, BLOCK_B: tl.constexpr):
+    """This program's BLOCK_B rows: (indices, which exist, int64 indices as a column for 2-D offsets)."""
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    return rows, rows < B, rows.to(tl.int64)[:, None]
+
+
+@triton.jit
+def column_tile(chunk, it, row_ok, L, BLOCK_L: tl.constexpr, ITERS: tl.constexpr):
+    """Step `it` of column chunk `chunk`: (column indices, int64 indices as a row, the tile's mask)."""
+    cols = (chunk * ITERS + it) * BLOCK_L + tl.arange(0, BLOCK_L)
+    return cols, cols.to(tl.int64)[None, :], row_ok[:, None] & (cols < L)[None, :]
+
+
+@triton.jit
+def load_tile(ptr, r, row_stride, c, col_stride, mask):
+    """A [rows × columns] tile of a strided tensor, in fp32 (0 where masked off)."""
+    return tl.load(ptr + r * row_stride + c * col_stride, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def load_per_row(ptr, stride, rows, row_ok):
+    """One fp32 value per row (an upstream per-image gradient), as a column to broadcast over the tile."""
+    return tl.load(ptr + rows.to(tl.int64) * stride, mask=row_ok, other=0.0).to(tl.float32)[:, None]
+
+
+@triton.jit
+def store_partial(part_ptr, value, rows, row_ok):
+    """Each row's partial sum for this program's (group, chunk): part_ptr[row, program_id(1)]."""
+    offsets = rows.to(tl.int64) * tl.num_programs(1) + tl.program_id(1)
+    tl.store(part_ptr + offsets, value, mask=row_ok)
 
 
 def _channels_last_perm(ndim: int) -> tuple[int, ...]:

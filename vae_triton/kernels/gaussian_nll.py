@@ -43,9 +43,16 @@ import torch
 import triton
 import triton.language as tl
 
+from . import common
 from .common import grid, group_walk, row_tiles
 
 HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+@triton.jit
+def _group_and_chunk(chunks):
+    """This program's group (a channel, or the whole row) and its column chunk within the group."""
+    return (tl.program_id(1) // chunks).to(tl.int64), tl.program_id(1) % chunks
 
 
 @triton.jit
@@ -97,11 +104,8 @@ def _gauss_nll_fwd(
     SIGMOID: tl.constexpr, LEARNED: tl.constexpr, CH: tl.constexpr, HALF_LOG_2PI: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_L: tl.constexpr, ITERS: tl.constexpr,
 ):  # fmt: skip
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    row_ok = rows < B
-    r = rows.to(tl.int64)[:, None]
-    g = (tl.program_id(1) // chunks).to(tl.int64)
-    k = tl.program_id(1) % chunks
+    rows, row_ok, r = common.row_block(B, BLOCK_B)
+    g, k = _group_and_chunk(chunks)
     if CH > 0:  # σ per element of the interleaved channels, applied in the loop
         s = 1.0
         c0 = _interleaved_const(ls_ptr, ls_s, L, lo, hi, CH, HALF_LOG_2PI)
@@ -111,9 +115,7 @@ def _gauss_nll_fwd(
     x_base = x_ptr + r * x_sb + g * x_sg
     acc = tl.zeros([BLOCK_B, BLOCK_L], dtype=tl.float32)
     for it in tl.static_range(ITERS):
-        cols = (k * ITERS + it) * BLOCK_L + tl.arange(0, BLOCK_L)
-        c = cols.to(tl.int64)[None, :]
-        mask = row_ok[:, None] & (cols < L)[None, :]
+        cols, c, mask = common.column_tile(k, it, row_ok, L, BLOCK_L, ITERS)
         m, _ = _mean_of(tl.load(m_base + c * m_sl, mask=mask, other=0.0).to(tl.float32), SIGMOID)
         x = tl.load(x_base + c * x_sl, mask=mask, other=0.0).to(tl.float32)
         d = tl.where(mask, x - m, 0.0)
@@ -122,9 +124,7 @@ def _gauss_nll_fwd(
             acc += s_e * d * d
         else:
             acc += d * d
-    part = tl.sum(acc, axis=1) * s + tl.where(k == 0, c0, 0.0)
-    n_parts = tl.num_programs(1)
-    tl.store(part_ptr + rows.to(tl.int64) * n_parts + tl.program_id(1), part, mask=row_ok)
+    common.store_partial(part_ptr, tl.sum(acc, axis=1) * s + tl.where(k == 0, c0, 0.0), rows, row_ok)
 
 
 @triton.jit
@@ -137,19 +137,14 @@ def _gauss_nll_bwd(
     SIGMOID: tl.constexpr, LEARNED: tl.constexpr, CH: tl.constexpr, HALF_LOG_2PI: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_L: tl.constexpr, ITERS: tl.constexpr,
 ):  # fmt: skip
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    row_ok = rows < B
-    r = rows.to(tl.int64)[:, None]
-    g = (tl.program_id(1) // chunks).to(tl.int64)
-    k = tl.program_id(1) % chunks
+    rows, row_ok, r = common.row_block(B, BLOCK_B)
+    g, k = _group_and_chunk(chunks)
     s, _, inside = _group_sigma(ls_ptr, ls_s, g, L, scale, 0.0, lo, hi, LEARNED, HALF_LOG_2PI)
-    gr = tl.load(g_ptr + rows.to(tl.int64) * g_sb, mask=row_ok, other=0.0).to(tl.float32)[:, None]
+    gr = common.load_per_row(g_ptr, g_sb, rows, row_ok)
     coef = (2.0 * s) * gr
     acc = tl.zeros([BLOCK_B, BLOCK_L], dtype=tl.float32)
     for it in tl.static_range(ITERS):
-        cols = (k * ITERS + it) * BLOCK_L + tl.arange(0, BLOCK_L)
-        c = cols.to(tl.int64)[None, :]
-        mask = row_ok[:, None] & (cols < L)[None, :]
+        cols, c, mask = common.column_tile(k, it, row_ok, L, BLOCK_L, ITERS)
         m, e = _mean_of(tl.load(m_ptr + r * m_sb + g * m_sg + c * m_sl, mask=mask, other=0.0).to(tl.float32),
                         SIGMOID)  # fmt: skip
         x = tl.load(x_ptr + r * x_sb + g * x_sg + c * x_sl, mask=mask, other=0.0).to(tl.float32)
@@ -180,9 +175,8 @@ def _gauss_nll_bwd(
             else:
                 acc += term
     if WRITE_GLS and CH == 0:
-        n_parts = tl.num_programs(1)
         part = tl.where(inside > 0, tl.sum(acc, axis=1), 0.0)  # where, not ·0: the sum may be −∞
-        tl.store(gls_part_ptr + rows.to(tl.int64) * n_parts + tl.program_id(1), part, mask=row_ok)
+        common.store_partial(gls_part_ptr, part, rows, row_ok)
 
 
 def _interleaved(images: torch.Tensor, log_sigma: torch.Tensor | None) -> int:
@@ -216,17 +210,16 @@ def gaussian_nll_fwd(
     walk = group_walk([images, x], groups, channels_last=bool(interleave))
     (m, xv), (m_st, x_st) = walk.inputs, walk.in_strides
     tiles = row_tiles(batch, walk.length)
-    parts = groups * tiles.chunks
-    partials = torch.empty((batch,) if parts == 1 else (batch, parts), dtype=torch.float32, device=x.device)
+    partials = common.row_partials(batch, groups * tiles.chunks, x.device)
     _gauss_nll_fwd[grid(tiles, batch, groups)](
         m, xv, ls, partials,
         batch, walk.length, tiles.chunks,
         *m_st, *x_st, ls_s,
         scale, const, lo, hi,
         SIGMOID=sigmoid, LEARNED=log_sigma is not None, CH=interleave, HALF_LOG_2PI=HALF_LOG_2PI,
-        BLOCK_B=tiles.block_b, BLOCK_L=tiles.block_l, ITERS=tiles.iters, num_warps=tiles.num_warps,
+        **tiles.launch,
     )  # fmt: skip
-    return partials if parts == 1 else partials.sum(dim=1)  # one part: the kernel finished the sum
+    return common.row_sums(partials)
 
 
 def gaussian_nll_bwd(
@@ -267,7 +260,7 @@ def gaussian_nll_bwd(
         scale, lo, hi,
         WRITE_GM=need_images, WRITE_GX=need_x, WRITE_GLS=need_sigma,
         SIGMOID=sigmoid, LEARNED=log_sigma is not None, CH=interleave, HALF_LOG_2PI=HALF_LOG_2PI,
-        BLOCK_B=tiles.block_b, BLOCK_L=tiles.block_l, ITERS=tiles.iters, num_warps=tiles.num_warps,
+        **tiles.launch,
     )  # fmt: skip
     for scratch, dest in walk.copy_back:
         dest.copy_(scratch)

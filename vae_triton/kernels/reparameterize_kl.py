@@ -22,6 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import common
 from .common import grid, row_tiles
 
 
@@ -32,11 +33,11 @@ def _load_posterior_tile(
 ):  # fmt: skip
     """mu, the raw logvar, the clamped logvar and ε of one tile, in fp32. Forward and backward share it,
     so backward's ε is the forward's by construction (same counter: the global element index r·D + c)."""
-    mu = tl.load(mu_ptr + r * mu_sb + c * mu_sd, mask=mask, other=0.0).to(tl.float32)
-    lv_in = tl.load(lv_ptr + r * lv_sb + c * lv_sd, mask=mask, other=0.0).to(tl.float32)
+    mu = common.load_tile(mu_ptr, r, mu_sb, c, mu_sd, mask)
+    lv_in = common.load_tile(lv_ptr, r, lv_sb, c, lv_sd, mask)
     lv = tl.minimum(tl.maximum(lv_in, lo), hi)
     if HAS_EPS:
-        eps = tl.load(eps_ptr + r * eps_sb + c * eps_sd, mask=mask, other=0.0).to(tl.float32)
+        eps = common.load_tile(eps_ptr, r, eps_sb, c, eps_sd, mask)
     else:
         eps = tl.randn(tl.load(seed_ptr), r * D + c)  # one scalar load per tile, served from cache
     return mu, lv_in, lv, eps
@@ -45,19 +46,15 @@ def _load_posterior_tile(
 @triton.jit
 def _reparameterize_kl_fwd(
     mu_ptr, lv_ptr, eps_ptr, seed_ptr, z_ptr, kl_part_ptr,
-    B, D, chunks,
+    B, D,
     mu_sb, mu_sd, lv_sb, lv_sd, eps_sb, eps_sd,
     lo, hi,
-    HAS_EPS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, ITERS: tl.constexpr,
+    HAS_EPS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_L: tl.constexpr, ITERS: tl.constexpr,
 ):  # fmt: skip
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    row_ok = rows < B
-    r = rows.to(tl.int64)[:, None]
-    acc = tl.zeros([BLOCK_B, BLOCK_D], dtype=tl.float32)
+    rows, row_ok, r = common.row_block(B, BLOCK_B)
+    acc = tl.zeros([BLOCK_B, BLOCK_L], dtype=tl.float32)
     for it in tl.static_range(ITERS):
-        cols = (tl.program_id(1) * ITERS + it) * BLOCK_D + tl.arange(0, BLOCK_D)
-        c = cols.to(tl.int64)[None, :]
-        mask = row_ok[:, None] & (cols < D)[None, :]
+        _, c, mask = common.column_tile(tl.program_id(1), it, row_ok, D, BLOCK_L, ITERS)
         mu, _, lv, eps = _load_posterior_tile(
             mu_ptr, lv_ptr, eps_ptr, seed_ptr, r, c, mask, D,
             mu_sb, mu_sd, lv_sb, lv_sd, eps_sb, eps_sd, lo, hi, HAS_EPS,
@@ -65,9 +62,7 @@ def _reparameterize_kl_fwd(
         z = mu + tl.exp(0.5 * lv) * eps
         tl.store(z_ptr + r * D + c, z.to(z_ptr.dtype.element_ty), mask=mask)
         acc += tl.where(mask, tl.exp(lv) + mu * mu - 1.0 - lv, 0.0)
-    tl.store(
-        kl_part_ptr + rows.to(tl.int64) * chunks + tl.program_id(1), 0.5 * tl.sum(acc, axis=1), mask=row_ok
-    )
+    common.store_partial(kl_part_ptr, 0.5 * tl.sum(acc, axis=1), rows, row_ok)
 
 
 @triton.jit
@@ -76,17 +71,13 @@ def _reparameterize_kl_bwd(
     B, D,
     gz_sb, gz_sd, gkl_sb, mu_sb, mu_sd, lv_sb, lv_sd, eps_sb, eps_sd,
     lo, hi,
-    HAS_EPS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, ITERS: tl.constexpr,
+    HAS_EPS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_L: tl.constexpr, ITERS: tl.constexpr,
 ):  # fmt: skip
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    row_ok = rows < B
-    r = rows.to(tl.int64)[:, None]
-    gkl = tl.load(gkl_ptr + rows.to(tl.int64) * gkl_sb, mask=row_ok, other=0.0).to(tl.float32)[:, None]
+    rows, row_ok, r = common.row_block(B, BLOCK_B)
+    gkl = common.load_per_row(gkl_ptr, gkl_sb, rows, row_ok)
     for it in tl.static_range(ITERS):
-        cols = (tl.program_id(1) * ITERS + it) * BLOCK_D + tl.arange(0, BLOCK_D)
-        c = cols.to(tl.int64)[None, :]
-        mask = row_ok[:, None] & (cols < D)[None, :]
-        gz = tl.load(gz_ptr + r * gz_sb + c * gz_sd, mask=mask, other=0.0).to(tl.float32)
+        _, c, mask = common.column_tile(tl.program_id(1), it, row_ok, D, BLOCK_L, ITERS)
+        gz = common.load_tile(gz_ptr, r, gz_sb, c, gz_sd, mask)
         mu, lv_in, lv, eps = _load_posterior_tile(
             mu_ptr, lv_ptr, eps_ptr, seed_ptr, r, c, mask, D,
             mu_sb, mu_sd, lv_sb, lv_sd, eps_sb, eps_sd, lo, hi, HAS_EPS,
@@ -98,48 +89,37 @@ def _reparameterize_kl_bwd(
         tl.store(glv_ptr + r * D + c, glv.to(glv_ptr.dtype.element_ty), mask=mask)
 
 
-def _strides(t: torch.Tensor | None) -> tuple[int, int]:
-    return (0, 0) if t is None else (t.stride(0), t.stride(1))
+def _noise(mu: torch.Tensor, seed: torch.Tensor | None, eps: torch.Tensor | None) -> tuple:
+    """(ε pointer, seed pointer, ε strides) for the kernels; the one of ε / seed not given is never read
+    (`HAS_EPS`), so mu stands in for its pointer."""
+    eps_strides = (0, 0) if eps is None else (eps.stride(0), eps.stride(1))
+    return eps if eps is not None else mu, seed if seed is not None else mu, eps_strides
 
 
 def reparameterize_kl_fwd(
-    mu: torch.Tensor,
-    logvar: torch.Tensor,
-    seed: torch.Tensor | None,
-    eps: torch.Tensor | None,
-    lo: float,
-    hi: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    mu: torch.Tensor, logvar: torch.Tensor, seed: torch.Tensor | None, eps: torch.Tensor | None,
+    lo: float, hi: float,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """z (B, D) in mu's dtype, contiguous, and kl (B,) float32. Exactly one of `seed` / `eps` is given."""
     batch, dim = mu.shape
     z = torch.empty((batch, dim), dtype=mu.dtype, device=mu.device)
     if batch == 0 or dim == 0:
         return z, torch.zeros(batch, dtype=torch.float32, device=mu.device)
     tiles = row_tiles(batch, dim)
-    one_chunk = tiles.chunks == 1  # then the kernel writes the KL itself: no extra launch
-    shape = (batch,) if one_chunk else (batch, tiles.chunks)
-    partials = torch.empty(shape, dtype=torch.float32, device=mu.device)
+    partials = common.row_partials(batch, tiles.chunks, mu.device)
+    eps_ptr, seed_ptr, eps_strides = _noise(mu, seed, eps)
     _reparameterize_kl_fwd[grid(tiles, batch)](
-        mu, logvar, eps if eps is not None else mu, seed if seed is not None else mu, z, partials,
-        batch, dim, tiles.chunks,
-        *_strides(mu), *_strides(logvar), *_strides(eps),
-        lo, hi,
-        HAS_EPS=eps is not None, BLOCK_B=tiles.block_b, BLOCK_D=tiles.block_l, ITERS=tiles.iters,
-        num_warps=tiles.num_warps,
+        mu, logvar, eps_ptr, seed_ptr, z, partials,
+        batch, dim, *mu.stride(), *logvar.stride(), *eps_strides, lo, hi,
+        HAS_EPS=eps is not None, **tiles.launch,
     )  # fmt: skip
-    return z, (partials if one_chunk else partials.sum(dim=1))
+    return z, common.row_sums(partials)
 
 
 def reparameterize_kl_bwd(
-    grad_z: torch.Tensor,
-    grad_kl: torch.Tensor,
-    mu: torch.Tensor,
-    logvar: torch.Tensor,
-    seed: torch.Tensor | None,
-    eps: torch.Tensor | None,
-    lo: float,
-    hi: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    grad_z: torch.Tensor, grad_kl: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
+    seed: torch.Tensor | None, eps: torch.Tensor | None, lo: float, hi: float,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """(∂mu, ∂logvar), contiguous, in mu's and logvar's dtypes."""
     batch, dim = mu.shape
     grad_mu = torch.empty((batch, dim), dtype=mu.dtype, device=mu.device)
@@ -147,13 +127,10 @@ def reparameterize_kl_bwd(
     if batch == 0 or dim == 0:
         return grad_mu, grad_logvar
     tiles = row_tiles(batch, dim)
+    eps_ptr, seed_ptr, eps_strides = _noise(mu, seed, eps)
     _reparameterize_kl_bwd[grid(tiles, batch)](
-        grad_z, grad_kl, mu, logvar, eps if eps is not None else mu, seed if seed is not None else mu,
-        grad_mu, grad_logvar,
-        batch, dim,
-        *_strides(grad_z), grad_kl.stride(0), *_strides(mu), *_strides(logvar), *_strides(eps),
-        lo, hi,
-        HAS_EPS=eps is not None, BLOCK_B=tiles.block_b, BLOCK_D=tiles.block_l, ITERS=tiles.iters,
-        num_warps=tiles.num_warps,
+        grad_z, grad_kl, mu, logvar, eps_ptr, seed_ptr, grad_mu, grad_logvar,
+        batch, dim, *grad_z.stride(), grad_kl.stride(0), *mu.stride(), *logvar.stride(), *eps_strides, lo, hi,
+        HAS_EPS=eps is not None, **tiles.launch,
     )  # fmt: skip
     return grad_mu, grad_logvar
