@@ -339,3 +339,20 @@ def test_disk_full_error_is_an_oserror_with_the_message_as_its_text(tmp_path):
     e = io.disk_full(tmp_path / "x.bin", needed=3 * 1024 * 1024)
     assert isinstance(e, OSError) and e.errno == errno.ENOSPC and e.filename == str(tmp_path / "x.bin")
     assert str(e).startswith(f"no space left on the device to write {tmp_path / 'x.bin'} (it needs 3.0 MB, ")
+
+
+def test_curves_on_a_full_disk_is_one_line(tmp_path, capsys, monkeypatch):
+    from train.curves import main as curves_main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    lines = [{"step": s, "heldout_elbo": -90.0 + s, "heldout_kl": 5.0} for s in (10, 20)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    assert curves_main([str(run), "--out", str(tmp_path / "curves.png")]) == 1
+    assert "curves.png" in one_line(capsys.readouterr().err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]

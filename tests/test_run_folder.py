@@ -128,7 +128,9 @@ def test_the_lock_ends_with_its_run_and_a_refused_run_leaves_no_folder(tmp_path)
 
 def test_other_ranks_do_not_lock(tmp_path):
     with lock_run_folder(tmp_path / "run") as main_rank, lock_run_folder(tmp_path / "run", enabled=False):
-        assert main_rank.is_dir()
+        assert main_rank.is_dir() and (main_rank / LOCK_NAME).is_file()
+    with lock_run_folder(tmp_path / "other", enabled=False) as other:
+        assert other == tmp_path / "other" and not other.exists()  # rank 0 creates and locks the folder
 
 
 # ---- empty --out and files that are not ours -----------------------------------------------------------
