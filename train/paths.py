@@ -30,6 +30,7 @@ LOCK_NAME = ".lock"
 GUARDED = ("README.md", "config.json", "model.safetensors")  # what a run writes that others also name so
 RUN_FILES = ("run_config.json", "metrics.jsonl", "samples.png", "reconstructions.png")  # the rest of a run
 HEADER_LIMIT = 1 << 20  # bytes read to recognise a file: our configs, cards and headers are far smaller
+SAFETENSORS_HEADER_LIMIT = 100 << 20  # safetensors' own bound on a header
 
 
 class OutputPathError(ValueError):
@@ -123,6 +124,9 @@ def _ours(path: Path) -> bool:
             doc = json.loads(head)
             return isinstance(doc, dict) and doc.get("model_type") == MODEL_TYPE
         n = int.from_bytes(head[:8], "little")  # safetensors: 8-byte header length, then the JSON header
+        if 8 + n > len(head) and n <= SAFETENSORS_HEADER_LIMIT:
+            with open(path, "rb") as f:
+                head = f.read(8 + n)
         meta = json.loads(head[8 : 8 + n]).get("__metadata__") or {}
         return meta.get("model_type") == MODEL_TYPE
     except (OSError, ValueError, AttributeError):
