@@ -78,8 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as e:
         print(f"python -m train.curves: error: {e}", file=sys.stderr)
         return 2
-    with atomic_path(args.out) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+    try:
+        with atomic_path(args.out) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
+    except OSError as e:  # a full disk: one line naming the file (vae_triton.io.DiskFullError)
+        print(f"python -m train.curves: error: {e}", file=sys.stderr)
+        return 1
     print(f"wrote {args.out}")
     return 0
 

@@ -3,8 +3,12 @@
 On the first `--num-images` images of a split: reconstruction NLL, KL, ELBO, the importance-weighted
 log-likelihood with K = `--iw-samples`, the gap IW − ELBO (≈ KL[q(z|x) ‖ p(z|x)]), bits/dim, MSE, PSNR.
 On the first `--latent-images` images (the encoder only, so cheap): KL per latent dimension, active units,
-and MIG when the dataset has ground-truth factors (dsprites). Prints a table and writes `eval.json`
-next to the checkpoint (atomically).
+and MIG when the dataset has ground-truth factors (dsprites). Prints a table, then writes `eval.json`
+next to the checkpoint (atomically): a failed write (a full disk) loses no result.
+
+`eval.json` is strict JSON: a value the data cannot define (a standard error of one image) is `null`,
+and the report's "undefined" object says why, e.g. {"metrics.kl_sem": "a standard error needs at least
+2 images (--num-images 1)"}.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from pathlib import Path
 import torch
 
 from train.config import OneDefaultHelpFormatter, switch
-from train.paths import check_output_file
+from train.paths import check_not_model_file, check_output_file
 from train.threads import set_num_threads
 from vae_triton.io import write_json_atomic
 
@@ -326,6 +330,34 @@ def output_path(args: argparse.Namespace) -> Path:
     return folder / "eval.json"
 
 
+def strict_json(report: dict) -> dict:
+    """`report` with every non-finite float replaced by None, and an "undefined" object naming each such
+    value ("metrics.kl_sem") with the reason. JSON has no NaN or Infinity: `json.dumps` would write bare
+    `NaN` tokens that strict parsers (browsers, jq, Python's with parse_constant) reject."""
+    undefined: dict[str, str] = {}
+    n = report.get("settings", {}).get("num_images")
+
+    def why(key: str) -> str:
+        if key.endswith("_sem") and n is not None and n < 2:
+            return f"a standard error needs at least 2 images (--num-images {n})"
+        return "not finite (NaN or ±inf) for these images and weights"
+
+    def clean(value, where: str):
+        if isinstance(value, float) and not math.isfinite(value):
+            undefined[where] = why(where.rsplit(".", 1)[-1])
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return value
+
+    cleaned = clean(report, "")
+    if undefined:
+        cleaned["undefined"] = undefined
+    return cleaned
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     from train.data import DataUnavailableError
@@ -336,14 +368,19 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().error(str(e))  # exits 2 with usage
     try:
         path = check_output_file(output_path(args))  # before the metrics: a bad path fails in a second
+        check_not_model_file(path, args.checkpoint)
         report = evaluate(args, argv)
     except KeyboardInterrupt:
         return 130
     except (DataUnavailableError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    write_json_atomic(path, report, indent=2)  # readers see the old file or the new one
-    print(format_table(report))
+    print(format_table(report), flush=True)  # first: a failed write must not lose minutes of metrics
+    try:
+        write_json_atomic(path, strict_json(report), indent=2, allow_nan=False)  # old file or new one
+    except OSError as e:  # a full disk (one line naming the file, vae_triton.io.DiskFullError), permissions
+        print(f"error: the results above were not saved: {e}", file=sys.stderr)
+        return 1
     print(f"wrote {path}")
     return 0
 

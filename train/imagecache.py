@@ -1,14 +1,18 @@
 """What every loader shares: the dataset type, the uint8 cache on disk, and decoding images into it.
 
 A cache is a uint8 (N, C, H, W) `.npy` file, memory-mapped when read, written atomically (temp + rename),
-so an epoch never waits on image decoding and a crash never leaves half a cache. Images are decoded by
-`vae_triton.images.decode` — the decoder the app uses too, so training and serving see the same pixels.
+so an epoch never waits on image decoding and a crash never leaves half a cache. Its disk blocks are
+reserved before the memmap is filled: writing through a memmap of a sparse file on a full disk is a
+SIGBUS that kills the process, where a reservation fails with one line (`vae_triton.io.DiskFullError`).
+Images are decoded by `vae_triton.images.decode` — the decoder the app uses too, so training and
+serving see the same pixels.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +24,15 @@ import torch
 from tqdm.auto import tqdm
 
 from vae_triton.images import ImageDecodeError, decode, is_grey
-from vae_triton.io import atomic_path, remove_stale_temps, temp_dir, write_json_atomic
+from vae_triton.io import (
+    atomic_path,
+    disk_full,
+    ensure_free_space,
+    is_disk_full,
+    remove_stale_temps,
+    temp_dir,
+    write_json_atomic,
+)
 
 CHANNEL_CHOICES = ("auto", "1", "3")
 BINARIZE_CHOICES = ("none", "threshold", "stochastic")
@@ -122,12 +134,30 @@ def build_cache(path: Path, shape: tuple[int, ...], fill, desc: str, progress: b
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path.parent)
     with atomic_path(path) as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        out = open_reserved_memmap(tmp, shape, path)
         with tqdm(total=shape[0], desc=desc, unit="img", dynamic_ncols=True, disable=not progress) as bar:
             fill(out, bar)
         out.flush()
         del out  # close the mapping before the file is renamed
     return path
+
+
+def open_reserved_memmap(file: str | os.PathLike, shape: tuple[int, ...], target: Path) -> np.ndarray:
+    """A new uint8 `.npy` memmap of `shape` at `file` whose disk blocks are allocated now
+    (`posix_fallocate`), so filling it cannot meet a full disk. Raises `DiskFullError` naming `target`
+    (the cache the file becomes) when the blocks are not there; the caller removes `file`."""
+    ensure_free_space(target, math.prod(shape))
+    out = np.lib.format.open_memmap(file, mode="w+", dtype=np.uint8, shape=shape)
+    if hasattr(os, "posix_fallocate"):  # not on macOS: the free-space check above is all there is
+        try:
+            with open(file, "r+b") as f:
+                os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError as e:
+            del out
+            if is_disk_full(e):
+                raise disk_full(target, needed=math.prod(shape)) from None
+            raise
+    return out
 
 
 def open_cache(path: Path) -> np.ndarray:
@@ -214,7 +244,7 @@ def decode_to_cache(
         return report
     # The kept count or the channel count is only known at the end: decode into a scratch array first.
     with temp_dir(path.parent, path.name) as tmp:
-        scratch = np.lib.format.open_memmap(os.path.join(tmp, "scratch.npy"), "w+", np.uint8, (n, *shape))
+        scratch = open_reserved_memmap(os.path.join(tmp, "scratch.npy"), (n, *shape), path)
         with tqdm(total=n, desc=desc, unit="img", dynamic_ncols=True, disable=not progress) as bar:
             kept = decode_rows(scratch, bar)
         if kept == 0:
