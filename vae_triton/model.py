@@ -18,11 +18,11 @@ from typing import Any, NamedTuple
 
 import torch
 from einops import rearrange
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from . import ops
-from .io import atomic_path, write_json_atomic
+from .io import write_json_atomic, write_safetensors
 from .likelihoods import LIKELIHOODS, Gaussian, likelihood_for
 from .metrics import free_bits_kl, kl_per_dim  # noqa: F401 — kl_per_dim: the name train.loop imports here
 
@@ -507,8 +507,7 @@ class VAE(nn.Module):
         out.mkdir(parents=True, exist_ok=True)
         meta = dict(self.metadata if metadata is None else metadata)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        with atomic_path(out / WEIGHTS_NAME) as tmp:
-            save_file(state, tmp, metadata={"format": "pt", "model_type": MODEL_TYPE})
+        write_safetensors(out / WEIGHTS_NAME, state, {"format": "pt", "model_type": MODEL_TYPE})
         doc = {
             "model_type": MODEL_TYPE,
             "format_version": FORMAT_VERSION,
