@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import struct
 import tempfile
@@ -94,7 +95,7 @@ class VAEConfig:
 
     def validate(self) -> None:
         def bad(name, value, fix):
-            raise ValueError(f"VAEConfig.{name}={value!r} is invalid: {fix}")
+            raise ValueError(f"VAEConfig.{name}={_short_repr(value)} is invalid: {fix}")
 
         self._validate_sizes(bad)
         if self.likelihood not in LIKELIHOODS:
@@ -141,7 +142,7 @@ class VAEConfig:
         }
         for name, limit in limits.items():
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):  # numpy ints are fine
                 bad(name, value, "must be an integer")
             if value > limit:
                 bad(name, value, f"must be at most {limit:,}")
@@ -199,11 +200,17 @@ class VAEConfig:
         for name, value in d.items():
             problem = _field_type_problem(kinds[name], value)
             if problem:
-                raise ConfigError(f"{where}field config.{name} = {value!r} {problem}")
+                raise ConfigError(f"{where}field config.{name} = {_short_repr(value)} {problem}")
         try:
             return cls(**d)
         except ValueError as e:
             raise ConfigError(f"{where}{e}") from None
+
+
+def _short_repr(value: Any, limit: int = 80) -> str:
+    """repr for an error message, cut short: a hostile config.json can hold a list of a million widths."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 def _is_number(v: Any) -> bool:
