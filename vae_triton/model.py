@@ -520,7 +520,9 @@ class VAE(nn.Module):
         """Load a directory written by `save_pretrained` (or a Hub repo id), in eval mode.
 
         Raises FileNotFoundError for a missing folder or file, `ConfigError` (a ValueError naming the file
-        and the field) for a malformed config.json, and ValueError for weights that do not fit it.
+        and the field) for a malformed config.json or one whose sizes exceed the MAX_* bounds of this module,
+        and ValueError (naming the file and the tensor) for a weights file whose safetensors header does not
+        hold exactly the config's tensors. All of this is checked before any weight is allocated.
         """
         folder = Path(path)
         if not folder.is_dir():
