@@ -186,7 +186,7 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def check_fields(doc: dict, kinds: dict[str, str], where: str) -> dict:
+def _check_fields(doc: dict, kinds: dict[str, str], where: str) -> dict:
     """`doc` with each field of `kinds` checked: nulls and non-finite numbers dropped (undefined), other
     fields kept as they are. Raises FieldError "<where>.<field> = <value> must be <kind>"."""
     out = dict(doc)
@@ -215,14 +215,12 @@ def _read_json(path: Path) -> dict | None:
     larger than MAX_JSON_BYTES, not JSON, or not an object."""
     if not path.is_file():
         return None
+    size = path.stat().st_size
+    if size > MAX_JSON_BYTES:
+        raise FieldError(f"{path}: {size:,} bytes, more than the {MAX_JSON_BYTES:,} the app reads")
     try:
-        size = path.stat().st_size
-        if size > MAX_JSON_BYTES:
-            raise FieldError(f"{path}: {size:,} bytes, more than the {MAX_JSON_BYTES:,} the app reads")
         doc = json.loads(path.read_bytes())
     except (OSError, ValueError, RecursionError) as e:  # bad UTF-8, a 5000-digit integer, [[[[…
-        if isinstance(e, FieldError):
-            raise
         raise FieldError(f"{path}: not readable JSON ({type(e).__name__}: {str(e)[:120]})") from None
     if not isinstance(doc, dict):
         raise FieldError(f"{path}: the top level must be a JSON object, got {type(doc).__name__}")
@@ -238,14 +236,14 @@ def load_rung(folder: Path, device: str = "cpu") -> Rung:
     """
     model = VAE.from_pretrained(folder, map_location=device)
     try:
-        meta = check_fields(dict(model.metadata), METADATA_FIELDS, "metadata")
+        meta = _check_fields(dict(model.metadata), METADATA_FIELDS, "metadata")
     except FieldError as e:
         raise FieldError(f"{folder / CONFIG_NAME}: {e}") from None
     if "beta" not in meta:
         run_file = folder / "run_config.json"
         run = _read_json(run_file) or {}
         try:
-            run = check_fields(run, {"beta": "beta", "dataset": "text"}, "run_config")
+            run = _check_fields(run, {"beta": "beta", "dataset": "text"}, "run_config")
         except FieldError as e:
             raise FieldError(f"{run_file}: {e}") from None
         if "beta" in run:
@@ -283,9 +281,9 @@ def read_evaluation(path: Path) -> dict:
         for name, value in (("metrics", metrics), ("settings", settings)):
             if not isinstance(value, dict):
                 raise FieldError(f"field {name} = {_short(value)} must be a JSON object")
-        split = check_fields(doc, {"split": "text"}, "eval").get("split", "")
-        metrics = check_fields(metrics, EVAL_METRICS_FIELDS, "metrics")
-        settings = check_fields(settings, EVAL_SETTINGS_FIELDS, "settings")
+        split = _check_fields(doc, {"split": "text"}, "eval").get("split", "")
+        metrics = _check_fields(metrics, EVAL_METRICS_FIELDS, "metrics")
+        settings = _check_fields(settings, EVAL_SETTINGS_FIELDS, "settings")
     except FieldError as e:
         raise FieldError(f"{path}: {e}") from None
     return {**settings, **metrics, "split": split}
