@@ -3,12 +3,16 @@
 Where the models come from (`resolve_ladder`), in order:
 1. `checkpoint` (`--checkpoint` / `VAE_CHECKPOINT`): a run directory (`config.json` + `model.safetensors`,
    what `python -m train` or `VAE.save_pretrained` writes), or a folder of run directories (a β ladder).
-   A path that holds no loadable model is an error: the user asked for it by name.
+   A path that does not exist is an error (a typo); one that holds no usable model → the bundled ladder,
+   with a notice on the page and in the log.
 2. `hub_repo` (`--hub-repo` / `VAE_HUB_REPO`), when given: the same layout in a Hugging Face model repo,
    fetched with `huggingface_hub`. Offline or unreachable → the bundled ladder, with a visible notice.
 3. The bundled ladder in `demo/models/dsprites` (the default).
 4. Nothing loadable: an untrained dSprites model, flagged `untrained` so the page says so loudly.
-Weights load only from safetensors (`VAE.from_pretrained`): no pickle.
+Weights load only from safetensors (`VAE.from_pretrained`): no pickle, and nothing is allocated before
+the file's header matches its config. A run directory whose files the app cannot use (a β that is not a
+finite number > 0, a list where a number belongs) is skipped with a notice naming the file and the field
+(`Ladder.notices`); a broken `eval.json` only hides that model's evaluation.
 """
 
 from __future__ import annotations
@@ -81,6 +85,7 @@ class Rung:
     metadata: dict[str, Any] = field(default_factory=dict)
     evaluation: dict[str, Any] = field(default_factory=dict)
     cache: dict[str, Any] = field(default_factory=dict, repr=False)  # per-model results (the latent map)
+    notices: list[str] = field(default_factory=list)  # what the page should say about it (a bad eval.json)
 
     @property
     def dataset(self) -> str:
@@ -99,6 +104,9 @@ class Ladder:
     def __post_init__(self):
         if not self.rungs:
             raise ValueError("a Ladder needs at least one model")
+        bad = [r.beta for r in self.rungs if not (math.isfinite(r.beta) and r.beta > 0)]
+        if bad:  # the β slider needs finite bounds (inf reaches the browser as null)
+            raise ValueError(f"every β of a Ladder must be finite and > 0, got {bad}")
         self.rungs.sort(key=lambda r: r.beta)
 
     @property
@@ -128,41 +136,157 @@ class Ladder:
         return min(self.rungs, key=lambda r: abs(r.beta - b))
 
 
-def _read_json(path: Path) -> dict:
+# ---- what a run directory's JSON files may hold -----------------------------------------------------
+MAX_JSON_BYTES = 2**20  # eval.json and run_config.json are a few kB; a bigger file is not ours
+# config.json "metadata" fields the app reads, by kind. Null (or NaN, which older runs wrote) in a number
+# means undefined: the field is dropped. Other fields are kept and never shown.
+METADATA_FIELDS = {
+    "beta": "beta",
+    "steps": "count",
+    "batch_size": "count",
+    "eval_images": "count",
+    "active_units": "count",
+    "eval_recon": "number",
+    "eval_kl": "number",
+    "dataset": "text",
+    "eval_split": "text",
+    "data_description": "text",
+    "finished": "flag",
+}
+# eval.json (`python -m train.evaluate`): "split", and the numbers of "settings" and "metrics". A number
+# may be null: undefined (train.evaluate writes null, with a sibling key saying why).
+EVAL_SETTINGS_FIELDS = {"iw_samples": "count", "num_images": "count", "latent_images": "count"}
+EVAL_METRICS_FIELDS = {
+    "images": "count",
+    "iw_samples": "count",
+    "active_units": "count",
+    "latent_dim": "count",
+    **{
+        name: "number"
+        for base in ("recon_nll", "kl", "elbo", "iw_log_likelihood", "gap")
+        for name in (base, f"{base}_sem")
+    },
+    **{name: "number" for name in ("mse", "psnr", "bpd_elbo", "bpd_iw", "mig", "active_unit_threshold")},
+}
+_KINDS = {
+    "beta": "a finite number > 0",
+    "count": "a non-negative integer or null",
+    "number": "a number or null",
+    "text": "a string or null",
+    "flag": "true, false or null",
+}
+
+
+class FieldError(ValueError):
+    """A value of a model folder's JSON file the app cannot use; the message names the file and field."""
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_fields(doc: dict, kinds: dict[str, str], where: str) -> dict:
+    """`doc` with each field of `kinds` checked: nulls and non-finite numbers dropped (undefined), other
+    fields kept as they are. Raises FieldError "<where>.<field> = <value> must be <kind>"."""
+    out = dict(doc)
+    for name, kind in kinds.items():
+        if name not in doc:
+            continue
+        value = doc[name]
+        is_number = isinstance(value, int | float) and not isinstance(value, bool)
+        if value is None or (kind == "number" and is_number and not math.isfinite(value)):
+            del out[name]
+            continue
+        ok = {
+            "beta": is_number and math.isfinite(value) and value > 0,
+            "count": isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+            "number": is_number,
+            "text": isinstance(value, str),
+            "flag": isinstance(value, bool),
+        }[kind]
+        if not ok:
+            raise FieldError(f"field {where}.{name} = {_short(value)} must be {_KINDS[kind]}")
+    return out
+
+
+def _read_json(path: Path) -> dict | None:
+    """A JSON object file; None when there is none. Raises FieldError naming the file when it is unreadable,
+    larger than MAX_JSON_BYTES, not JSON, or not an object."""
+    if not path.is_file():
+        return None
+    size = path.stat().st_size
+    if size > MAX_JSON_BYTES:
+        raise FieldError(f"{path}: {size:,} bytes, more than the {MAX_JSON_BYTES:,} the app reads")
     try:
-        doc = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return doc if isinstance(doc, dict) else {}
+        doc = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError) as e:  # bad UTF-8, a 5000-digit integer, [[[[…
+        raise FieldError(f"{path}: not readable JSON ({type(e).__name__}: {str(e)[:120]})") from None
+    if not isinstance(doc, dict):
+        raise FieldError(f"{path}: the top level must be a JSON object, got {type(doc).__name__}")
+    return doc
 
 
 def load_rung(folder: Path, device: str = "cpu") -> Rung:
-    """A run directory → Rung. β comes from the model's metadata, else from `run_config.json`."""
+    """A run directory → Rung. β comes from the model's metadata, else from `run_config.json`.
+
+    Raises ValueError (naming the file and the field) for a model that does not load or metadata the app
+    cannot show (β must be finite and > 0). A broken `eval.json` only loses the evaluation: the rung
+    keeps a notice saying why (`Rung.notices`).
+    """
     model = VAE.from_pretrained(folder, map_location=device)
-    meta = dict(model.metadata)
+    try:
+        meta = _check_fields(dict(model.metadata), METADATA_FIELDS, "metadata")
+    except FieldError as e:
+        raise FieldError(f"{folder / CONFIG_NAME}: {e}") from None
     if "beta" not in meta:
-        run = _read_json(folder / "run_config.json")
+        run_file = folder / "run_config.json"
+        run = _read_json(run_file) or {}
+        try:
+            run = _check_fields(run, {"beta": "beta", "dataset": "text"}, "run_config")
+        except FieldError as e:
+            raise FieldError(f"{run_file}: {e}") from None
         if "beta" in run:
             meta["beta"] = run["beta"]
         meta.setdefault("dataset", run.get("dataset"))
     if "beta" not in meta:  # a bare save_pretrained folder: say so on the page rather than guess quietly
         meta["beta"], meta["beta_assumed"] = 1.0, True
-    beta = meta["beta"]
+    notices = []
     try:
-        beta = float(beta)
-    except (TypeError, ValueError):
-        raise ValueError(f"{folder / CONFIG_NAME}: metadata beta={beta!r} is not a number") from None
-    return Rung(beta, model, str(folder), meta, read_evaluation(folder / EVAL_NAME))
+        evaluation = read_evaluation(folder / EVAL_NAME)
+    except FieldError as e:
+        evaluation = {}
+        notices.append(
+            f"{folder.name}/{EVAL_NAME}: {_after_path(e, folder / EVAL_NAME)}; evaluation not shown"
+        )
+    return Rung(float(meta["beta"]), model, str(folder), meta, evaluation, notices=notices)
+
+
+def _after_path(error: Exception, path: Path) -> str:
+    """The message without its leading path (the notice names the file relative to the ladder)."""
+    return str(error).removeprefix(f"{path}: ").removeprefix(f"{path} ")
 
 
 def read_evaluation(path: Path) -> dict:
-    """`eval.json` of `python -m train.evaluate` flattened: its metrics plus the split and settings."""
+    """`eval.json` of `python -m train.evaluate` flattened: its metrics plus the split and settings.
+
+    {} when there is no file. Undefined numbers (null, NaN) are left out. Raises FieldError naming the file
+    and the field for a value of the wrong type.
+    """
     doc = _read_json(path)
-    metrics = doc.get("metrics")
-    if not isinstance(metrics, dict):
+    if doc is None or doc.get("metrics") is None:
         return {}
-    settings = doc.get("settings") if isinstance(doc.get("settings"), dict) else {}
-    return {**settings, **metrics, "split": doc.get("split", "")}
+    metrics, settings = doc["metrics"], doc.get("settings") or {}
+    try:
+        for name, value in (("metrics", metrics), ("settings", settings)):
+            if not isinstance(value, dict):
+                raise FieldError(f"field {name} = {_short(value)} must be a JSON object")
+        split = _check_fields(doc, {"split": "text"}, "eval").get("split", "")
+        metrics = _check_fields(metrics, EVAL_METRICS_FIELDS, "metrics")
+        settings = _check_fields(settings, EVAL_SETTINGS_FIELDS, "settings")
+    except FieldError as e:
+        raise FieldError(f"{path}: {e}") from None
+    return {**settings, **metrics, "split": split}
 
 
 def find_run_dirs(path: Path) -> tuple[list[Path], list[str]]:
@@ -189,9 +313,12 @@ def load_ladder(path: str | os.PathLike, origin: str, device: str = "cpu") -> La
     for d in dirs:
         try:
             rungs.append(load_rung(d, device))
-        except (OSError, ValueError) as e:
-            notices.append(f"{d.name}: not loaded ({e})")
+        except Exception as e:  # one bad rung (hostile or damaged files) must not take the ladder down
+            kind = "" if isinstance(e, OSError | ValueError) else f"{type(e).__name__}: "
+            notices.append(f"{d.name}: not loaded ({kind}{e})")
+            log.warning(notices[-1], exc_info=bool(kind))  # an unexpected error: keep its traceback
             continue
+        notices += rungs[-1].notices
         if rungs[-1].metadata.get("beta_assumed"):
             notices.append(f"{d.name}: no β in its metadata or run_config.json, shown as β = 1")
     if not rungs:
@@ -246,9 +373,20 @@ def resolve_ladder(
     device: str = "cpu",
 ) -> Ladder:
     """The models the app serves (see the module docstring for the order)."""
-    if checkpoint:
-        return load_ladder(checkpoint, "checkpoint", device)
     notices = []
+    if checkpoint:
+        if not Path(checkpoint).expanduser().exists():  # a typo: say so instead of serving something else
+            raise ValueError(
+                f"{checkpoint} does not exist: give a run directory or a folder of run directories"
+            )
+        try:
+            return load_ladder(checkpoint, "checkpoint", device)
+        except ValueError as e:  # nothing usable there: serve the bundled models, and say so loudly
+            notices.append(
+                f"⚠️ No usable model in --checkpoint `{checkpoint}` ({e}); showing the bundled dSprites "
+                "models instead."
+            )
+            log.warning(notices[-1])
     if hub_repo:
         try:
             ladder = load_ladder(download_hub_ladder(hub_repo), "hub", device)

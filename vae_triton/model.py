@@ -11,6 +11,7 @@ import json
 import math
 import numbers
 import os
+import struct
 import tempfile
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -35,6 +36,18 @@ SIGMA_MODES = Gaussian.SIGMA_MODES
 NORMS = ("none", "batch")
 ACTIVATIONS = ("relu", "leaky_relu", "tanh")
 ARCHITECTURES = ("conv", "mlp")
+
+# Bounds a config.json must keep before anything is allocated: a hostile or mistyped file (hidden_dim
+# 1e6) would otherwise ask for gigabytes. Each is far above any model this toolkit trains (the CelebA-64
+# preset: widths ≤ 512, latent 128, 64 px, 5 convs, 6.5 M parameters).
+MAX_IMAGE_CHANNELS = 64
+MAX_IMAGE_SIZE = 4096  # pixels per side
+MAX_WIDTH = 65_536  # each of channels, hidden_dim, mlp_hidden
+MAX_LATENT_DIM = 65_536
+MAX_LAYERS = 64  # len(channels), len(mlp_hidden)
+MAX_PARAMETERS = 1_000_000_000  # 4 GB of float32 weights: the most `from_pretrained` allocates
+MAX_CONFIG_BYTES = 2**20  # config.json (architecture + training metadata) is a few kB
+MAX_HEADER_BYTES = 16 * 2**20  # a safetensors header: ~100 bytes per tensor; ours have < 1000 tensors
 
 
 class ConfigError(ValueError):
@@ -83,8 +96,9 @@ class VAEConfig:
 
     def validate(self) -> None:
         def bad(name, value, fix):
-            raise ValueError(f"VAEConfig.{name}={value!r} is invalid: {fix}")
+            raise ValueError(f"VAEConfig.{name}={_short_repr(value)} is invalid: {fix}")
 
+        self._validate_sizes(bad)
         if self.likelihood not in LIKELIHOODS:
             bad("likelihood", self.likelihood, f"use one of {tuple(LIKELIHOODS)}")
         if self.sigma not in SIGMA_MODES:
@@ -117,6 +131,28 @@ class VAEConfig:
         lo, hi = self.logvar_clamp
         if not lo < hi:
             bad("logvar_clamp", self.logvar_clamp, "needs (low, high) with low < high")
+
+    def _validate_sizes(self, bad) -> None:
+        """Every size is an integer (not a bool) within its MAX_* bound, so no check allocates."""
+        limits = {
+            "image_channels": MAX_IMAGE_CHANNELS,
+            "image_size": MAX_IMAGE_SIZE,
+            "kernel_size": MAX_WIDTH,
+            "hidden_dim": MAX_WIDTH,
+            "latent_dim": MAX_LATENT_DIM,
+        }
+        for name, limit in limits.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):  # numpy ints are fine
+                bad(name, value, "must be an integer")
+            if value > limit:
+                bad(name, value, f"must be at most {limit:,}")
+        for name in ("channels", "mlp_hidden"):
+            widths = getattr(self, name)
+            if len(widths) > MAX_LAYERS:
+                bad(name, widths, f"has {len(widths)} layers, at most {MAX_LAYERS} are allowed")
+            if any(w > MAX_WIDTH for w in widths):
+                bad(name, widths, f"each width must be at most {MAX_WIDTH:,}")
 
     @property
     def bottom_size(self) -> int:
@@ -165,11 +201,17 @@ class VAEConfig:
         for name, value in d.items():
             problem = _field_type_problem(kinds[name], value)
             if problem:
-                raise ConfigError(f"{where}field config.{name} = {value!r} {problem}")
+                raise ConfigError(f"{where}field config.{name} = {_short_repr(value)} {problem}")
         try:
             return cls(**d)
         except ValueError as e:
             raise ConfigError(f"{where}{e}") from None
+
+
+def _short_repr(value: Any, limit: int = 80) -> str:
+    """repr for an error message, cut short: a hostile config.json can hold a list of a million widths."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 def _is_number(v: Any) -> bool:
@@ -529,7 +571,9 @@ class VAE(nn.Module):
         """Load a directory written by `save_pretrained` (or a Hub repo id), in eval mode.
 
         Raises FileNotFoundError for a missing folder or file, `ConfigError` (a ValueError naming the file
-        and the field) for a malformed config.json, and ValueError for weights that do not fit it.
+        and the field) for a malformed config.json or one whose sizes exceed the MAX_* bounds of this module,
+        and ValueError (naming the file and the tensor) for a weights file whose safetensors header does not
+        hold exactly the config's tensors. All of this is checked before any weight is allocated.
         """
         folder = Path(path)
         if not folder.is_dir():
@@ -541,22 +585,25 @@ class VAE(nn.Module):
                     f"{f} is missing: point at a directory written by VAE.save_pretrained"
                 )
         doc = _read_config_file(cfg_file)
-        model = cls(VAEConfig.from_dict(doc["config"], source=cfg_file))
+        config = VAEConfig.from_dict(doc["config"], source=cfg_file)
+        # Nothing is allocated until the weights file's header is known to match the config: the model is
+        # built on the meta device (shapes only), counted, and compared tensor by tensor with the header.
+        with torch.device("meta"):
+            model = cls(config)
+        count = sum(t.numel() for t in model.state_dict().values())
+        if count > MAX_PARAMETERS:
+            raise ConfigError(
+                f"{cfg_file}: field config describes a model of {count:,} parameters, more than the "
+                f"{MAX_PARAMETERS:,} vae-triton loads (MAX_PARAMETERS); check its sizes"
+            )
+        check_weights_header(weights_file, model.state_dict(), cfg_file)
         try:
             state = load_file(str(weights_file), device=str(map_location))
         except Exception as e:  # safetensors raises its own error type for truncated/foreign files
             raise ValueError(
                 f"{weights_file} is not a readable safetensors file ({e}); re-save the model"
             ) from None
-        expected = model.state_dict()
-        wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
-        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-        if missing or unexpected or wrong:
-            raise ValueError(
-                f"{weights_file} does not match its config.json: missing {missing}, unexpected {unexpected}, "
-                f"wrong shape {wrong}"
-            )
-        model.load_state_dict(state)
+        model = _materialize(cls, model, state)
         model.metadata = dict(doc.get("metadata") or {})
         return model.to(map_location).eval()
 
@@ -647,10 +694,17 @@ def _json_default(o):
 
 def _read_config_file(path: Path) -> dict[str, Any]:
     """config.json as written by `save_pretrained`, checked key by key; ConfigError names file and key."""
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"{path} is {size:,} bytes, more than the {MAX_CONFIG_BYTES:,} a config.json may have"
+        )
     try:
-        doc = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path} is not valid JSON ({e}); re-save the model") from None
+        doc = json.loads(path.read_bytes())
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, bad UTF-8, a 5000-digit integer, [[[[…
+        raise ConfigError(
+            f"{path} is not valid JSON ({type(e).__name__}: {str(e)[:200]}); re-save the model"
+        ) from None
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: the top level must be a JSON object, got a {type(doc).__name__}")
     if doc.get("model_type") != MODEL_TYPE:
@@ -669,6 +723,121 @@ def _read_config_file(path: Path) -> dict[str, Any]:
             f"{path}: field metadata must be a JSON object, got a {type(doc['metadata']).__name__}"
         )
     return doc
+
+
+def _materialize(cls, meta_model: VAE, state: dict[str, torch.Tensor]) -> VAE:
+    """The meta-device model with the loaded tensors in place of its shapes (no second copy)."""
+    expected = meta_model.state_dict()
+    state = {k: v.to(expected[k].dtype) for k, v in state.items()}  # fp16/bf16 files load as the model's
+    meta_model.load_state_dict(state, assign=True)
+    tensors = [*meta_model.parameters(), *meta_model.buffers()]
+    if all(not t.is_meta for t in tensors):
+        return meta_model
+    # A tensor outside the state dict (a non-persistent buffer) has no saved value: build it for real.
+    model = cls(meta_model.config)
+    model.load_state_dict(state)
+    return model
+
+
+# ---- the safetensors header, read before any tensor ---------------------------------------------------
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}  # fmt: skip
+
+
+def read_safetensors_header(path: str | os.PathLike) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """{tensor name: (dtype code, shape)} from a safetensors file's header, reading no tensor data.
+
+    The format: 8 bytes little-endian header length n, n bytes of JSON {name: {"dtype", "shape",
+    "data_offsets": [begin, end]}, "__metadata__": {...}}, then the data (github.com/huggingface/safetensors).
+    Raises ValueError naming the file (and the tensor) for a header over MAX_HEADER_BYTES, malformed JSON,
+    an unknown dtype, a bad shape, or data offsets that do not fit the shape or the file.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+
+    def bad(why: str):
+        raise ValueError(f"{path} is not a valid safetensors file: {why}; re-save the model")
+
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            bad(f"{size} bytes, too short for a header")
+        (n,) = struct.unpack("<Q", head)
+        if n > MAX_HEADER_BYTES or 8 + n > size:
+            bad(f"its header claims {n:,} bytes (the file has {size:,}; at most {MAX_HEADER_BYTES:,} read)")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, bad UTF-8, a 5000-digit integer
+        bad(f"its header is not JSON ({type(e).__name__}: {str(e)[:200]})")
+    if not isinstance(header, dict):
+        bad(f"its header must be a JSON object, got {type(header).__name__}")
+    entries, data_end = {}, 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        entries[name], end = _header_entry(name, entry, bad)
+        data_end = max(data_end, end)
+    if 8 + n + data_end != size:
+        bad(f"the header describes {data_end:,} bytes of data, the file holds {size - 8 - n:,} (truncated?)")
+    return entries
+
+
+def _header_entry(name: str, entry: Any, bad) -> tuple[tuple[str, tuple[int, ...]], int]:
+    def is_count(v):
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    where = f"tensor {name!r}"
+    if not isinstance(entry, dict):
+        bad(f"{where}: its entry must be a JSON object, got {type(entry).__name__}")
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:
+        bad(f"{where}: field dtype = {dtype!r} is not one of {sorted(SAFETENSORS_DTYPES)}")
+    if not isinstance(shape, list) or len(shape) > 8 or not all(is_count(d) for d in shape):
+        bad(f"{where}: field shape = {shape!r} must be a list of at most 8 non-negative integers")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(is_count(o) for o in offsets)):
+        bad(f"{where}: field data_offsets = {offsets!r} must be [begin, end], two non-negative integers")
+    numel = math.prod(shape)
+    itemsize = SAFETENSORS_DTYPES[dtype].itemsize
+    if offsets[1] - offsets[0] != numel * itemsize:
+        bad(f"{where}: field data_offsets = {offsets} holds {offsets[1] - offsets[0]} bytes, "
+            f"not the {numel * itemsize} of shape {shape} {dtype}")  # fmt: skip
+    return (dtype, tuple(shape)), offsets[1]
+
+
+def check_weights_header(
+    weights_file: str | os.PathLike, expected: dict[str, torch.Tensor], config_file: str | os.PathLike
+) -> None:
+    """Raise ValueError unless the header of `weights_file` holds exactly the tensors of `expected` (a
+    state dict, meta tensors are enough) with their shapes and dtypes (float tensors may be stored in any
+    float dtype). Reads only the header, so a config that asks for more than the file holds costs nothing.
+    """
+    header = read_safetensors_header(weights_file)
+    missing = sorted(set(expected) - set(header))
+    unexpected = sorted(set(header) - set(expected))
+    wrong = []
+    for k in sorted(set(expected) & set(header)):
+        dtype, shape = header[k]
+        want = expected[k]
+        same_kind = SAFETENSORS_DTYPES[dtype] == want.dtype or (
+            want.dtype.is_floating_point and SAFETENSORS_DTYPES[dtype].is_floating_point
+        )
+        if shape != tuple(want.shape) or not same_kind:
+            wrong.append(f"{k}: {dtype}{list(shape)} in the file, {str(want.dtype)[6:]}{list(want.shape)} "
+                         "in the config")  # fmt: skip
+    if missing or unexpected or wrong:
+        raise ValueError(
+            f"{weights_file} does not match its config.json ({config_file}): missing {_few(missing)}, "
+            f"unexpected {_few(unexpected)}, wrong shape or dtype {_few(wrong)}"
+        )
+
+
+def _few(items: list[str], n: int = 8) -> str:
+    """A list for an error message, cut to n items (a hostile header can name a million tensors)."""
+    return str(items if len(items) <= n else [*items[:n], f"... {len(items) - n} more"])
 
 
 def _download_from_hub(repo_id: str, revision: str | None) -> Path:
