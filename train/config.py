@@ -143,7 +143,7 @@ class RunConfig:
         group=DATA,
         at_least=8,
         at_most=MAX_RESOLUTION,
-        unit="px",
+        why="the image side in px",
     )
     channels: str = flag(
         "auto",
@@ -246,10 +246,10 @@ class RunConfig:
         group=OPTIMISATION,
         finite=True,
         at_least=0,
-        unit="nats per latent dimension",
+        why="nats per latent dimension",
     )
-    grad_clip: float = flag(
-        200.0, "clip the global gradient norm", group=OPTIMISATION, finite=True, **_POSITIVE
+    grad_clip: float = flag(  # inf: no clipping
+        200.0, "clip the global gradient norm", group=OPTIMISATION, **_POSITIVE
     )
     max_bad_steps: int = flag(
         20,

@@ -63,23 +63,29 @@ class Flag:
         return None if in_range and not bad_number else self.range_text(kind is float)
 
     def range_text(self, is_float: bool) -> str:
-        """'must be a finite positive number of ...' from the declared range."""
-        kind = "number" if is_float else "integer"
-        if self.above == 0 and self.at_most is None and self.below is None:
-            words = f"a {'finite ' if self.finite else ''}positive {kind}"
+        """'must be a finite positive number of seconds', 'must be an integer from 0 to 9 (why)', ...
+        from the declared range."""
+        kind = "number" if is_float or self.unit else "integer"
+        low_open = self.above is not None
+        low = self.above if low_open else self.at_least
+        high = self.at_most if self.at_most is not None else self.below
+        positive = high is None and (self.above == 0 or (not is_float and self.at_least == 1))
+        words = " ".join(
+            w
+            for w in ("finite" if self.finite and is_float else "", "positive" if positive else "", kind)
+            if w
+        )
+        words = f"{'an' if words[0] in 'aeiou' else 'a'} {words}{' ' + self.unit if self.unit else ''}"
+        if positive or (low is None and high is None):
+            pass
+        elif low is not None and high is not None:
+            between = "strictly between" if low_open and self.below is not None else "from"
+            words += f" {between} {_num(low)} {'and' if between != 'from' else 'to'} {_num(high)}"
+        elif low is not None:
+            words += f" {'>' if low_open else '>='} {_num(low)}"
         else:
-            words = f"a {'finite ' if self.finite and is_float else ''}{kind}"
-            low = _num(self.at_least) if self.at_least is not None else _num(self.above)
-            high = _num(self.at_most) if self.at_most is not None else _num(self.below)
-            if self.above is not None and self.below is not None:
-                words += f" strictly between {low} and {high}"
-            elif low is not None and high is not None:
-                words += f" from {low} to {high}"
-            elif low is not None:
-                words += f" >= {low}" if self.at_least is not None else f" > {low}"
-            elif high is not None:
-                words += f" <= {high}" if self.at_most is not None else f" < {high}"
-        return f"must be {words}{' ' + self.unit if self.unit else ''}{f' ({self.why})' if self.why else ''}"
+            words += f" {'<=' if self.at_most is not None else '<'} {_num(high)}"
+        return f"must be {words}{f' ({self.why})' if self.why else ''}"
 
 
 def _num(x: float | None) -> str | None:
