@@ -35,7 +35,7 @@ def test_the_flags_offer_exactly_the_registered_datasets():
 def test_each_spec_is_consistent_with_what_a_run_gets(name, monkeypatch):
     spec = DATASETS[name]
     assert spec.name == name and spec.pixels.dataset == name
-    assert images.pixel_spec(name) is spec.pixels  # the app finds the same pixel facts by name
+    assert images.pixel_spec(name) == spec.pixels  # the app finds the same pixel facts by name
     assert spec.preset in PRESETS
     cfg = RunConfig(dataset=name)
     assert cfg.hflip == spec.hflip and cfg.resolution == spec.resolution

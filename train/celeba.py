@@ -25,7 +25,6 @@ import numpy as np
 from vae_triton.images import CELEBA_PIXELS
 
 from .imagecache import (
-    SPLIT_ALIASES,
     DataUnavailableError,
     DecodeSpec,
     ImageDataset,
@@ -68,7 +67,6 @@ def load_celeba(
     if source not in SOURCES:
         raise ValueError(f"unknown CelebA source {source!r}: use one of {sorted(SOURCES)}")
     folder, splits, _ = SOURCES[source]
-    split = SPLIT_ALIASES.get(split, split)
     if split not in splits:
         raise ValueError(f"{source} has splits {splits}, got split={split!r}")
 

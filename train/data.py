@@ -23,6 +23,7 @@ from .datasets import LoadRequest, dataset_spec
 from .imagecache import (  # noqa: F401  (DataUnavailableError is also this module's API)
     BINARIZE_CHOICES,
     CHANNEL_CHOICES,
+    SPLIT_ALIASES,
     DataUnavailableError,
     ImageDataset,
     binarize,
@@ -65,6 +66,7 @@ def get_dataset(
       64). Unreadable files are skipped and counted.
     channels: "auto" (grey data stays grey), "1" or "3". binarize: "none", "threshold" or "stochastic"
     (see `ImageDataset`). `limit` keeps only the first N images of the split (quick runs, tests).
+    `split` may also be "validation" or "val" (both mean "valid").
     Stale temp files of crashed cache writes in the cache folder are removed first.
     """
     spec = dataset_spec(name)
@@ -81,6 +83,7 @@ def get_dataset(
         raise ValueError(problem)
     cache = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE
     remove_stale_temps(cache)
+    split = SPLIT_ALIASES.get(split, split)  # "validation" and "val" are "valid" for every dataset
     request = LoadRequest(
         split, data_dir, resolution, cache, limit, crop, source, str(channels), test_fraction, split_seed,
         progress,
