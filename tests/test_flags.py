@@ -119,3 +119,22 @@ def test_parser_defaults_are_the_field_defaults():
     defaults = vars(build_parser().parse_args([]))
     assert defaults == {f.name: f.default for f in fields(RunConfig)}
     assert isinstance(build_parser(), argparse.ArgumentParser)
+
+
+@pytest.mark.parametrize(
+    "given, message",
+    [
+        (dict(beta=math.nan), "--beta nan: must be a finite number >= 0 (β multiplies the KL term)"),
+        (dict(seed=-1), "--seed -1: must be an integer from 0 to 4294967295"),
+        (dict(batch_size=0), "--batch-size 0: must be a positive integer"),
+        (dict(lr=math.inf), "--lr inf: must be a finite positive number"),
+        (
+            dict(dataset="folder", test_fraction=1.5),
+            "--test-fraction 1.5: must be a number strictly between 0",
+        ),
+    ],
+)
+def test_the_message_says_what_the_flag_must_be(given, message):
+    with pytest.raises(ValueError) as e:
+        RunConfig(**given)
+    assert str(e.value).startswith(message), str(e.value)

@@ -63,29 +63,31 @@ class Flag:
         return None if in_range and not bad_number else self.range_text(kind is float)
 
     def range_text(self, is_float: bool) -> str:
-        """'must be a finite positive number of seconds', 'must be an integer from 0 to 9 (why)', ...
-        from the declared range."""
-        kind = "number" if is_float or self.unit else "integer"
-        low_open = self.above is not None
-        low = self.above if low_open else self.at_least
-        high = self.at_most if self.at_most is not None else self.below
-        positive = high is None and (self.above == 0 or (not is_float and self.at_least == 1))
-        words = " ".join(
-            w
-            for w in ("finite" if self.finite and is_float else "", "positive" if positive else "", kind)
-            if w
-        )
-        words = f"{'an' if words[0] in 'aeiou' else 'a'} {words}{' ' + self.unit if self.unit else ''}"
-        if positive or (low is None and high is None):
-            pass
-        elif low is not None and high is not None:
-            between = "strictly between" if low_open and self.below is not None else "from"
-            words += f" {between} {_num(low)} {'and' if between != 'from' else 'to'} {_num(high)}"
-        elif low is not None:
-            words += f" {'>' if low_open else '>='} {_num(low)}"
-        else:
-            words += f" {'<=' if self.at_most is not None else '<'} {_num(high)}"
-        return f"must be {words}{f' ({self.why})' if self.why else ''}"
+        """'must be a finite positive number', 'must be an integer from 0 to 9 (why)', ... from the
+        declared range; `is_float`: the field is a float."""
+        positive = (self.above == 0 or (not is_float and self.at_least == 1)) and self._high() is None
+        words = ("finite " if self.finite and is_float else "") + ("positive " if positive else "")
+        words += "number" if is_float or self.unit else "integer"
+        article = "an" if words[0] in "aeiou" else "a"
+        unit = f" {self.unit}" if self.unit else ""
+        why = f" ({self.why})" if self.why else ""
+        return f"must be {article} {words}{unit}{'' if positive else self._bounds()}{why}"
+
+    def _high(self) -> float | None:
+        return self.at_most if self.at_most is not None else self.below
+
+    def _bounds(self) -> str:
+        low = _num(self.above if self.above is not None else self.at_least)
+        high = _num(self._high())
+        if self.above is not None and self.below is not None:
+            return f" strictly between {low} and {high}"
+        if low is not None and high is not None:
+            return f" from {low} to {high}"
+        if low is not None:
+            return f" > {low}" if self.above is not None else f" >= {low}"
+        if high is not None:
+            return f" < {high}" if self.below is not None else f" <= {high}"
+        return ""
 
 
 def _num(x: float | None) -> str | None:
