@@ -85,7 +85,7 @@ def test_dsprites_splits_are_disjoint_and_labelled():
     assert train.images.shape == (256, 1, 64, 64) and train.factors.shape == (256, 5)
     assert train.factor_names == dsprites.FACTOR_NAMES and train.factor_sizes == dsprites.FACTOR_SIZES
     assert np.array_equal(train.images, dsprites_images(train.factors))
-    from train.data import _dsprites_order
+    from train.dsprites import shuffled_order as _dsprites_order
 
     everything = dsprites.factors_to_index(_dsprites_order())
     n_test = 36864

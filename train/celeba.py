@@ -2,9 +2,10 @@
 
 Sources: `flwrlabs/celeba` (config `img_align+identity+attr`: official train/valid/test splits, columns
 `image`, `celeb_id`, 40 bool attributes) and `nielsr/CelebA-faces` (one train split, `image` only).
-Preprocessing (the common 64×64 recipe): center crop 148×148 of the aligned 178×218 image, then an
-antialiased bilinear resize to the target resolution, by `vae_triton.images.decode` (the app's decoder).
-CelebA is colour: `channels` "auto" means RGB; "1" makes it grey.
+Preprocessing (the common 64×64 recipe, `vae_triton.images.CELEBA_PIXELS`): a centered square crop of
+the aligned image, then an antialiased bilinear resize to the target resolution, by
+`vae_triton.images.decode` (the app's decoder). CelebA is colour: `channels` "auto" means RGB; "1" makes
+it grey.
 
 Where the parquet files come from, in order: `data_dir` (a folder of parquet files in the Hub layout,
 or a `datasets.save_to_disk` folder); else the Hugging Face cache; else a download. Offline
@@ -21,8 +22,9 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from vae_triton.images import CELEBA_PIXELS
+
 from .imagecache import (
-    SPLIT_ALIASES,
     DataUnavailableError,
     DecodeSpec,
     ImageDataset,
@@ -46,7 +48,7 @@ SOURCES = {
     "flwrlabs/celeba": ("img_align+identity+attr", ("train", "valid", "test"), "11.7 GB"),
     "nielsr/CelebA-faces": ("data", ("train",), "1.4 GB"),
 }
-DEFAULT_CROP = 148
+DEFAULT_CROP = CELEBA_PIXELS.crop
 
 
 def load_celeba(
@@ -55,21 +57,22 @@ def load_celeba(
     resolution: int,
     cache: Path,
     *,
-    crop: int = DEFAULT_CROP,
+    crop: int | None = None,
     source: str | None = None,
     channels: str = "auto",
     progress: bool = True,
 ) -> ImageDataset:
+    crop = DEFAULT_CROP if crop is None else crop
     source = source or "flwrlabs/celeba"
     if source not in SOURCES:
         raise ValueError(f"unknown CelebA source {source!r}: use one of {sorted(SOURCES)}")
     folder, splits, _ = SOURCES[source]
-    split = SPLIT_ALIASES.get(split, split)
     if split not in splits:
         raise ValueError(f"{source} has splits {splits}, got split={split!r}")
 
     origin = source if data_dir is None else f"local-{cache_key(str(Path(data_dir).resolve()))}"
-    spec = DecodeSpec(channels="3" if str(channels) == "auto" else channels, size=resolution, crop=crop)
+    auto = str(CELEBA_PIXELS.channels)
+    spec = DecodeSpec(channels=auto if str(channels) == "auto" else channels, size=resolution, crop=crop)
     grey = "-grey" if spec.channels == "1" else ""
     stem = f"celeba-{origin.replace('/', '--')}-{split}-{resolution}px-crop{crop}{grey}"
     images_path, attrs_path = cache / f"{stem}.npy", cache / f"{stem}.attrs.npy"

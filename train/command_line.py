@@ -12,45 +12,24 @@ import argparse
 import shlex
 from dataclasses import fields
 
+from . import flags
 from .config import RunConfig, build_parser
+from .flags import option
 
-# Flags that do not change what is learned, only how long, how it is logged and where it runs: `--resume`
+# From the flags' declarations on RunConfig (train/config.py):
+# flags that do not change what is learned, only how long, how it is logged and where it runs: `--resume`
 # applies them. Everything else defines the experiment and must match the checkpoint.
-RESUMABLE = frozenset(
-    {
-        "steps",
-        "epochs",
-        "time_limit",
-        "log_every",
-        "eval_every",
-        "checkpoint_every",
-        "eval_images",
-        "max_bad_steps",
-        "progress",
-        "quiet",
-        "device",
-        "num_threads",
-        "compile",
-        "cuda_graph",
-        "push_to_hub",
-        "cache_dir",
-        "data_dir",
-        "out",
-        "resume",
-    }
-)
+RESUMABLE = flags.names(RunConfig, lambda f: f.resumable)
 # Not part of the recipe: how the run was started or shown, and where its cache lives.
-NOT_IN_RECIPE = frozenset({"resume", "progress", "quiet", "cache_dir", "push_to_hub"})
-PRESENTATION = frozenset({"progress", "quiet", "resume", "out"})
-ALWAYS_IN_RECIPE = ("dataset", "preset", "beta", "seed", "out")
+NOT_IN_RECIPE = flags.names(RunConfig, lambda f: f.recipe == "never")
+# In the recipe even at their default values: what the run is, and where it is.
+ALWAYS_IN_RECIPE = flags.names(RunConfig, lambda f: f.recipe == "always")
+# This invocation's own: how it shows itself and where it writes, never taken from the checkpoint.
+PRESENTATION = flags.names(RunConfig, lambda f: f.own)
 
 
 class ResumeMismatch(ValueError):
     """`--resume` with flags that would change the experiment the checkpoint belongs to."""
-
-
-def flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
 
 
 def explicit_fields(argv: list[str]) -> set[str]:
@@ -66,18 +45,17 @@ def explicit_fields(argv: list[str]) -> set[str]:
 def reproduce_command(cfg: RunConfig) -> str:
     """`python -m train ...` that trains this run from scratch: the resolved values of every flag that
     differs from its default (plus the defining ones), without --resume or progress/quiet flags."""
-    defaults = vars(build_parser().parse_args([]))
     words = ["python", "-m", "train"]
-    for f in fields(RunConfig):
+    for f, _ in flags.declared(RunConfig):
         name, value = f.name, getattr(cfg, f.name)
-        if name in NOT_IN_RECIPE or value is None or name not in defaults:
+        if name in NOT_IN_RECIPE or value is None:
             continue
-        if value == defaults[name] and name not in ALWAYS_IN_RECIPE:
+        if value == f.default and name not in ALWAYS_IN_RECIPE:
             continue
         if isinstance(value, bool):
-            words.append(flag(name) if value else "--no-" + name.replace("_", "-"))
+            words.append(option(name) if value else "--no-" + name.replace("_", "-"))
         else:
-            words += [flag(name), str(value)]
+            words += [option(name), str(value)]
     return shlex.join(words)
 
 
@@ -99,15 +77,15 @@ def resume_config(cfg: RunConfig, saved: dict, given: set[str]) -> tuple[RunConf
             # The cosine rate is a function of step / planned steps: another length changes the rate of
             # every step still to come, and the card's reproduce line would no longer reproduce the run.
             refused.append(
-                f"{flag(name)} {now[name]} (the run used {was}; its --lr-schedule cosine spans the planned "
+                f"{option(name)} {now[name]} (the run used {was}; its --lr-schedule cosine spans the planned "
                 "steps, so another length changes the learning rate of every step to come)"
             )
         elif name in RESUMABLE:
             merged[name] = now[name]
-            if name not in ("out", "progress", "quiet"):
-                changed.append(f"{flag(name)} {now[name]} (was {was})")
+            if name not in PRESENTATION:
+                changed.append(f"{option(name)} {now[name]} (was {was})")
         else:
-            refused.append(f"{flag(name)} {now[name]} (the run used {was})")
+            refused.append(f"{option(name)} {now[name]} (the run used {was})")
     if refused:
         raise ResumeMismatch(
             "--resume continues a run with the settings it was started with, and these flags differ: "

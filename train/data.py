@@ -1,4 +1,4 @@
-"""Datasets as uint8 arrays (DESIGN §6), and the batch source that feeds training from them.
+"""Datasets as uint8 arrays, and the batch source that feeds training from them.
 
 CelebA and folders are decoded once into a uint8 N×C×H×W cache (`train.imagecache`: `.npy`, memory-mapped,
 keyed by dataset, split, resolution, channels and crop, written atomically), so an epoch never waits on
@@ -9,10 +9,8 @@ the device.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,17 +19,16 @@ import torch
 from vae_triton.io import remove_stale_temps
 
 from . import dsprites as _dsprites
-from .celeba import load_celeba
-from .folder import load_folder
+from .datasets import LoadRequest, dataset_spec
 from .imagecache import (  # noqa: F401  (DataUnavailableError is also this module's API)
     BINARIZE_CHOICES,
     CHANNEL_CHOICES,
+    SPLIT_ALIASES,
     DataUnavailableError,
     ImageDataset,
     binarize,
 )
 
-DATASETS = ("dsprites", "celeba", "folder")
 DEFAULT_CACHE = Path(os.environ.get("VAE_TRITON_CACHE", Path.home() / ".cache" / "vae-triton"))
 
 
@@ -61,51 +58,37 @@ def get_dataset(
     - `dsprites`: procedural (offline), rendered on demand. Splits: `train` (95 %), `test` (5 %, fixed),
       `all` (737,280). Grey 64×64 only.
     - `celeba`: Hugging Face `datasets` parquet (`source` = `flwrlabs/celeba`, official train/valid/test,
-      or `nielsr/CelebA-faces`, train only), or a local copy in `data_dir`. Center crop 148 → resize. RGB
-      unless `channels` is "1".
+      or `nielsr/CelebA-faces`, train only), or a local copy in `data_dir`. Center crop (or `crop` px;
+      default `vae_triton.images.CELEBA_PIXELS`) → resize. RGB unless `channels` is "1".
     - `folder`: every readable image under `data_dir` (recursively); splits from `train/`, `test/`,
       `valid/` subfolders or `test_fraction` (see `train.folder`); largest centered square (or `crop` px)
       → resize unless already `resolution` (None: the images' own size when square and ≤ 128 px, else
       64). Unreadable files are skipped and counted.
     channels: "auto" (grey data stays grey), "1" or "3". binarize: "none", "threshold" or "stochastic"
     (see `ImageDataset`). `limit` keeps only the first N images of the split (quick runs, tests).
+    `split` may also be "validation" or "val" (both mean "valid").
     Stale temp files of crashed cache writes in the cache folder are removed first.
     """
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}: use one of {DATASETS}")
-    if resolution is None and name != "folder":
-        resolution = 64
+    spec = dataset_spec(name)
+    if resolution is None:
+        resolution = spec.resolution
     if resolution is not None and resolution < 8:
         raise ValueError(f"resolution must be at least 8 px, got {resolution}")
     if str(channels) not in CHANNEL_CHOICES:
         raise ValueError(f"channels must be one of {CHANNEL_CHOICES}, got {channels!r}")
     if binarize not in BINARIZE_CHOICES:
         raise ValueError(f"binarize must be one of {BINARIZE_CHOICES}, got {binarize!r}")
+    problem = spec.resolution_problem(resolution) or spec.channels_problem(str(channels))
+    if problem:
+        raise ValueError(problem)
     cache = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE
     remove_stale_temps(cache)
-    if name == "dsprites":
-        if resolution != _dsprites.IMAGE_SIZE:
-            raise ValueError(f"dsprites is defined at 64×64: use --resolution 64 (got {resolution})")
-        if str(channels) == "3":
-            raise ValueError("dsprites images are grey: use --channels auto or 1")
-        old = cache / OLD_DSPRITES_CACHE
-        if old.is_file():
-            size = f"{old.stat().st_size / 1e9:.1f} GB"
-            print(f"note: {old} ({size}) is an older version's dSprites cache; dSprites is now rendered on "
-                  "demand and never reads it: delete it to free the space", file=sys.stderr)  # fmt: skip
-        ds = _dsprites_dataset(split, limit)
-    elif name == "celeba":
-        ds = load_celeba(
-            split, data_dir, resolution, cache, crop=148 if crop is None else crop, source=source,
-            channels=str(channels), progress=progress,
-        )  # fmt: skip
-    else:
-        if data_dir is None:
-            raise ValueError("the folder dataset needs --data-dir pointing at a directory of images")
-        ds = load_folder(
-            data_dir, resolution, cache, split=split, channels=str(channels), crop=crop,
-            test_fraction=test_fraction, split_seed=split_seed, progress=progress,
-        )  # fmt: skip
+    split = SPLIT_ALIASES.get(split, split)  # "validation" and "val" are "valid" for every dataset
+    request = LoadRequest(
+        split, data_dir, resolution, cache, limit, crop, source, str(channels), test_fraction, split_seed,
+        progress,
+    )  # fmt: skip
+    ds = spec.load(request)
     if limit is not None and limit < len(ds):
         ds = ds.head(limit)
     ds.binarize = binarize
@@ -130,35 +113,6 @@ def dataset_for_split(run_config: dict, split: str, *, limit: int | None = None,
     )
     kwargs.update(overrides)
     return get_dataset(rc.get("dataset", "dsprites"), split, **kwargs)
-
-
-# ---- dSprites ---------------------------------------------------------------------------------
-DSPRITES_SPLITS = ("train", "test", "all")
-OLD_DSPRITES_CACHE = "dsprites-all-64px.npy"  # the 3.0 GB cache of versions before on-demand rendering
-_DSPRITES_TEST_FRACTION = 0.05
-_DSPRITES_SEED = 20170301  # fixes the shuffled order, and with it the train/test split
-
-
-@functools.cache
-def _dsprites_order() -> np.ndarray:
-    """The canonical factor grid in a fixed shuffled order: test split first, then train (read-only)."""
-    factors = _dsprites.all_factors()
-    perm = np.random.default_rng(_DSPRITES_SEED).permutation(len(factors))
-    order = factors[perm]
-    order.flags.writeable = False  # shared between calls
-    return order
-
-
-def _dsprites_dataset(split: str, limit: int | None) -> ImageDataset:
-    if split not in DSPRITES_SPLITS:
-        raise ValueError(f"dsprites has splits {DSPRITES_SPLITS}, got split={split!r}")
-    factors = _dsprites_order()
-    n_test = int(round(len(factors) * _DSPRITES_TEST_FRACTION))
-    rows = {"test": slice(0, n_test), "train": slice(n_test, None), "all": slice(None)}[split]
-    factors = factors[rows][:limit]
-    names, sizes = list(_dsprites.FACTOR_NAMES), list(_dsprites.FACTOR_SIZES)
-    info = {"rendered": "on demand, on the training device"}
-    return ImageDataset(_dsprites.RenderedImages(factors), factors, names, sizes, "dsprites", split, info)
 
 
 # ---- batches ----------------------------------------------------------------------------------

@@ -14,8 +14,16 @@ NumPy; tests/test_data.py checks a sample, bench/check_dsprites_render.py checks
 
 from __future__ import annotations
 
+import functools
+import sys
+from pathlib import Path
+
 import numpy as np
 import torch
+
+from vae_triton.images import DSPRITES_PIXELS
+
+from .imagecache import ImageDataset
 
 FACTOR_NAMES = ["shape", "scale", "orientation", "posX", "posY"]
 FACTOR_SIZES = [3, 6, 40, 32, 32]
@@ -23,7 +31,11 @@ SHAPES = ("square", "ellipse", "heart")
 SCALES = np.linspace(0.5, 1.0, 6)
 ORIENTATIONS = np.arange(40) * (2 * np.pi / 40)
 POSITIONS = np.linspace(0.0, 1.0, 32)
-IMAGE_SIZE = 64
+IMAGE_SIZE = DSPRITES_PIXELS.size  # the geometry below is laid out for this side (64 px)
+SPLITS = ("train", "test", "all")
+OLD_CACHE = "dsprites-all-64px.npy"  # the 3.0 GB cache of versions before on-demand rendering
+_TEST_FRACTION = 0.05
+_SPLIT_SEED = 20170301  # fixes the shuffled order, and with it the train/test split
 
 # Geometry in pixels: at scale 1 a sprite has half-extent 10 px, so even the rotated square (half
 # diagonal 14.1 px) stays inside the frame when its centre runs over [16, 48].
@@ -217,3 +229,34 @@ class RenderedImages:
         if device not in self._on:  # the factor table moves to the device once (5.9 MB for all of dSprites)
             self._on[device] = torch.from_numpy(self.factors).to(device)
         return render_torch(self._on[device][indices.to(device)])
+
+
+# ---- the dataset ------------------------------------------------------------------------------
+@functools.cache
+def shuffled_order() -> np.ndarray:
+    """The canonical factor grid in a fixed shuffled order: test split first, then train (read-only)."""
+    factors = all_factors()
+    perm = np.random.default_rng(_SPLIT_SEED).permutation(len(factors))
+    order = factors[perm]
+    order.flags.writeable = False  # shared between calls
+    return order
+
+
+def load_dsprites(split: str, cache: Path, limit: int | None = None) -> ImageDataset:
+    """The `split` (train: 95 %, test: 5 %, fixed; all) as images rendered on demand, its first `limit`
+    only when given. `cache` is only looked at for an older version's cache file, named so that it can
+    be deleted."""
+    if split not in SPLITS:
+        raise ValueError(f"dsprites has splits {SPLITS}, got split={split!r}")
+    old = cache / OLD_CACHE
+    if old.is_file():
+        size = f"{old.stat().st_size / 1e9:.1f} GB"
+        print(f"note: {old} ({size}) is an older version's dSprites cache; dSprites is now rendered on "
+              "demand and never reads it: delete it to free the space", file=sys.stderr)  # fmt: skip
+    factors = shuffled_order()
+    n_test = int(round(len(factors) * _TEST_FRACTION))
+    rows = {"test": slice(0, n_test), "train": slice(n_test, None), "all": slice(None)}[split]
+    factors = factors[rows][:limit]
+    names, sizes = list(FACTOR_NAMES), list(FACTOR_SIZES)
+    info = {"rendered": "on demand, on the training device"}
+    return ImageDataset(RenderedImages(factors), factors, names, sizes, "dsprites", split, info)

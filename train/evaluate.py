@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from train.config import OneDefaultHelpFormatter, switch
+from train.datasets import DATASETS
+from train.flags import OneDefaultHelpFormatter, switch
 from train.paths import check_not_model_file, check_output_file
 from train.threads import set_num_threads
 from vae_triton.io import write_json_atomic
@@ -53,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dataset",
         default=None,
-        choices=("dsprites", "celeba", "folder"),
+        choices=tuple(DATASETS),
         help="default: the run's dataset (its run_config.json, else the model's metadata)",
     )
     p.add_argument(
@@ -178,8 +179,9 @@ def load_data(args: argparse.Namespace, model):
         raise ValueError("the model's metadata does not say which dataset it was trained on: pass --dataset")
     cfg = model.config
     expected = (cfg.image_channels, cfg.image_size, cfg.image_size)
-    if name == "dsprites" and expected != (1, 64, 64):
-        raise ValueError(f"dsprites images are (1, 64, 64) but the model takes {expected}: pick its dataset")
+    shape = DATASETS[name].fixed_shape if name in DATASETS else None
+    if shape is not None and expected != shape:
+        raise ValueError(f"{name} images are {shape} but the model takes {expected}: pick its dataset")
     # The run's own data rule (folder, split rule, binarization, cache) unless a flag says otherwise;
     # the model fixes the image shape.
     data = {**(run if same_data else {}), "dataset": name}

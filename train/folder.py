@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 
 from .imagecache import (
-    SPLIT_ALIASES,
     DataUnavailableError,
     DecodeSpec,
     ImageDataset,
@@ -56,7 +55,6 @@ def load_folder(
     root = Path(data_dir)
     if not root.is_dir():
         raise DataUnavailableError(f"--data-dir {root} is not a directory of images")
-    split = SPLIT_ALIASES.get(split, split)
     files, rule = split_files(root, split, test_fraction, split_seed)
     if resolution is None:
         native = typical_size(files)

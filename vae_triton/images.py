@@ -3,12 +3,14 @@
 `decode(source, channels=..., size=...)` turns a file, its bytes or a PIL image into a uint8 (C, H, W)
 tensor. The training loaders (folder, CelebA) fill their caches with it and the app feeds uploads through
 it, so an image gives the model the same pixels in both places. Its rules are in its docstring.
+`PixelSpec` records what each dataset's training applied (crop, size, channels, background), for both.
 """
 
 from __future__ import annotations
 
 import io
 import os
+from dataclasses import dataclass
 from typing import BinaryIO
 
 import numpy as np
@@ -18,6 +20,55 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 BACKGROUND = 255  # grey level under transparent pixels: white, as image viewers and browsers show them
 
 Source = str | os.PathLike | bytes | BinaryIO | Image.Image
+
+
+@dataclass(frozen=True)
+class PixelSpec:
+    """How one dataset's images become model input: the `decode` arguments its training used, so an
+    upload to the app gets the same treatment. A dataset with no entry in PIXELS gets `PixelSpec()`: the
+    largest centered square, alpha over white, grey or RGB as the data is.
+
+    dataset: the name runs record (`--dataset`, the model's metadata); title: its name for people.
+    crop: side in px of the centered square cut from each source image (None: the largest square).
+    source_side: the shorter side in px of the source images the crop was chosen for (None: any).
+    size: the side in px the images are trained at by default (None: the run's choice or the data's own).
+    channels: 1 (grey) or 3 (RGB) when fixed; None: grey when every image is grey.
+    background: grey level (0-255) under transparent pixels.
+    binary: every pixel is 0 or 255.
+    """
+
+    dataset: str = ""
+    title: str = ""
+    crop: int | None = None
+    source_side: int | None = None
+    size: int | None = None
+    channels: int | None = None
+    background: int = BACKGROUND
+    binary: bool = False
+
+    @property
+    def crop_fraction(self) -> float | None:
+        """The crop as a fraction of the shorter side, for images of another size than the source's
+        (an upload): `decode(..., crop=spec.crop_fraction)`. None: the largest centered square."""
+        if self.crop is None:
+            return None
+        return self.crop / self.source_side
+
+
+# CelebA (the common CelebA-64 recipe): a centered 148×148 crop of the aligned 178×218 photo, resized
+# to 64×64 RGB.
+CELEBA_PIXELS = PixelSpec("celeba", "CelebA", crop=148, source_side=178, size=64, channels=3)
+# dSprites: white sprites on black, 64×64, binary; a transparent upload goes on black like them.
+DSPRITES_PIXELS = PixelSpec("dsprites", "dSprites", size=64, channels=1, background=0, binary=True)
+# Any folder of images: the largest centered square at the images' own size, grey or RGB as they are.
+FOLDER_PIXELS = PixelSpec("folder", "an image folder")
+PIXELS = {spec.dataset: spec for spec in (DSPRITES_PIXELS, CELEBA_PIXELS, FOLDER_PIXELS)}
+
+
+def pixel_spec(dataset: str | None) -> PixelSpec:
+    """The PixelSpec of a dataset name (as a model's metadata records it); for a name not in PIXELS,
+    the default treatment (`PixelSpec`'s defaults) under that name."""
+    return PIXELS.get(dataset or "") or PixelSpec(dataset or "", dataset or "")
 
 
 class ImageDecodeError(ValueError):
