@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from vae_triton.io import write_json_atomic
+from vae_triton.likelihoods import LIKELIHOODS, Gaussian
 from vae_triton.model import PRESETS, VAEConfig
 
 from . import flags
@@ -22,7 +23,7 @@ from .flags import flag
 from .imagecache import BINARIZE_CHOICES, CHANNEL_CHOICES
 
 DEFAULT_STEPS = 10_000
-LIKELIHOOD_CHOICES = ("gaussian", "bernoulli")
+LIKELIHOOD_CHOICES = tuple(LIKELIHOODS)
 # Grey images up to this side get the `mlp` preset by default (MNIST-like data); larger or colour
 # images get the dataset's conv preset.
 MLP_MAX_SIZE = 32
@@ -188,7 +189,7 @@ class RunConfig:
         None,
         "Gaussian decoder σ: fixed at 1, or learned (scalar / per channel) (default: the preset's)",
         group=MODEL,
-        choices=("fixed", "scalar", "channel"),
+        choices=Gaussian.SIGMA_MODES,
     )
     # ---- optimisation ----
     steps: int | None = flag(

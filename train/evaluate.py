@@ -251,7 +251,7 @@ def evaluate(args: argparse.Namespace, argv: list[str]) -> dict:
             "*_sem are standard errors of those means",
             "bpd": result.get("bpd_convention"),
             "gap": "iw_log_likelihood − elbo, on the same K samples: an estimate of KL[q(z|x) ‖ p(z|x)]",
-            "active_units": "Var_x(E_q[z_d|x]) > 0.01 (Burda et al. 2016)",
+            "active_units": f"Var_x(E_q[z_d|x]) > {metrics.ACTIVE_UNIT_THRESHOLD:g} (Burda et al. 2016)",
             "mig": "Chen et al. 2018 on posterior means, 20 equal-width bins per latent",
         },
         "metrics": result,
@@ -306,7 +306,8 @@ def format_table(report: dict) -> str:
     lines.insert(1, headline(report))
     for label, value, sem, unit in rows:
         lines.append(f"{label:<34}{_num(value, 4):>14}{_num(sem, 4) if sem is not None else '':>10}  {unit}")
-    lines.append(f"{'active units (Var_x E_q[z] > 0.01)':<34}{r['active_units']:>14} / {r['latent_dim']}")
+    active = f"active units (Var_x E_q[z] > {r['active_unit_threshold']:g})"
+    lines.append(f"{active:<34}{r['active_units']:>14} / {r['latent_dim']}")
     if "mig" in r:
         lines.append(f"{'MIG (20 bins)':<34}{_num(r['mig'], 4):>14}")
         per = ", ".join(f"{n} {'n/a' if v is None else f'{v:.3f}'}" for n, v in r["mig_per_factor"].items())
