@@ -1,9 +1,11 @@
 """The README's commands, as a new user runs them: the quick start, the Python snippets from another
 folder after `pip install -e .`, and every `python -m train ...` line against the real parsers."""
 
+import importlib.metadata
 import os
 import re
 import shlex
+import site
 import subprocess
 import sys
 from pathlib import Path
@@ -79,20 +81,43 @@ def test_every_curves_command_in_the_readme_draws_the_bundled_runs(tmp_path, mon
         assert runs and curves.main([*runs, "--out", str(tmp_path / "curves.png")]) == 0
 
 
+def _site_dirs() -> list[str]:
+    """The site-packages folders of the environment running the tests, in import order."""
+    dirs = set(site.getsitepackages())
+    if site.ENABLE_USER_SITE:
+        dirs.add(site.getusersitepackages())
+    return [p for p in sys.path if p in dirs]
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
-    """A virtual environment seeing the system's packages, with this project installed by
-    `pip install -e .` (no dependencies fetched, no network, no build isolation)."""
+    """A virtual environment with this project installed by `pip install -e .` (no dependencies fetched,
+    no network, no build isolation), that sees the packages of the environment running the tests.
+
+    `venv --system-site-packages` would not do: made from a venv's python, it sees the *base*
+    interpreter's packages (venvs do not chain), whose setuptools may be older than the one
+    pyproject.toml needs. A .pth file lists this environment's site-packages instead; it sorts after
+    the project's own editable-install .pth, and plain path lines do not run the other .pth files, so
+    an editable install of another copy of the project there stays out."""
+    setuptools_version = importlib.metadata.version("setuptools")
+    assert int(setuptools_version.split(".")[0]) >= 77, (
+        f"setuptools {setuptools_version} cannot build this project (pyproject.toml needs >= 77): "
+        'pip install -e ".[dev]" installs it'
+    )
     venv = tmp_path_factory.mktemp("venv")
-    make = [sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", venv]
-    subprocess.run(make, check=True)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
     python = venv / "bin" / "python"
+    where = [python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"]
+    purelib = subprocess.run(where, capture_output=True, text=True, check=True).stdout.strip()
+    (Path(purelib) / "zz_tested_environment.pth").write_text("\n".join(_site_dirs()) + "\n")
     pip = [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps"]
     r = subprocess.run([*pip, "--no-build-isolation", "-e", str(REPO)], capture_output=True, text=True,
                        timeout=300)  # fmt: skip
     if r.returncode and "no such option: --python" in r.stderr:
         pytest.skip("pip older than 22.3 cannot install into another environment")
     assert r.returncode == 0, r.stderr
+    imported = _run(python, ["-c", "import vae_triton; print(vae_triton.__file__)"], cwd=venv)
+    assert imported.stdout.startswith(str(REPO)), (imported.stdout, imported.stderr)
     return python
 
 
