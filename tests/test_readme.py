@@ -1,5 +1,6 @@
-"""The README's commands, as a new user runs them: the quick start, the Python snippets from another
-folder after `pip install -e .`, and every `python -m train ...` line against the real parsers."""
+"""The commands of the README and of docs/*.md, as a new user runs them: the quick start, the Python
+snippets from another folder after `pip install -e .`, and every `python -m train ...` line against the
+real parsers."""
 
 import importlib.metadata
 import os
@@ -17,7 +18,9 @@ from train.config import parse_args
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
-BLOCKS = re.findall(r"```(\w+)\n(.*?)```", README, flags=re.S)
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+DOCS = "\n".join(page.read_text() for page in PAGES)
+BLOCKS = re.findall(r"```(\w+)\n(.*?)```", DOCS, flags=re.S)
 PYTHON = [code for lang, code in BLOCKS if lang == "python"]
 BASH = [code for lang, code in BLOCKS if lang == "bash"]
 
@@ -28,10 +31,31 @@ NOT_RUN = {
 }
 
 
-def test_quick_start_is_the_two_commands_and_ci_runs_the_second():
-    first = BASH[0].strip().splitlines()
+def test_quick_start_is_the_two_commands_and_ci_runs_both():
+    first = re.findall(r"```bash\n(.*?)```", README, flags=re.S)[0].strip().splitlines()
     assert first == ["pip install -e . && python app.py", 'pip install -e ".[dev]" && python -m pytest -q']
-    assert 'pip install -q -e ".[dev]" && python -m pytest -q' in (REPO / ".ci" / "run").read_text()
+    ci = (REPO / ".ci" / "run").read_text()
+    extract = next(line for line in ci.splitlines() if line.startswith("mapfile -t COMMANDS"))
+    show = extract + '; printf "%s\\n" "${COMMANDS[@]}"'
+    r = subprocess.run(["bash", "-c", show], cwd=REPO, capture_output=True, text=True, check=True)
+    assert r.stdout.splitlines() == first
+    assert 'bash -c "${COMMANDS[0]}"' in ci and 'bash -c "${COMMANDS[1]}"' in ci
+
+
+def _anchors(page: Path) -> set[str]:
+    """GitHub's anchors of a page's headings (lower case, punctuation dropped, spaces to hyphens)."""
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+    headings = re.findall(r"^#+ (.+)$", text, flags=re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
+def test_the_docs_link_to_pages_anchors_and_images_that_exist():
+    for page in PAGES:
+        for target, anchor in re.findall(r"\]\(([^)#:]*)(?:#([^)]*))?\)", page.read_text()):
+            path = (page.parent / target) if target else page
+            assert path.exists(), f"{page.name} links to {target}, which does not exist"
+            if anchor:
+                assert anchor in _anchors(path), f"{page.name} links to {target}#{anchor}: no such heading"
 
 
 def test_the_reasons_for_not_running_a_block_are_still_true():
@@ -145,6 +169,6 @@ def test_the_clis_run_from_another_folder(installed, tmp_path):
 
 
 def test_the_browser_test_prerequisite_is_documented_and_its_absence_skips():
-    assert "apt-get install -y chromium" in README
+    assert "apt-get install -y chromium" in DOCS
     browser_test = (REPO / "tests" / "test_app_browser.py").read_text()
     assert 'shutil.which("chromium")' in browser_test and "skipif(CHROMIUM is None" in browser_test
