@@ -58,6 +58,14 @@ def test_the_docs_link_to_pages_anchors_and_images_that_exist():
                 assert anchor in _anchors(path), f"{page.name} links to {target}#{anchor}: no such heading"
 
 
+def test_the_codes_citations_of_the_docs_resolve():
+    """Code cites the manual as docs/<page>.md#<anchor>: each page and heading must exist."""
+    for source in REPO.glob("[!.]*/**/*.py"):
+        for page, anchor in re.findall(r"docs/(\w+\.md)#([\w-]+)", source.read_text()):
+            where = f"{source.relative_to(REPO)} cites docs/{page}#{anchor}"
+            assert anchor in _anchors(REPO / "docs" / page), where
+
+
 def test_the_reasons_for_not_running_a_block_are_still_true():
     for marker in NOT_RUN:
         assert sum(marker in code for code in PYTHON) == 1, marker
