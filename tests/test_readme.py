@@ -143,8 +143,8 @@ def installed(tmp_path_factory):
     purelib = subprocess.run(where, capture_output=True, text=True, check=True).stdout.strip()
     (Path(purelib) / "zz_tested_environment.pth").write_text("\n".join(_site_dirs()) + "\n")
     pip = [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps"]
-    r = subprocess.run([*pip, "--no-build-isolation", "-e", str(REPO)], capture_output=True, text=True,
-                       timeout=300)  # fmt: skip
+    install = [*pip, "--no-build-isolation", "-e", str(REPO)]
+    r = subprocess.run(install, capture_output=True, text=True, timeout=300)
     if r.returncode and "no such option: --python" in r.stderr:
         pytest.skip("pip older than 22.3 cannot install into another environment")
     assert r.returncode == 0, r.stderr
@@ -156,8 +156,8 @@ def installed(tmp_path_factory):
 def _run(python, args, cwd, timeout=120):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "VAE_TRITON_BACKEND": "torch", "PYTHONPATH": ""}
     env.pop("TRITON_INTERPRET", None)  # a user's shell: the CPU runs the torch path
-    return subprocess.run([str(python), *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)  # fmt: skip
+    command = [str(python), *args]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.parametrize("index", range(len(PYTHON)))
