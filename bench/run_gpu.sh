@@ -130,7 +130,7 @@ step ops-logits-bf16-64 45 "$PY" -m bench.bench_ops "${OPS[@]}" --size 64 --dtyp
 step host-overhead 30 "$PY" -m bench.bench_ops --host-overhead --reps 5 --out "$DIR/host"
 step train 140 "$PY" -m bench.bench_train "${TRAIN[@]}" --out "$DIR/train"
 # What a user gets: a real `python -m train` dSprites run with the CLI's defaults (B=256 and the CUDA graph
-# on CUDA); its final block prints the median img/s (issue 10's goal: ≥ 50k img/s on an H200).
+# on CUDA); its final block prints the median img/s (the goal: ≥ 50k img/s on an H200).
 step dsprites-cli 60 env VAE_TRITON_CACHE="$DIR/cache" "$PY" -m train --dataset dsprites "${CLI[@]}" \
   --out "$DIR/dsprites-cli" --no-progress
 
