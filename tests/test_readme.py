@@ -1,9 +1,12 @@
-"""The README's commands, as a new user runs them: the quick start, the Python snippets from another
-folder after `pip install -e .`, and every `python -m train ...` line against the real parsers."""
+"""The commands of the README and of docs/*.md, as a new user runs them: the quick start, the Python
+snippets from another folder after `pip install -e .`, and every `python -m train ...` line against the
+real parsers."""
 
+import importlib.metadata
 import os
 import re
 import shlex
+import site
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +18,9 @@ from train.config import parse_args
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
-BLOCKS = re.findall(r"```(\w+)\n(.*?)```", README, flags=re.S)
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+DOCS = "\n".join(page.read_text() for page in PAGES)
+BLOCKS = re.findall(r"```(\w+)\n(.*?)```", DOCS, flags=re.S)
 PYTHON = [code for lang, code in BLOCKS if lang == "python"]
 BASH = [code for lang, code in BLOCKS if lang == "bash"]
 
@@ -26,10 +31,39 @@ NOT_RUN = {
 }
 
 
-def test_quick_start_is_the_two_commands_and_ci_runs_the_second():
-    first = BASH[0].strip().splitlines()
+def test_quick_start_is_the_two_commands_and_ci_runs_both():
+    first = re.findall(r"```bash\n(.*?)```", README, flags=re.S)[0].strip().splitlines()
     assert first == ["pip install -e . && python app.py", 'pip install -e ".[dev]" && python -m pytest -q']
-    assert 'pip install -q -e ".[dev]" && python -m pytest -q' in (REPO / ".ci" / "run").read_text()
+    ci = (REPO / ".ci" / "run").read_text()
+    extract = next(line for line in ci.splitlines() if line.startswith("mapfile -t COMMANDS"))
+    show = extract + '; printf "%s\\n" "${COMMANDS[@]}"'
+    r = subprocess.run(["bash", "-c", show], cwd=REPO, capture_output=True, text=True, check=True)
+    assert r.stdout.splitlines() == first
+    assert 'bash -c "${COMMANDS[0]}"' in ci and 'bash -c "${COMMANDS[1]}"' in ci
+
+
+def _anchors(page: Path) -> set[str]:
+    """GitHub's anchors of a page's headings (lower case, punctuation dropped, spaces to hyphens)."""
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+    headings = re.findall(r"^#+ (.+)$", text, flags=re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
+def test_the_docs_link_to_pages_anchors_and_images_that_exist():
+    for page in PAGES:
+        for target, anchor in re.findall(r"\]\(([^)#:]*)(?:#([^)]*))?\)", page.read_text()):
+            path = (page.parent / target) if target else page
+            assert path.exists(), f"{page.name} links to {target}, which does not exist"
+            if anchor:
+                assert anchor in _anchors(path), f"{page.name} links to {target}#{anchor}: no such heading"
+
+
+def test_the_codes_citations_of_the_docs_resolve():
+    """Code cites the manual as docs/<page>.md#<anchor>: each page and heading must exist."""
+    for source in REPO.glob("[!.]*/**/*.py"):
+        for page, anchor in re.findall(r"docs/(\w+\.md)#([\w-]+)", source.read_text()):
+            where = f"{source.relative_to(REPO)} cites docs/{page}#{anchor}"
+            assert anchor in _anchors(REPO / "docs" / page), where
 
 
 def test_the_reasons_for_not_running_a_block_are_still_true():
@@ -79,28 +113,51 @@ def test_every_curves_command_in_the_readme_draws_the_bundled_runs(tmp_path, mon
         assert runs and curves.main([*runs, "--out", str(tmp_path / "curves.png")]) == 0
 
 
+def _site_dirs() -> list[str]:
+    """The site-packages folders of the environment running the tests, in import order."""
+    dirs = set(site.getsitepackages())
+    if site.ENABLE_USER_SITE:
+        dirs.add(site.getusersitepackages())
+    return [p for p in sys.path if p in dirs]
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
-    """A virtual environment seeing the system's packages, with this project installed by
-    `pip install -e .` (no dependencies fetched, no network, no build isolation)."""
+    """A virtual environment with this project installed by `pip install -e .` (no dependencies fetched,
+    no network, no build isolation), that sees the packages of the environment running the tests.
+
+    `venv --system-site-packages` would not do: made from a venv's python, it sees the *base*
+    interpreter's packages (venvs do not chain), whose setuptools may be older than the one
+    pyproject.toml needs. A .pth file lists this environment's site-packages instead; it sorts after
+    the project's own editable-install .pth, and plain path lines do not run the other .pth files, so
+    an editable install of another copy of the project there stays out."""
+    setuptools_version = importlib.metadata.version("setuptools")
+    assert int(setuptools_version.split(".")[0]) >= 77, (
+        f"setuptools {setuptools_version} cannot build this project (pyproject.toml needs >= 77): "
+        'pip install -e ".[dev]" installs it'
+    )
     venv = tmp_path_factory.mktemp("venv")
-    make = [sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", venv]
-    subprocess.run(make, check=True)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
     python = venv / "bin" / "python"
+    where = [python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"]
+    purelib = subprocess.run(where, capture_output=True, text=True, check=True).stdout.strip()
+    (Path(purelib) / "zz_tested_environment.pth").write_text("\n".join(_site_dirs()) + "\n")
     pip = [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps"]
-    r = subprocess.run([*pip, "--no-build-isolation", "-e", str(REPO)], capture_output=True, text=True,
-                       timeout=300)  # fmt: skip
+    install = [*pip, "--no-build-isolation", "-e", str(REPO)]
+    r = subprocess.run(install, capture_output=True, text=True, timeout=300)
     if r.returncode and "no such option: --python" in r.stderr:
         pytest.skip("pip older than 22.3 cannot install into another environment")
     assert r.returncode == 0, r.stderr
+    imported = _run(python, ["-c", "import vae_triton; print(vae_triton.__file__)"], cwd=venv)
+    assert imported.stdout.startswith(str(REPO)), (imported.stdout, imported.stderr)
     return python
 
 
 def _run(python, args, cwd, timeout=120):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "VAE_TRITON_BACKEND": "torch", "PYTHONPATH": ""}
     env.pop("TRITON_INTERPRET", None)  # a user's shell: the CPU runs the torch path
-    return subprocess.run([str(python), *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)  # fmt: skip
+    command = [str(python), *args]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.parametrize("index", range(len(PYTHON)))
@@ -120,6 +177,6 @@ def test_the_clis_run_from_another_folder(installed, tmp_path):
 
 
 def test_the_browser_test_prerequisite_is_documented_and_its_absence_skips():
-    assert "apt-get install -y chromium" in README
+    assert "apt-get install -y chromium" in DOCS
     browser_test = (REPO / "tests" / "test_app_browser.py").read_text()
     assert 'shutil.which("chromium")' in browser_test and "skipif(CHROMIUM is None" in browser_test
