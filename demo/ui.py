@@ -194,16 +194,16 @@ def build_demo(ladder: inf.Ladder) -> gr.Blocks:
         _wire_slider(h, slider, beta, card, rd_plot)
         for tab in tabs:
             _wire_tab(tab)
-        reconstruct_stats = next(t.outputs[-1] for t in tabs if t.api_name == "reconstruct")
-        reconstruct_stats.change(
-            h.plane,
-            inputs=[beta, reconstruct_stats],
-            outputs=[rd_plot],
-            preprocess=False,
-            api_visibility="private",
-            show_progress="hidden",
-            **MODEL_EVENTS,
-        )
+            if tab.plane_point is not None:  # the image's (rate, distortion) on the plane
+                tab.plane_point.change(
+                    h.plane,
+                    inputs=[beta, tab.plane_point],
+                    outputs=[rd_plot],
+                    preprocess=False,
+                    api_visibility="private",
+                    show_progress="hidden",
+                    **MODEL_EVENTS,
+                )
         # Then each tab re-runs on its own inputs in its own event, so a bad value on one tab (a seed of
         # −5) never touches another.
         follow = None

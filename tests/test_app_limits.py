@@ -47,18 +47,22 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _default_data(config: dict, dep: dict) -> list:
-    """What the page would send: each input component's current value (a Dataset: its first row)."""
+def _default_data(config: dict, dep: dict) -> tuple[list, object]:
+    """What the page would send: each input component's current value (a Dataset: its first row), and
+    the event's data (a click: a point; a slider's release: its value)."""
     comps = {c["id"]: c for c in config["components"]}
-    return [0 if comps[i]["type"] == "dataset" else comps[i]["props"].get("value") for i in dep["inputs"]]
+    data = [0 if comps[i]["type"] == "dataset" else comps[i]["props"].get("value") for i in dep["inputs"]]
+    trigger = dep["targets"][0][1] if dep["targets"] else None
+    event_data = {"select": {"index": [100, 100], "value": None}, "release": data[0] if data else None}
+    return data, event_data.get(trigger)
 
 
-def call(url: str, dep: dict, data: list) -> dict:
+def call(url: str, dep: dict, data: list, event_data=None) -> dict:
     """One raw call of event `dep`, as the page makes it: join the queue (or, for an unqueued event,
     POST /run/predict), then read the event's messages. Returns {"kind": "answer" | "error" | "full" |
     "http", "status", "message", "start", "end"} with the client-side times the event ran between."""
     session = uuid.uuid4().hex
-    body = {"data": data, "fn_index": dep["id"], "session_hash": session, "trigger_id": None}
+    body = {"data": data, "event_data": event_data, "fn_index": dep["id"], "session_hash": session}
     with httpx.Client(base_url=f"{url}/gradio_api", timeout=CALL_TIMEOUT_S) as http:
         if not dep.get("queue", True):
             start = time.monotonic()
@@ -109,14 +113,17 @@ def call(url: str, dep: dict, data: list) -> dict:
     }
 
 
-def peak_overlap(results: list[dict]) -> int:
-    """The most events seen running at once (from their start and completion messages)."""
+def peak_overlap(results: list[dict], jitter_s: float = 0.05) -> int:
+    """The most events seen running at once, from the client-side times of their start and completion
+    messages. Each interval is shrunk by `jitter_s` at both ends: the messages of 60 events travel on 60
+    streams read by 60 threads, and arrive late by up to tens of milliseconds on a loaded machine. So
+    events shorter than 2 × jitter_s are not counted (their overlap cannot be told from the jitter)."""
     marks = []
     for r in results:
-        if r["start"] is not None and r["end"] is not None:
-            marks += [(r["start"], 1), (r["end"], -1)]
+        if r["start"] is not None and r["end"] is not None and r["end"] - r["start"] > 2 * jitter_s:
+            marks += [(r["start"] + jitter_s, 1), (r["end"] - jitter_s, -1)]
     peak = running = 0
-    for _, step in sorted(marks, key=lambda m: (m[0], m[1])):  # an end before a start at the same time
+    for _, step in sorted(marks):  # at equal times an end (-1) sorts before a start
         running += step
         peak = max(peak, running)
     return peak
@@ -131,7 +138,8 @@ def test_every_event_is_queued_and_the_rest_routes_are_closed(app):
     assert [d["api_name"] for d in backend if not d.get("queue", True)] == []
     # A direct POST would run the event outside the queue and its concurrency limit.
     for dep in backend:
-        body = {"data": _default_data(config, dep), "fn_index": dep["id"], "session_hash": "x"}
+        data, event_data = _default_data(config, dep)
+        body = {"data": data, "event_data": event_data, "fn_index": dep["id"], "session_hash": "x"}
         r = httpx.post(f"{url}/gradio_api/run/predict", json=body, timeout=60)
         assert r.status_code == 404 and "join the queue" in r.text, (dep["api_name"], r.status_code)
 
@@ -141,17 +149,18 @@ def test_60_concurrent_calls_to_every_event_hold_the_limits(app):
     config = httpx.get(f"{url}/config", timeout=30).json()
     backend = [d for d in config["dependencies"] if d["backend_fn"]]
     for dep in backend:
-        data = _default_data(config, dep)
+        data, event_data = _default_data(config, dep)
         cpu0, wall0 = _cpu_seconds(pid), time.monotonic()
         with ThreadPoolExecutor(BURST) as pool:
-            results = list(pool.map(call, [url] * BURST, [dep] * BURST, [data] * BURST))
+            results = list(pool.map(call, [url] * BURST, [dep] * BURST, [data] * BURST, [event_data] * BURST))
         cpu, wall = _cpu_seconds(pid) - cpu0, time.monotonic() - wall0
         kinds = {r["kind"] for r in results}
         name = dep["api_name"]
+        counts = {k: sum(r["kind"] == k for r in results) for k in sorted(kinds)}
+        print(f"{name}: {counts}, {wall:.1f} s, {cpu:.1f} CPU s")
         assert "http" not in kinds, (name, [r for r in results if r["kind"] == "http"][:2])
         assert "answer" in kinds or "error" in kinds, (name, results[:2])
-        # One slot of slack: the start and end messages of consecutive events travel on separate streams.
-        assert peak_overlap(results) <= ui.CONCURRENCY_LIMIT + 1, name
+        assert peak_overlap(results) <= ui.CONCURRENCY_LIMIT, name
         # The server's CPU time is bounded by the computations the queue lets run at once (plus one core
         # for the web server that answers and refuses), however many calls arrive.
         assert cpu <= (ui.CONCURRENCY_LIMIT + 1) * wall + 1.0, (name, cpu, wall)
@@ -168,6 +177,8 @@ MALFORMED = {
         ([1.0, {"beta": 1.0, "kl": "x", "recon_nll": 3.0}], "stats must hold"),
         ([1.0, {"beta": 1.0, "kl": float("inf"), "recon_nll": 3.0}], "stats must hold"),
     ],
+    # (A click event without any event data fails inside Gradio, before the handler: no message there.)
+    "decode_click": [([], "click a point", {"index": "x", "value": None}), ([], "click a point", {})],
 }
 
 
@@ -176,8 +187,8 @@ def test_malformed_inputs_to_the_internal_events_get_a_clear_error(app):
     config = httpx.get(f"{url}/config", timeout=30).json()
     deps = {d["api_name"]: d for d in config["dependencies"] if d["backend_fn"]}
     for name, cases in MALFORMED.items():
-        for data, message in cases:
-            r = call(url, deps[name], data)
+        for data, message, *event_data in cases:
+            r = call(url, deps[name], data, *event_data)
             assert r["kind"] == "error" and message in (r["message"] or ""), (name, data, r)
         r = call(url, deps[name], [])  # too few inputs: refused by Gradio, in the queue, not HTTP 500
         assert r["kind"] == "error", (name, r)
@@ -187,11 +198,11 @@ def test_malformed_inputs_to_the_internal_events_get_a_clear_error(app):
 
 # ---- the output folder ----------------------------------------------------------------------------
 SAMPLE_ONCE = """
-import sys
-from demo import inference, outputs, ui
-h = ui.make_handlers(inference.resolve_ladder())
-path = h.sample(1.0, 4, 1.0, 0)
-print(outputs.folder(), oct(outputs.folder().stat().st_mode & 0o777), path, sep="\\n")
+from pathlib import Path
+from demo import inference, ui
+png = Path(ui.make_handlers(inference.resolve_ladder()).sample(1.0, 4, 1.0, 0))
+folder = png.parents[1]  # FOLDER/png/NAME.png
+print(folder, oct(folder.stat().st_mode & 0o777), png, sep="\\n")
 """
 
 
@@ -222,9 +233,8 @@ def test_the_output_folder_is_private_per_server_and_a_planted_symlink_prunes_no
     second = _run_demo_code(SAMPLE_ONCE, tmpdir)
     assert len(list((victim / "png").iterdir())) == 300
     assert first[0] != second[0]  # one folder per server
-    for folder, mode, png in (first, second):
+    for folder, mode, _ in (first, second):
         assert Path(folder).parent == tmpdir and mode == "0o700"
-        assert Path(png).is_relative_to(folder)
         assert not Path(folder).exists()  # removed when the server exits
 
 

@@ -36,7 +36,8 @@ class Tab:
 
     `fn` answers the button with `inputs` → `outputs` under `api_name`. The first `images` inputs are
     images: a new one re-runs the tab (skipped while one is empty). The tab also re-runs when the page's
-    β is among its inputs and moves.
+    β is among its inputs and moves. `plane_point`: an output holding one image's numbers (a dict with
+    "beta", "kl" and "recon_nll" in nats) that the page's rate–distortion plane marks when it changes.
     """
 
     api_name: str
@@ -45,6 +46,7 @@ class Tab:
     outputs: list
     button: gr.Button
     images: int = 0
+    plane_point: gr.JSON | None = None
 
 
 @dataclass

@@ -4,6 +4,7 @@ weighted bounds by K (API name `posterior`); a click on the latent map decodes t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import gradio as gr
@@ -61,17 +62,33 @@ def handlers(models: Models) -> dict[str, Callable]:
 
     @user_errors
     @gpu
-    def decode_click(beta: float | None = None, evt: gr.SelectData = None):
-        """A click on the latent map → the image decoded from the code under the pointer."""
+    def decode_click(beta: float | None = None, evt: gr.EventData = None):
+        """A click on the latent map (a gr.SelectData, or the raw event: {"index": [x, y]} in pixels of
+        the shown map) → the image decoded from the code under the pointer."""
         rung = posterior_rung(beta)
-        if evt is None or not isinstance(evt.index, (list, tuple)) or len(evt.index) != 2:
-            raise inf.InputError("click a point of the latent map")
+        px, py = _clicked_pixel(evt)
         side = inf.latent_map(rung).shape[0] * MAP_SCALE
-        z1, z2 = inf.map_pixel_to_z(float(evt.index[0]), float(evt.index[1]), side, side)
+        z1, z2 = inf.map_pixel_to_z(px, py, side, side)
         image = inf.decode_code(rung, z1, z2)
         return outputs.png_file(im.to_pil(image[0])), text.decoded_caption(z1, z2)
 
     return {"posterior": posterior, "decode_click": decode_click}
+
+
+def _clicked_pixel(evt) -> tuple[float, float]:
+    """The (x, y) pixel of a click event. Annotated as gr.EventData (not SelectData) in the handler, so a
+    client's malformed event data reaches this message instead of failing inside Gradio."""
+    index = getattr(evt, "index", None)
+    if index is None:
+        data = getattr(evt, "_data", None)
+        index = data.get("index") if isinstance(data, dict) else None
+    try:
+        px, py = (float(v) for v in index)
+    except (TypeError, ValueError):
+        raise inf.InputError("click a point of the latent map") from None
+    if not (math.isfinite(px) and math.isfinite(py)):
+        raise inf.InputError("click a point of the latent map")
+    return px, py
 
 
 def layout(page: Page) -> Tab | None:

@@ -65,6 +65,7 @@ def layout(page: Page) -> Tab:
         outputs=[model_input, reconstruction, panel, stats],
         button=button,
         images=1,
+        plane_point=stats,
     )
 
 
