@@ -1,4 +1,5 @@
-"""Images in and out of the demo: uploads through the training decoder, and PNG/GIF layout.
+"""Images in and out of the demo: uploads through the training decoder, and the layout of grids (the
+files they are written to: demo.outputs).
 
 Uploads are decoded by `vae_triton.images.decode`, the function the training loaders fill their caches
 with, using the preprocessing of the model's dataset, so the model sees the pixels it was trained on.
@@ -10,18 +11,13 @@ from __future__ import annotations
 import functools
 import math
 import os
-import tempfile
-import time
-import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from vae_triton import images as decoder
-from vae_triton.io import atomic_path
 
 # Decompression-bomb limit for uploads: 40 MP covers any phone photo (a 64×64 model never needs more).
 # Checked from the image header before decoding (vae_triton.images); Pillow's own check uses it too.
@@ -29,8 +25,6 @@ MAX_IMAGE_PIXELS = 40_000_000
 Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 
 UPSCALE = 4  # 64 px images are shown 4× larger, nearest-neighbour, so the pixels stay crisp
-OUTPUT_DIR = Path(tempfile.gettempdir()) / "vae-triton-demo"
-KEEP_OUTPUT_FILES = 64  # GIFs kept in OUTPUT_DIR before the oldest are deleted
 
 
 class InputError(ValueError):
@@ -163,37 +157,3 @@ def annotated_grid(
             (left + c * (tile + gap) + tile // 2, body.height + bottom // 2), text, anchor="mm", **style
         )
     return canvas
-
-
-def write_gif(frames: torch.Tensor, *, frame_ms: int = 80, bounce: bool = True) -> Path:
-    """Frames (N, C, H, W) → an animated GIF in OUTPUT_DIR (forth and back when `bounce`), atomically.
-    GIF stores delays in centiseconds, so `frame_ms` should be a multiple of 10."""
-    pictures = [to_pil(f) for f in frames]
-    if bounce and len(pictures) > 2:
-        pictures = pictures + pictures[-2:0:-1]
-    if pictures[0].mode == "RGB":  # one shared palette keeps colours steady across frames
-        pictures = [p.quantize(colors=256, method=Image.Quantize.MEDIANCUT) for p in pictures]
-    OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
-    path = OUTPUT_DIR / f"interpolation-{uuid.uuid4().hex[:12]}.gif"
-    with atomic_path(path) as tmp:
-        pictures[0].save(
-            tmp, format="GIF", save_all=True, append_images=pictures[1:], duration=frame_ms, loop=0
-        )
-    _prune(OUTPUT_DIR, KEEP_OUTPUT_FILES)
-    return path
-
-
-def _prune(folder: Path, keep: int) -> None:
-    """Delete all but the newest `keep` GIFs (Gradio has copied older ones into its own cache by then)."""
-
-    def age(p: Path) -> float:
-        try:
-            return p.stat().st_mtime
-        except FileNotFoundError:  # a parallel request pruned it first
-            return 0.0
-
-    files = sorted(folder.glob("interpolation-*.gif"), key=age, reverse=True)
-    cutoff = time.time() - 60  # never delete a file a request may still be handing to Gradio
-    for old in files[keep:]:
-        if age(old) < cutoff:
-            old.unlink(missing_ok=True)

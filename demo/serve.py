@@ -94,7 +94,10 @@ def create_demo(
     )
     for note in ladder.notices:
         print(f"  note: {note}", flush=True)
-    return build_demo(ladder).queue(default_concurrency_limit=CONCURRENCY_LIMIT, max_size=QUEUE_SIZE)
+    # api_open=False: the REST routes (/run/NAME) would run any event outside the queue's limits.
+    return build_demo(ladder).queue(
+        default_concurrency_limit=CONCURRENCY_LIMIT, max_size=QUEUE_SIZE, api_open=False
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -33,10 +33,12 @@ def free_port() -> int:
 
 
 class ServerLog:
-    """What the app printed so far (stdout and stderr), read from its log file on demand."""
+    """What the app printed so far (stdout and stderr), read from its log file on demand; `pid`: the
+    server's process id."""
 
     def __init__(self, path: Path):
         self.path = path
+        self.pid: int | None = None
 
     def text(self) -> str:
         return self.path.read_text(errors="replace")
@@ -71,6 +73,7 @@ def serve_app(*args: str, env: dict | None = None):
                 stdout=sink,
                 stderr=subprocess.STDOUT,
             )
+        log.pid = proc.pid
         url = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + STARTUP_TIMEOUT_S

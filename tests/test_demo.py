@@ -24,8 +24,9 @@ from torch.distributions import Normal, kl_divergence
 
 from demo import images as im
 from demo import inference as inf
-from demo import text, ui
+from demo import outputs, text, ui
 from demo.make_examples import EXAMPLES
+from demo.tabs import interpolate, posterior
 from train.data import dsprites_images
 from vae_triton.images import decode
 from vae_triton.metrics import importance_weighted
@@ -75,8 +76,8 @@ def ladder(ladder_dir) -> inf.Ladder:
 
 
 def opened(value):
-    """A handler's PNG output (a file path, see ui.png_file) as the PIL image it holds."""
-    if isinstance(value, str) and value.endswith(".png") and Path(value).parent == ui.PNG_DIR:
+    """A handler's PNG output (a file path, see outputs.png_file) as the PIL image it holds."""
+    if isinstance(value, str) and value.endswith(".png") and Path(value).parent == outputs.png_dir():
         with Image.open(value) as img:
             return img.copy()
     return value
@@ -318,7 +319,7 @@ def test_interpolate_gives_a_strip_and_a_bouncing_gif(handlers, ladder):
     assert strip.size == (6 * 128 + 5 * 2, 128)
     with Image.open(gif) as anim:  # forth and back; PIL merges repeated frames, adding their durations
         durations = [anim.info["duration"] for _ in ImageSequence.Iterator(anim)]
-        assert anim.size == (256, 256) and sum(durations) == (2 * 6 - 2) * ui.GIF_FRAME_MS
+        assert anim.size == (256, 256) and sum(durations) == (2 * 6 - 2) * interpolate.GIF_FRAME_MS
     rung = ladder.pick(1.0)
     _, mu_a, _ = _encode(rung, a)
     with torch.no_grad():
@@ -333,14 +334,14 @@ def test_interpolate_gives_a_strip_and_a_bouncing_gif(handlers, ladder):
 def test_a_png_returned_again_survives_the_pruning_of_old_files(tmp_path, monkeypatch):
     # The failure this guards: a request whose picture matched an old file got that file's path back,
     # and the pruning of the same call (or a parallel one) deleted it before Gradio copied it.
-    monkeypatch.setattr(ui, "PNG_DIR", tmp_path)
+    monkeypatch.setattr(outputs, "PNG_DIR", tmp_path)
     pictures = [Image.new("L", (4, 4), shade) for shade in range(5)]
     hour_ago = time.time() - 3600
     for age_rank, picture in enumerate(pictures):  # pictures[0] the oldest
-        os.utime(ui.png_file(picture), (hour_ago + age_rank, hour_ago + age_rank))
-    monkeypatch.setattr(ui, "KEEP_PNG_FILES", 2)
-    again = ui.png_file(pictures[0])  # the oldest, beyond the newest 2
-    ui.png_file(Image.new("L", (4, 4), 99))  # a new picture prunes
+        os.utime(outputs.png_file(picture), (hour_ago + age_rank, hour_ago + age_rank))
+    monkeypatch.setattr(outputs, "KEEP_PNG_FILES", 2)
+    again = outputs.png_file(pictures[0])  # the oldest, beyond the newest 2
+    outputs.png_file(Image.new("L", (4, 4), 99))  # a new picture prunes
     assert Path(again).exists() and np.array_equal(np.asarray(opened(again)), np.asarray(pictures[0]))
     assert len(list(tmp_path.glob("*.png"))) == 2  # the new one and `again`; the old rest are gone
     assert not list(tmp_path.glob(".*.tmp"))
@@ -491,7 +492,7 @@ def test_the_posterior_tab_explores_a_two_latent_model(ladder_2d):
 def test_clicking_the_latent_map_decodes_the_code_under_the_pointer(ladder_2d):
     h = ui.make_handlers(ladder_2d, ladder_2d, "")
     rung = ladder_2d.rungs[0]
-    side = 15 * 28 * ui.MAP_SCALE
+    side = 15 * 28 * posterior.MAP_SCALE
     tile = side // 15
     # A click in the tile of row 2, column 11: the code exactly under the pointer (pixel centres map
     # linearly onto [−3, 3]², z₂ growing upwards) ...
