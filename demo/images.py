@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -31,28 +30,6 @@ class InputError(ValueError):
     """The user's input cannot be used; the message says why and what to do."""
 
 
-@dataclass(frozen=True)
-class Preprocess:
-    """How a dataset's images were cropped for training, so uploads get the same treatment.
-
-    crop_fraction: side of the centered square crop as a fraction of the shorter image side (1.0: the
-    largest centered square). background: grey level (0–255) under transparent pixels.
-    """
-
-    crop_fraction: float = 1.0
-    background: int = decoder.BACKGROUND
-
-
-# CelebA-64: center crop 148 of the aligned 178×218 image, i.e. 148/178 of the shorter side, then resize.
-# dSprites: white sprites on black (its training images have no alpha; a transparent upload goes on
-# black like them); any other image: largest centered square, alpha over the decoder's white.
-PREPROCESS = {
-    "celeba": Preprocess(crop_fraction=148 / 178),
-    "dsprites": Preprocess(crop_fraction=1.0, background=0),
-}
-DEFAULT_PREPROCESS = Preprocess()
-
-
 def open_image(source: str | os.PathLike | bytes) -> Image.Image:
     """Decode an upload (a path or raw bytes) fully, or raise InputError. EXIF rotation is applied."""
     if source is None:
@@ -68,13 +45,15 @@ def open_image(source: str | os.PathLike | bytes) -> Image.Image:
 def to_model_input(img: Image.Image, channels: int, size: int, dataset: str | None = None) -> torch.Tensor:
     """A PIL image of any size and mode → float tensor (1, channels, size, size) in [0, 1].
 
-    Exactly `vae_triton.images.decode` with the training preprocessing of `dataset` (see PREPROCESS):
-    centered square crop, bilinear resize when the size differs, grey or RGB as the model expects.
+    Exactly `vae_triton.images.decode` with the training preprocessing of `dataset`
+    (`vae_triton.images.pixel_spec`): centered square crop, bilinear resize when the size differs, grey or
+    RGB as the model expects.
     """
-    prep = PREPROCESS.get(dataset or "", DEFAULT_PREPROCESS)
-    crop = None if prep.crop_fraction == 1.0 else prep.crop_fraction
+    spec = decoder.pixel_spec(dataset)
     try:
-        x = decoder.decode(img, channels=channels, size=size, crop=crop, background=prep.background)
+        x = decoder.decode(
+            img, channels=channels, size=size, crop=spec.crop_fraction, background=spec.background
+        )
     except decoder.ImageDecodeError as e:
         raise InputError(f"the image cannot be used: {e}") from None
     except ValueError as e:  # a model with another channel count

@@ -30,6 +30,7 @@ import torch
 from vae_triton.latent import INTERPOLATION_MODES, interpolate, traverse
 from vae_triton.metrics import (
     importance_weighted,
+    is_binary,
     iw_bounds_by_k,
     kl_per_dim,
     log_importance_weights,
@@ -457,7 +458,7 @@ def reconstruct(rung: Rung, x: torch.Tensor, iw_samples: int = DEFAULT_IW_SAMPLE
         "iw_samples": k,
         "num_pixels": int(x[0].numel()),
         "likelihood": model.config.likelihood,
-        "binary_input": bool(((x == 0) | (x == 1)).all().item()),
+        "binary_input": is_binary(x),
     }
     return recon_image.cpu(), stats
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .inference import ACTIVE_KL, Ladder, Rung
+from vae_triton.images import pixel_spec
+from vae_triton.likelihoods import get_likelihood, likelihood_for
+from vae_triton.metrics import ACTIVE_UNIT_THRESHOLD
 
-DATASET_NAMES = {"dsprites": "dSprites", "celeba": "CelebA", "folder": "an image folder"}
+from .inference import ACTIVE_KL, Ladder, Rung
 
 INTRO = """\
 # vae-triton · a β-VAE you can poke at
@@ -18,7 +20,7 @@ buys a simpler, more disentangled code at the price of blurrier reconstructions.
 
 def data_name(rung: Rung) -> str:
     """What the model was trained on, for people: its metadata's `data_description` when it has one."""
-    return str(rung.metadata.get("data_description") or DATASET_NAMES.get(rung.dataset, rung.dataset))
+    return str(rung.metadata.get("data_description") or pixel_spec(rung.dataset).title)
 
 
 def fmt_beta(beta: float) -> str:
@@ -59,11 +61,11 @@ def model_card(rung: Rung, ladder: Ladder) -> str:
     """The selected model: data, β, training, and what it measured (config.json metadata, eval.json)."""
     cfg, meta, ev = rung.model.config, rung.metadata, rung.evaluation
     others = " · ".join(f"**{fmt_beta(b)}**" if b == rung.beta else fmt_beta(b) for b in ladder.betas)
-    decoder = cfg.likelihood + ("" if cfg.likelihood == "bernoulli" else f" (σ {cfg.sigma})")
+    decoder = likelihood_for(cfg).label
     rows = [
         (
             "data",
-            f"{DATASET_NAMES.get(rung.dataset, rung.dataset)}, {cfg.image_channels}×{cfg.image_size}² images",
+            f"{pixel_spec(rung.dataset).title}, {cfg.image_channels}×{cfg.image_size}² images",
         ),
         ("model", f"latent {cfg.latent_dim}, {decoder} decoder, {rung.model.num_parameters():,} parameters"),
     ]
@@ -91,7 +93,8 @@ def model_card(rung: Rung, ladder: Ladder) -> str:
         )
     active = ev.get("active_units", meta.get("active_units"))
     if active is not None:
-        rows.append(("active units", f"{active} / {cfg.latent_dim} (Var_x E_q[z_d] > 0.01)"))
+        threshold = f"Var_x E_q[z_d] > {ACTIVE_UNIT_THRESHOLD:g}"
+        rows.append(("active units", f"{active} / {cfg.latent_dim} ({threshold})"))
     if "mig" in ev:
         rows.append(("MIG (disentanglement)", f"{ev['mig']:.3f} (0 = entangled, 1 = one latent per factor)"))
     rows.append(("from", _source(rung, ladder)))
@@ -125,10 +128,12 @@ def elbo_panel(stats: dict) -> str:
         "shown is a lower estimate of KL[q ‖ p(z|x)]; raise K to tighten it)"
     )
     note = ""
-    if stats["likelihood"] == "bernoulli" and not stats["binary_input"]:
+    likelihood = get_likelihood(stats["likelihood"])
+    if likelihood.binary_only and not stats["binary_input"]:
         note = (
-            "\n\n*This image has grey pixels; the decoder is Bernoulli (trained on black/white sprites), so "
-            "the NLL is a cross-entropy rather than a normalised likelihood. The examples are exact.*"
+            f"\n\n*This image has grey pixels; the decoder is {likelihood.name.capitalize()} "
+            "(a likelihood of black/white pixels), so the NLL is a cross-entropy rather than a normalised "
+            "likelihood. The examples are exact.*"
         )
     return "\n".join(lines) + "\n" + identity + note
 

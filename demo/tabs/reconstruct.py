@@ -7,6 +7,8 @@ from collections.abc import Callable
 
 import gradio as gr
 
+from vae_triton.images import pixel_spec
+
 from .. import images as im
 from .. import inference as inf
 from .. import outputs, text
@@ -71,11 +73,12 @@ def layout(page: Page) -> Tab:
 
 def input_note(ladder: inf.Ladder) -> str:
     cfg = ladder.config
-    prep = im.PREPROCESS.get(ladder.dataset, im.DEFAULT_PREPROCESS)
+    prep = pixel_spec(ladder.dataset)
     crop = (
         "the largest centered square"
-        if prep.crop_fraction == 1.0
-        else f"a centered square of {prep.crop_fraction:.0%} of the shorter side (CelebA's 148 px of 178)"
+        if prep.crop is None
+        else f"a centered square of {prep.crop_fraction:.0%} of the shorter side "
+        f"({prep.title}'s {prep.crop} px of {prep.source_side})"
     )
     colour = "grey" if cfg.image_channels == 1 else "RGB"
     return (
