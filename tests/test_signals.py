@@ -95,6 +95,8 @@ def test_sigint_and_sigterm_then_resume_equal_an_uninterrupted_run(tmp_path):
                                  text=True, timeout=300)  # fmt: skip
         assert resumed.returncode == 0, resumed.stderr[-3000:]
         ok = same(weights(out), expected) and torch.equal(ckpt.load_checkpoint(out)["rng"], expected_rng)
+        print(f"{out.name}: exit {code}, {'stopped mid-run' if stopped else 'ran to the end'}, resumed "
+              f"{'bit-identical' if ok else 'DIFFERENT'}", flush=True)  # fmt: skip
         return sig, stopped, ok
 
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -206,3 +208,43 @@ def test_a_repeated_delivery_of_the_same_signal_is_one_request(tmp_path, monkeyp
         signal.signal(signal.SIGTERM, previous)
     assert stopped.value.code == 143 and not stopped.value.now
     assert ckpt.load_checkpoint(tmp_path / "run")["step"] == 3
+
+
+# ---- torchrun: the ranks agree on the step -----------------------------------------------------------
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(out: Path, cache: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+            "127.0.0.1", "--master_port", str(_free_port()), "-m", "train", *RUN, "--batch-size", "16",
+            "--cache-dir", str(cache), "--out", str(out), *extra]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_torchrun_group_stops_all_ranks_after_the_same_step(tmp_path):
+    # SIGTERM to the whole process group, as Slurm and `timeout` send it: the agent and both workers get
+    # it, and the agent forwards it once more. The ranks agree at a --log-every step.
+    cache, straight, split = tmp_path / "cache", tmp_path / "straight", tmp_path / "split"
+    r = subprocess.run(torchrun(straight, cache), cwd=REPO, env=env(), capture_output=True, text=True,
+                       timeout=400)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-4000:]
+    p = subprocess.Popen(torchrun(split, cache), cwd=REPO, env=env(), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    for line in p.stdout:
+        if line.startswith("step "):
+            break
+    os.killpg(p.pid, signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode != 0 and "SIGTERM received: stopped at step" in err, err[-4000:]
+    stopped_at = ckpt.load_checkpoint(split)["step"]
+    assert stopped_at % 4 == 0 and stopped_at < 80, stopped_at  # a --log-every step: where ranks agree
+    assert ckpt.load_checkpoint(split)["rng"].shape[0] == 2  # both ranks' noise streams saved
+    r = subprocess.run(torchrun(split, cache, "--resume"), cwd=REPO, env=env(), capture_output=True,
+                       text=True, timeout=400)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert same(weights(split), weights(straight))
