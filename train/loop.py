@@ -12,8 +12,10 @@ import math
 import statistics
 import sys
 import time
-from dataclasses import fields, replace
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,6 +41,7 @@ from .step import (  # noqa: F401 — StepResult, autocast_dtype, beta_at, lr_at
     make_optimizer,
     make_train_step,
 )
+from .stop import Interrupted, StopRequest, signal_name, stop_signals, stopped
 from .threads import set_num_threads
 
 EVAL_IMAGES = 512
@@ -183,7 +186,7 @@ class MetricsLog:
     def __init__(self, path: Path, enabled: bool, resume_step: int | None):
         self.path, self.enabled = path, enabled
         if enabled and resume_step is not None and path.exists():
-            kept = [r for r in read_metrics(path) if r.get("step", 0) <= resume_step]
+            kept = [r for r in read_metrics(path) if r.get("step", 0) <= resume_step and not r.get("final")]
             write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
         elif enabled and resume_step is None:
             write_text_atomic(path, "")
@@ -211,25 +214,89 @@ def _fixed_images(ds: ImageDataset, n: int, device) -> torch.Tensor:
     return ds.tensor(idx.numpy(), device)
 
 
+@dataclass
+class RunState:
+    """What a run holds between its phases: `_prepare` builds it, `_restore` continues a checkpoint,
+    `_loop` trains, `_finish` writes the final report."""
+
+    cfg: RunConfig
+    info: distributed.DistInfo
+    console: Console
+    num_threads: int
+    resume: dict | None  # the checkpoint being continued (train.checkpoint.load_checkpoint), or None
+    ds: ImageDataset
+    model_cfg: VAEConfig
+    model: VAE
+    optimizer: torch.optim.Optimizer
+    batches: BatchSource
+    total: int  # the planned number of steps
+    command: str  # the command line that reproduces the run
+    start: int = 0  # the step this process started from (the checkpoint's step on resume)
+    step: int = 0  # steps completed
+    end: int = 0  # the step this process stops at (`stop_at` or `total`)
+    # Built when the loop begins.
+    log: MetricsLog | None = None
+    stats: StepStats | None = None
+    step_fn: Callable | None = None
+    fixed: torch.Tensor | None = None  # fixed training images for the per-eval numbers and grids
+    tracker: HeldOutTracker | None = None
+    progress: Any = None  # the tqdm bar, or None
+    stop: StopRequest | None = None
+    # Bookkeeping of the loop.
+    saved_step: int | None = None  # the step of the newest checkpoint on disk
+    last_good: int = 0  # the newest checkpoint written by the loop, for the divergence message
+    total_skipped: int = 0
+    result: StepResult | None = None  # the last step's numbers (β and lr for the log line)
+    window_t0: float = 0.0
+    window_step0: int = 0
+    img_per_s: float = float("nan")
+    run_t0: float = 0.0
+    loop_seconds: float = 0.0
+    out_of_time: bool = False
+    planned_steps: int = 0  # the steps planned before --time-limit cut the run short
+
+    @property
+    def out(self) -> Path:
+        return Path(self.cfg.out)
+
+    @property
+    def device(self) -> torch.device:
+        return self.info.device
+
+
 def train(cfg: RunConfig, *, argv: list[str] | None = None, stop_at: int | None = None) -> dict:
-    """Run training as configured; return the final evaluation. `stop_at` ends early like Ctrl-C."""
+    """Run training as configured; return the final evaluation. `stop_at` ends early like Ctrl-C.
+
+    SIGINT and SIGTERM stop the run after the step in progress, with a checkpoint of it, and raise
+    `train.stop.Interrupted` (a KeyboardInterrupt) or `train.stop.Terminated` (SystemExit(143));
+    a second signal raises at once. The previous signal handlers are back when this returns.
+    """
     info = distributed.init(cfg.device)
     try:
-        return _train(cfg, info, argv, stop_at)
+        run = _prepare(cfg, info, argv)
+        done = _already_finished(run)
+        if done is not None:
+            return done
+        _restore(run)
+        with stop_signals(announce=info.is_main) as run.stop:
+            stopped_early = _loop(run, stop_at)
+            if stopped_early is not None:
+                return stopped_early
+            run.stop.until = "the final report (seconds)"  # the model is worth the wait
+            return _finish(run)
     finally:
         distributed.shutdown(info)
 
 
-def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
-    out = Path(cfg.out)
-    device = info.device
+def _prepare(cfg: RunConfig, info: distributed.DistInfo, argv) -> RunState:
+    """Settings (the checkpoint's on --resume), data, model, optimizer and the step count."""
     num_threads = set_num_threads(cfg.num_threads)
     console = Console(quiet=cfg.quiet, is_main=info.is_main)
     if info.is_main:
-        check_output_dir(out)  # before any work: a bad --out fails now, not after training
-
+        check_output_dir(Path(cfg.out))  # before any work: a bad --out fails now, not after training
     resume = None
     if cfg.resume:
+        out = Path(cfg.out)
         resume = load_checkpoint(out if cfg.resume == "auto" else Path(cfg.resume), map_location="cpu")
         # The saved run defines the experiment; only the length, logging and hardware may change.
         given = explicit_fields(argv) if argv is not None else _non_default_fields(cfg)
@@ -251,45 +318,82 @@ def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
     _refuse_batchnorm_of_one(cfg, model_cfg, info)
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    model = VAE(model_cfg).to(device)
+    model = VAE(model_cfg).to(info.device)
     model.check_inputs = False  # uint8 / 255 is in [0, 1] by construction; no host sync per step
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, cfg)
     batches = BatchSource(
-        ds, cfg.batch_size, device, seed=cfg.seed, hflip=cfg.hflip, rank=info.rank, world=info.world
+        ds, cfg.batch_size, info.device, seed=cfg.seed, hflip=cfg.hflip, rank=info.rank, world=info.world
     )
     total = cfg.steps if cfg.steps is not None else math.ceil(cfg.epochs * batches.steps_per_epoch)
     if cfg.kl_warmup_steps is None:
         cfg.kl_warmup_steps = default_kl_warmup_steps(total)
-    command = reproduce_command(cfg)
-    if resume is not None and resume["step"] >= total:
-        longer = replace(cfg, steps=2 * resume["step"], epochs=None)
-        how = (  # a cosine schedule spans the planned steps: a longer one is another run
-            f"start a new run with more --steps: {reproduce_command(replace(longer, out=f'{out}-longer'))}"
-            if cfg.lr_schedule == "cosine"
-            else f"raise --steps: {reproduce_command(longer)} --resume"
-        )
-        console.notice(
-            f"{out} already finished: its checkpoint is at step {resume['step']} of {total}, so there is "
-            f"nothing to train. To train longer, {how}"
-        )
-        return {"step": resume["step"], "already_finished": True}
+    return RunState(cfg, info, console, num_threads, resume, ds, model_cfg, model, optimizer, batches, total,
+                    command=reproduce_command(cfg))  # fmt: skip
 
-    start = 0
+
+def _already_finished(run: RunState) -> dict | None:
+    """On --resume of a run whose checkpoint is at its last step: say so and return, unless the final
+    report (model.safetensors, card, final metrics) is incomplete: then the run goes on to write it."""
+    if run.resume is None or run.resume["step"] < run.total:
+        return None
+    cfg, step, out = run.cfg, run.resume["step"], run.out
+    failure = run.resume["extra"].get("failed")
+    if failure:  # the run ended by skipping most of its steps: its weights are no result to report
+        raise TrainingDiverged(_failed(cfg, run.command, run.info, failure, True, step))
+    missing = _report_missing(out, step)
+    if missing:
+        run.console.notice(f"{out} finished training at step {step}, but {' and '.join(missing)} "
+                           "of its final report are missing: writing them now")  # fmt: skip
+        return None
+    longer = replace(cfg, steps=2 * step, epochs=None)
+    how = (  # a cosine schedule spans the planned steps: a longer one is another run
+        f"start a new run with more --steps: {reproduce_command(replace(longer, out=f'{out}-longer'))}"
+        if cfg.lr_schedule == "cosine"
+        else f"raise --steps: {reproduce_command(longer)} --resume"
+    )
+    run.console.notice(
+        f"{out} already finished: its checkpoint is at step {step} of {run.total}, so there is "
+        f"nothing to train. To train longer, {how}"
+    )
+    return {"step": step, "already_finished": True}
+
+
+def _report_missing(out: Path, step: int) -> list[str]:
+    """The parts of a finished run's final report at `step` that are not in `out`."""
+    missing = []
+    try:
+        meta = json.loads((out / "config.json").read_text()).get("metadata") or {}
+    except (OSError, ValueError, AttributeError):
+        meta = {}
+    final_model = meta.get("finished") is True and meta.get("steps") == step
+    if not (out / "model.safetensors").is_file() or not final_model:
+        missing.append("the final model.safetensors")
+    if not (out / "README.md").is_file():
+        missing.append("the model card README.md")
+    if not any(r.get("final") and r.get("step") == step for r in read_metrics(out / "metrics.jsonl")):
+        missing.append("the final metrics.jsonl line")
+    return missing
+
+
+def _restore(run: RunState) -> None:
+    """Seed the noise streams and, on --resume, load the checkpoint's weights, optimizer and RNG state;
+    then write run_config.json and open metrics.jsonl."""
+    cfg, info, out = run.cfg, run.info, run.out
     torch.manual_seed(cfg.seed + 1 + info.rank)  # the reparameterization noise differs between ranks
-    if resume is not None:
+    if run.resume is not None:
         try:
-            model.load_state_dict(resume["model"])
-            optimizer.load_state_dict(resume["optimizer"])
+            run.model.load_state_dict(run.resume["model"])
+            run.optimizer.load_state_dict(run.resume["optimizer"])
         except (RuntimeError, ValueError, KeyError) as e:
             raise CheckpointError(
                 f"the checkpoint does not fit this model/optimizer: {str(e).splitlines()[0]}"
             ) from None
-        start = resume["step"]
-        rng = resume["rng"]
+        run.start = run.saved_step = run.last_good = run.resume["step"]
+        rng = run.resume["rng"]
         if rng.shape[0] == info.world:
-            set_rng_state(rng[info.rank], device)  # each rank continues its own noise stream
+            set_rng_state(rng[info.rank], run.device)  # each rank continues its own noise stream
         else:
             if info.is_main:
                 print(
@@ -297,10 +401,10 @@ def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
                     f"{info.world}: the noise streams restart (not a bit-exact continuation)",
                     file=sys.stderr,
                 )
-            torch.manual_seed(cfg.seed + 1 + info.rank + 7919 * start)
-
+            torch.manual_seed(cfg.seed + 1 + info.rank + 7919 * run.start)
+    run.step = run.start
     if info.is_main:
-        if resume is None and (out / "checkpoints" / "latest.json").exists():
+        if run.resume is None and (out / "checkpoints" / "latest.json").exists():
             print(
                 f"warning: {out} holds a checkpoint; starting a fresh run that will replace it "
                 "(use --resume to continue it instead)",
@@ -308,169 +412,242 @@ def _train(cfg: RunConfig, info: distributed.DistInfo, argv, stop_at) -> dict:
             )
         out.mkdir(parents=True, exist_ok=True)
         cfg.save(out / "run_config.json")
-    log = MetricsLog(out / "metrics.jsonl", info.is_main, start if resume is not None else None)
-    console.start_block(
-        cfg=cfg, dataset=ds, model=model, device=_device_name(device), total=total, start=start,
-        cache=cache_summary(ds.images, Path(cfg.cache_dir) if cfg.cache_dir else DEFAULT_CACHE),
-    )  # fmt: skip
+    run.log = MetricsLog(out / "metrics.jsonl", info.is_main, run.start if run.resume is not None else None)
+
+
+def _begin_loop(run: RunState, stop_at: int | None) -> None:
+    """The start block, the training step, the trackers and the progress bar."""
+    cfg, info, device = run.cfg, run.info, run.device
+    cache = cache_summary(run.ds.images, Path(cfg.cache_dir) if cfg.cache_dir else DEFAULT_CACHE)
+    run.console.start_block(cfg=cfg, dataset=run.ds, model=run.model, device=_device_name(device),
+                            total=run.total, start=run.start, cache=cache)  # fmt: skip
     # Running sums on the device, added by the step itself (inside its CUDA graph) and read back only when
     # logging: loss, recon, kl, grad-norm (good steps), then good steps, skipped steps, the current run of
     # skipped steps and the longest such run.
-    stats = StepStats(device)
-    step_fn = make_train_step(
-        model, optimizer, cfg, dist_info=info, total_steps=total, stats=stats, note=console.say
-    )
-    fixed = _fixed_images(ds, min(EVAL_IMAGES, cfg.eval_images), device)
-    tracker = HeldOutTracker(cfg, model, out, device) if info.is_main else None
-    run_t0 = time.perf_counter()
-
-    def checkpoint(step):
-        distributed.check_in_sync(model, info)
-        rng = distributed.all_gather_rows(rng_state(device), info)
-        if info.is_main:
-            save_checkpoint(out, model, optimizer, step, cfg.to_dict(), rng=rng)
-
-    progress = None
+    run.stats = StepStats(device)
+    run.step_fn = make_train_step(
+        run.model, run.optimizer, cfg, dist_info=info, total_steps=run.total, stats=run.stats,
+        note=run.console.say,
+    )  # fmt: skip
+    run.fixed = _fixed_images(run.ds, min(EVAL_IMAGES, cfg.eval_images), device)
+    run.tracker = HeldOutTracker(cfg, run.model, run.out, device) if info.is_main else None
+    run.run_t0 = time.perf_counter()
     if info.is_main and cfg.progress and not cfg.quiet:
         from tqdm.auto import tqdm
 
-        progress = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
+        run.progress = tqdm(total=run.total, initial=run.start, desc="train", unit="step", dynamic_ncols=True)
+    run.window_step0 = run.start
+    run.window_t0 = time.perf_counter()
+    run.end = run.total if stop_at is None else min(run.total, stop_at)
 
-    step, last_good = start, start
-    has_checkpoint, total_skipped, window_step0 = resume is not None, 0, start
-    sums, counts = stats.sums, stats.counts
-    window_t0, img_per_s = time.perf_counter(), float("nan")
-    end = total if stop_at is None else min(total, stop_at)
-    interrupted = out_of_time = False
+
+def _loop(run: RunState, stop_at: int | None) -> dict | None:
+    """Train from `run.step` to the end; stop between steps on a signal, `stop_at` or --time-limit.
+
+    Returns None when the run reached its planned steps (or its time limit), {"step": n} when it stopped
+    at `stop_at`; raises `train.stop.Interrupted`/`Terminated` after the checkpoint on a signal."""
+    _begin_loop(run, stop_at)
+    interrupted, signum = False, None
     loop_t0 = time.perf_counter()
-    deadline = None if cfg.time_limit is None else loop_t0 + cfg.time_limit
-    model.train()
+    deadline = None if run.cfg.time_limit is None else loop_t0 + run.cfg.time_limit
+    run.model.train()
     try:
-        while step < end:
-            if deadline is not None and _past(deadline, info, device):
-                out_of_time = True
+        while run.step < run.end:
+            if deadline is not None and _past(deadline, run.info, run.device):
+                run.out_of_time = True
                 break
-            # The batch is gathered straight into the step's static input (its CUDA graph reads it there).
-            result = step_fn(batches.batch(step, out=getattr(step_fn, "input", None)), step)
-            step += 1
-            if not result.counted:  # a step that does not keep the running sums itself
-                stats.add(result)
-            log_now = step % cfg.log_every == 0 or step == end
-            # The device counters are read (a host sync) only when logging, and before a checkpoint (which
-            # syncs anyway): a diverged run stops at the next of these, its skipped steps left the weights
-            # untouched.
-            if log_now or step % cfg.checkpoint_every == 0:
-                good, skipped, _, longest = counts.tolist()
-                total_skipped += int(skipped)
-                if skipped:
-                    console.warn(
-                        f"{int(skipped)} step(s) with a non-finite loss or gradient skipped "
-                        f"before step {step}"
-                    )
-                if longest >= cfg.max_bad_steps or total_skipped > cfg.max_bad_steps:
-                    what = (
-                        f"{int(longest)} non-finite steps in a row"
-                        if longest >= cfg.max_bad_steps
-                        else f"{total_skipped} non-finite steps in all (more than --max-bad-steps)"
-                    )
-                    raise TrainingDiverged(
-                        _failed(cfg, command, info, f"{what}, up to step {step}; stopped.", has_checkpoint,
-                                last_good)  # fmt: skip
-                    )
-                counts[1] = 0
-                counts[3] = counts[2]
-            if log_now:
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                elapsed = time.perf_counter() - window_t0
-                good = counts[0].item()
-                img_per_s = good * cfg.batch_size / max(elapsed, 1e-9)
-                if good:
-                    loss, recon, kl, gn = (sums / good).tolist()
-                    record = {
-                        "step": step,
-                        "epoch": round(step / batches.steps_per_epoch, 4),
-                        "loss": loss,
-                        "recon": recon,
-                        "kl": kl,
-                        "beta": result.beta,
-                        "grad_norm": gn,
-                        "lr": result.lr,
-                        "img_per_s": img_per_s,
-                    }
-                    log.write(record)
-                    if progress is not None:
-                        progress.set_postfix(loss=f"{loss:.1f}", kl=f"{kl:.1f}", img_s=f"{img_per_s:.0f}")
-                    else:
-                        console.log_line(record, end, elapsed / max(step - window_step0, 1))
-                sums.zero_()
-                counts[0] = 0
-                window_t0, window_step0 = time.perf_counter(), step
-            paused = time.perf_counter()  # evaluation, grids and checkpoints stay out of img/s
-            if info.is_main and (step % cfg.eval_every == 0 or step == total):
-                log.write({"step": step, "eval_split": cfg.split, **evaluate_fixed(model, fixed)})
-                held_out = tracker.evaluate(step, _metadata(cfg, model_cfg, step, {}, partial=True))
-                if held_out:
-                    log.write(held_out)
-                    if progress is not None:
-                        progress.set_postfix_str(f"{tracker.split} ELBO {held_out['heldout_elbo']:.1f}")
-                    else:
-                        console.say(f"step {step:>{len(str(end))}}/{end}  {tracker.describe(held_out)}")
-                save_grids(model, fixed, out, step)
-            if step % cfg.checkpoint_every == 0 and step != total:
-                checkpoint(step)
-                last_good, has_checkpoint = step, True
-            window_t0 += time.perf_counter() - paused
-            if progress is not None:
-                progress.update(1)
-    except KeyboardInterrupt:
+            synced = _train_step(run)
+            _between_steps(run)
+            if run.progress is not None:
+                run.progress.update(1)
+            signum = _stop_signal(run, synced) if run.step < run.end else None
+            if signum:
+                break
+    except Interrupted:  # the second signal: no checkpoint of the step it cut short
+        raise
+    except KeyboardInterrupt:  # raised by code, or with train() off the main thread (no handler there)
         interrupted = True
     finally:
-        if progress is not None:
-            progress.close()
+        if run.progress is not None:
+            run.progress.close()
+    run.loop_seconds = time.perf_counter() - loop_t0
+    return _end_loop(run, interrupted, signum)
 
-    loop_seconds = time.perf_counter() - loop_t0
-    if out_of_time:
-        distributed.barrier(info)
-        if info.is_main:
-            print(f"--time-limit {cfg.time_limit:g} s reached at step {step}/{total}", file=sys.stderr)
-        total = step  # finish like a complete run: final checkpoint, evaluation and model card
-    checkpoint(step)
-    if interrupted or step < total:
-        if info.is_main:
-            model.save_pretrained(
-                out, metadata=_metadata(cfg, model_cfg, step, {"img_per_s": img_per_s}, partial=True)
-            )
-            console.notice(
-                f"stopped at step {step}/{total}; checkpoint saved. Continue with: {command} --resume"
-            )
-        if interrupted:
-            raise KeyboardInterrupt
-        distributed.barrier(info)
-        return {"step": step}
 
-    if 2 * total_skipped > step - start:  # most steps skipped: the weights are not a result
-        raise TrainingDiverged(
-            _failed(cfg, command, info, f"{total_skipped} of its {step - start} steps were skipped "
-                    "(non-finite loss or gradient).", True, step)  # fmt: skip
+def _train_step(run: RunState) -> bool:
+    """One step, its running sums and, at a logging or checkpoint step, the host-side checks and the log
+    line. Returns whether this step read the device counters (a host sync)."""
+    cfg = run.cfg
+    # The batch is gathered straight into the step's static input (its CUDA graph reads it there).
+    run.result = run.step_fn(run.batches.batch(run.step, out=getattr(run.step_fn, "input", None)), run.step)
+    run.step += 1
+    if not run.result.counted:  # a step that does not keep the running sums itself
+        run.stats.add(run.result)
+    log_now = run.step % cfg.log_every == 0 or run.step == run.end
+    # The device counters are read (a host sync) only when logging, and before a checkpoint (which syncs
+    # anyway): a diverged run stops at the next of these, its skipped steps left the weights untouched.
+    synced = log_now or run.step % cfg.checkpoint_every == 0
+    if synced:
+        _check_skipped(run)
+    if log_now:
+        _log_window(run)
+    return synced
+
+
+def _check_skipped(run: RunState) -> None:
+    """Warn about skipped (non-finite) steps; stop a run with too many of them."""
+    counts, cfg = run.stats.counts, run.cfg
+    good, skipped, _, longest = counts.tolist()
+    run.total_skipped += int(skipped)
+    if skipped:
+        run.console.warn(
+            f"{int(skipped)} step(s) with a non-finite loss or gradient skipped before step {run.step}"
         )
+    if longest >= cfg.max_bad_steps or run.total_skipped > cfg.max_bad_steps:
+        what = (
+            f"{int(longest)} non-finite steps in a row"
+            if longest >= cfg.max_bad_steps
+            else f"{run.total_skipped} non-finite steps in all (more than --max-bad-steps)"
+        )
+        raise TrainingDiverged(
+            _failed(cfg, run.command, run.info, f"{what}, up to step {run.step}; stopped.",
+                    run.saved_step is not None, run.last_good)  # fmt: skip
+        )
+    counts[1] = 0
+    counts[3] = counts[2]
+
+
+def _log_window(run: RunState) -> None:
+    """The metrics line of the logging window that ends at this step (means over its good steps)."""
+    if run.device.type == "cuda":
+        torch.cuda.synchronize(run.device)
+    elapsed = time.perf_counter() - run.window_t0
+    sums, counts = run.stats.sums, run.stats.counts
+    good = counts[0].item()
+    run.img_per_s = good * run.cfg.batch_size / max(elapsed, 1e-9)
+    if good:
+        loss, recon, kl, gn = (sums / good).tolist()
+        record = {
+            "step": run.step,
+            "epoch": round(run.step / run.batches.steps_per_epoch, 4),
+            "loss": loss,
+            "recon": recon,
+            "kl": kl,
+            "beta": run.result.beta,
+            "grad_norm": gn,
+            "lr": run.result.lr,
+            "img_per_s": run.img_per_s,
+        }
+        run.log.write(record)
+        if run.progress is not None:
+            run.progress.set_postfix(loss=f"{loss:.1f}", kl=f"{kl:.1f}", img_s=f"{run.img_per_s:.0f}")
+        else:
+            run.console.log_line(record, run.end, elapsed / max(run.step - run.window_step0, 1))
+    sums.zero_()
+    counts[0] = 0
+    run.window_t0, run.window_step0 = time.perf_counter(), run.step
+
+
+def _between_steps(run: RunState) -> None:
+    """--eval-every numbers and grids, and --checkpoint-every checkpoints (all kept out of img/s)."""
+    cfg, step = run.cfg, run.step
+    paused = time.perf_counter()
+    if run.info.is_main and (step % cfg.eval_every == 0 or step == run.total):
+        run.log.write({"step": step, "eval_split": cfg.split, **evaluate_fixed(run.model, run.fixed)})
+        held_out = run.tracker.evaluate(step, _metadata(cfg, run.model_cfg, step, {}, partial=True))
+        if held_out:
+            run.log.write(held_out)
+            if run.progress is not None:
+                run.progress.set_postfix_str(f"{run.tracker.split} ELBO {held_out['heldout_elbo']:.1f}")
+            else:
+                where = f"step {step:>{len(str(run.end))}}/{run.end}"
+                run.console.say(f"{where}  {run.tracker.describe(held_out)}")
+        save_grids(run.model, run.fixed, run.out, step)
+    if step % cfg.checkpoint_every == 0 and step != run.total:
+        _checkpoint(run)
+        run.last_good = step
+    run.window_t0 += time.perf_counter() - paused
+
+
+def _stop_signal(run: RunState, synced: bool) -> int | None:
+    """The stop signal to act on now, or None. One process acts on its own request at once; under DDP
+    the ranks agree (the largest signal number any rank got) at the steps where they read the device
+    counters anyway (--log-every and --checkpoint-every), so all stop after the same step."""
+    signum = run.stop.signum or 0
+    if run.info.enabled:
+        if not synced:
+            return None
+        signum = int(distributed.all_max(torch.tensor(float(signum), device=run.device), run.info).item())
+    return signum or None
+
+
+def _checkpoint(run: RunState, extra: dict | None = None) -> None:
+    """A checkpoint of the completed step `run.step` (every rank takes part; rank 0 writes)."""
+    distributed.check_in_sync(run.model, run.info)
+    rng = distributed.all_gather_rows(rng_state(run.device), run.info)
+    if run.info.is_main:
+        save_checkpoint(run.out, run.model, run.optimizer, run.step, run.cfg.to_dict(), rng=rng, extra=extra)
+    run.saved_step = run.step
+
+
+def _end_loop(run: RunState, interrupted: bool, signum: int | None) -> dict | None:
+    """The checkpoint of the last step; for a run that stopped early, its partial model and how to go on."""
+    cfg, info, step = run.cfg, run.info, run.step
+    if run.out_of_time:
+        distributed.barrier(info)
+        if info.is_main:
+            print(f"--time-limit {cfg.time_limit:g} s reached at step {step}/{run.total}", file=sys.stderr)
+        run.planned_steps, run.total = run.end, step  # finish like a complete run
+    finished = not interrupted and signum is None and step >= run.total
+    failure = None
+    if finished and 2 * run.total_skipped > step - run.start:  # most steps skipped: the weights are no result
+        failure = (f"{run.total_skipped} of its {step - run.start} steps were skipped "
+                   "(non-finite loss or gradient).")  # fmt: skip
+    if run.saved_step != step or failure:
+        _checkpoint(run, extra={"failed": failure} if failure else None)
+    if failure:
+        raise TrainingDiverged(_failed(cfg, run.command, info, failure, True, step))
+    if finished:
+        return None
+    if info.is_main:
+        metadata = _metadata(cfg, run.model_cfg, step, {"img_per_s": run.img_per_s}, partial=True)
+        run.model.save_pretrained(run.out, metadata=metadata)
+        why = f"{signal_name(signum)} received: " if signum else ""
+        run.console.notice(f"{why}stopped at step {step}/{run.total}; checkpoint saved. "
+                           f"Continue with: {run.command} --resume")  # fmt: skip
+    if signum:
+        raise stopped(signum)
+    if interrupted:
+        raise KeyboardInterrupt
+    distributed.barrier(info)
+    return {"step": step}
+
+
+def _finish(run: RunState) -> dict:
+    """The final report on rank 0: held-out evaluation, model.safetensors, grids, the card, the summary."""
+    cfg, info, out = run.cfg, run.info, run.out
     final = {}
     if info.is_main:
-        extra = {"num_threads": num_threads, "train_seconds": round(loop_seconds, 2)}
-        extra.update(tracker.summary() if tracker else {})
+        extra = {"num_threads": run.num_threads}
+        if run.step > run.start:  # this process trained (not only finishing a stopped report)
+            extra["train_seconds"] = round(run.loop_seconds, 2)
+        extra.update(run.tracker.summary() if run.tracker else {})
         extra.update(heldout_trend(read_metrics(out / "metrics.jsonl")))
-        if out_of_time:
-            extra.update(time_limit_s=cfg.time_limit, planned_steps=end)
-        final = final_report(model, cfg, model_cfg, step, img_per_s, device, command, out, extra=extra)
+        if run.out_of_time:
+            extra.update(time_limit_s=cfg.time_limit, planned_steps=run.planned_steps)
+        final = final_report(run.model, cfg, run.model_cfg, run.step, run.img_per_s, run.device, run.command,
+                             out, extra=extra)  # fmt: skip
         stale = out / "eval.json"  # it measured the weights this run just replaced
         if stale.exists():
             stale.unlink()
-            console.notice(f"removed {stale}: it evaluated the previous weights; run train.evaluate again")
-        console.final_block(final=final, out=out, elapsed=time.perf_counter() - run_t0, reproduce=command,
-                            likelihood=model_cfg.likelihood, lr_schedule=cfg.lr_schedule)  # fmt: skip
+            run.console.notice(f"removed {stale}: it evaluated the previous weights; "
+                               "run train.evaluate again")  # fmt: skip
+        run.console.final_block(final=final, out=out, elapsed=time.perf_counter() - run.run_t0,
+                                reproduce=run.command, likelihood=run.model_cfg.likelihood,
+                                lr_schedule=cfg.lr_schedule)  # fmt: skip
         if cfg.push_to_hub:
-            url = model.push_to_hub(cfg.push_to_hub, extra_files=[str(out / "README.md")])
-            console.say(f"pushed to {url}")
+            url = run.model.push_to_hub(cfg.push_to_hub, extra_files=[str(out / "README.md")])
+            run.console.say(f"pushed to {url}")
     distributed.barrier(info)  # the other ranks wait for rank 0's report, then all shut down together
     return final
 
@@ -481,6 +658,8 @@ def _past(deadline: float, info: distributed.DistInfo, device) -> bool:
     if info.enabled:
         over = bool(distributed.all_max(torch.tensor(float(over), device=device), info).item())
     return over
+
+
 def _non_default_fields(cfg: RunConfig) -> set[str]:
     """For `train(cfg)` called from Python: the fields set to something other than the default."""
     default = RunConfig(dataset=cfg.dataset)
