@@ -198,8 +198,6 @@ def _constructed_mlp_vae(scale: float) -> VAE:
     return model
 
 
-@pytest.mark.xfail(strict=True, reason="train/loop.py still counts with the unbiased variance; the "
-                   "coordinator wires it to metrics.active_units, then this marker goes")  # fmt: skip
 def test_training_log_counts_active_units_like_evaluate():
     from train.loop import evaluate_fixed
 

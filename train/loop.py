@@ -21,8 +21,9 @@ import numpy as np
 import torch
 
 from vae_triton.io import write_text_atomic
-from vae_triton.metrics import bits_per_dim
-from vae_triton.model import VAE, VAEConfig, kl_per_dim
+from vae_triton.likelihoods import likelihood_for
+from vae_triton.metrics import active_units, bits_per_dim, bpd_convention, is_binary, kl_per_dim
+from vae_triton.model import VAE, VAEConfig
 
 from . import distributed
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -30,7 +31,7 @@ from .command_line import explicit_fields, reproduce_command, resume_config
 from .config import RunConfig, default_kl_warmup_steps, default_preset
 from .console import Console, cache_summary
 from .data import DEFAULT_CACHE, BatchSource, DataUnavailableError, ImageDataset, dataset_for_split
-from .paths import check_output_dir
+from .paths import check_output_dir, lock_run_folder
 from .report import failure_card, heldout_trend, interleave_rows, read_metrics, save_grid, write_model_card
 from .step import (  # noqa: F401 — StepResult, autocast_dtype, beta_at, lr_at: names train.loop always had
     StepResult,
@@ -75,17 +76,16 @@ def evaluate_fixed(model: VAE, x: torch.Tensor, *, seed: int = 0) -> dict:
         "eval_kl": kl_m,
         "eval_elbo": -(recon_m + kl_m),
         "kl_per_dim": [round(v, 4) for v in kl_per_dim(mu, logvar, model.config.logvar_clamp).tolist()],
-        # Active units (Burda et al.): Cov_x(E_q[z|x]) > 0.01 per dimension.
-        "active_units": int((mu.var(dim=0) > 0.01).sum().item()),
+        "active_units": active_units(mu),
         "eval_images": int(x.shape[0]),
     }
-    # bits/dim with D = C·H·W of the data: dequantized for a density (Gaussian), discrete for a pmf over
-    # binary pixels (Bernoulli); metrics.bits_per_dim states both conventions.
-    # A Bernoulli decoder on grey pixels is no likelihood of the data: no bits/dim then.
-    dequantized = model.config.likelihood == "gaussian"
-    if dequantized or bool(((x == 0) | (x == 1)).all()):
-        result["eval_bpd"] = bits_per_dim(recon_m + kl_m, model.config.num_pixels, dequantized=dequantized)
-        result["eval_bpd_convention"] = "dequantized 8-bit" if dequantized else "binary pixels, a pmf"
+    # bits/dim with D = C·H·W of the data, in the likelihood's convention (none for a Bernoulli decoder on
+    # grey pixels: its NLL is no likelihood of that data); train.evaluate asks the same function.
+    convention = bpd_convention(model, is_binary(x))
+    if convention is not None:
+        nll = recon_m + kl_m
+        result["eval_bpd"] = bits_per_dim(nll, model.config.num_pixels, dequantized=convention.dequantized)
+        result["eval_bpd_convention"] = convention.label
     return result
 
 
@@ -117,7 +117,7 @@ def non_binary_share(ds: ImageDataset, max_images: int = 2000) -> float:
 
 def warn_if_not_binary(ds: ImageDataset, model_cfg: VAEConfig, cfg: RunConfig) -> None:
     """A Bernoulli likelihood on grey pixels is not a normalised likelihood of the data: say so."""
-    if model_cfg.likelihood != "bernoulli" or getattr(cfg, "binarize", "none") not in (None, "none"):
+    if not likelihood_for(model_cfg).binary_only or getattr(cfg, "binarize", "none") not in (None, "none"):
         return
     share = non_binary_share(ds)
     if share > 0:
@@ -273,17 +273,19 @@ def train(cfg: RunConfig, *, argv: list[str] | None = None, stop_at: int | None 
     """
     info = distributed.init(cfg.device)
     try:
-        run = _prepare(cfg, info, argv)
-        done = _already_finished(run)
-        if done is not None:
-            return done
-        _restore(run)
-        with stop_signals(announce=info.is_main) as run.stop:
-            stopped_early = _loop(run, stop_at)
-            if stopped_early is not None:
-                return stopped_early
-            run.stop.until = "the final report (seconds)"  # the model is worth the wait
-            return _finish(run)
+        # One run per --out (the second one is refused, naming the first one's PID); refuses an empty --out.
+        with lock_run_folder(cfg.out, enabled=info.is_main):
+            run = _prepare(cfg, info, argv)
+            done = _already_finished(run)
+            if done is not None:
+                return done
+            _restore(run)
+            with stop_signals(announce=info.is_main) as run.stop:
+                stopped_early = _loop(run, stop_at)
+                if stopped_early is not None:
+                    return stopped_early
+                run.stop.until = "the final report (seconds)"  # the model is worth the wait
+                return _finish(run)
     finally:
         distributed.shutdown(info)
 

@@ -25,7 +25,7 @@ from torch import nn
 from . import ops
 from .io import write_json_atomic, write_safetensors
 from .likelihoods import LIKELIHOODS, Gaussian, likelihood_for
-from .metrics import free_bits_kl, kl_per_dim  # noqa: F401 — kl_per_dim: the name train.loop imports here
+from .metrics import free_bits_kl
 
 FORMAT_VERSION = 1
 MODEL_TYPE = "vae-triton-conv"
