@@ -7,8 +7,8 @@ Rows: `encode+decode` is one image through the encoder and the decoder from μ (
 `elbo panel K=…` is what the reconstruct endpoint computes for its table (the IW bound with K posterior
 samples, whose K draws also give the recon term, plus the reconstruction); the `handler` rows are the
 whole endpoint function (decode the upload, preprocess, compute, lay out the PNG / GIF, format the text)
-without the HTTP and queue around it. Targets (issue 5): encode+decode ≤ 10 ms and the ELBO panel with its
-IW estimate ≤ 300 ms on 2 cores; the whole Posterior tab (issue 14: the 2-latent model's grid posterior,
+without the HTTP and queue around it. Targets: encode+decode ≤ 10 ms and the ELBO panel with its
+IW estimate ≤ 300 ms on 2 cores; the whole Posterior tab (the 2-latent model's grid posterior,
 4000 IW log weights, the decoded maps and both figures rendered as gr.Plot sends them) ≤ 2 s. Medians
 with the 10th–90th percentile spread. Threads default to what app.py uses: CPU cores / concurrent
 requests (1 on 2 cores).
@@ -151,7 +151,7 @@ def main(argv=None) -> None:
         print(f"wrote {out}")
 
 
-POSTERIOR_TARGET_MS = 2000.0  # issue 14: the whole Posterior tab answers in ≤ 2 s on a 2-core CPU
+POSTERIOR_TARGET_MS = 2000.0  # the whole Posterior tab answers in ≤ 2 s on a 2-core CPU
 
 
 def posterior_rows(ladder, run, repeats: int) -> bool | None:

@@ -3,7 +3,7 @@ imports included, in a fresh process with a fresh, empty cache folder and output
 
 Prints and writes (with --out) the median of --repeat runs, every run's time, the cache folder's size
 afterwards, the machine (CPU count, load average before each run: say when it was shared), and the
-command. The target (issue 12): ≤ 60 s on an idle 2-core CPU.
+command. The target: ≤ 60 s on an idle 2-core CPU.
 
     python -m bench.bench_first_run [--repeat 3] [--out DIR] [-- extra train flags]
 """

@@ -27,7 +27,7 @@ the GPU, gathered and flipped there). Configurations (`--configs`):
                  with β and the learning rate frozen in; not the CLI path — it shows what the per-step
                  launches cost.
 
-GPU targets (issue 10; one H200, celeba64, B=256): `cli` ≥ 4× `baseline` in the same run, ≥ 120k img/s,
+GPU targets (one H200, celeba64, B=256): `cli` ≥ 4× `baseline` in the same run, ≥ 120k img/s,
 a measured 162,770-image epoch ≤ 1.5 s. The command:
 
     python -m bench.bench_train --batch-sizes 256 --configs baseline cli cli-compile default step-graph \

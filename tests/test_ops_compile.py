@@ -305,7 +305,7 @@ BAD_INPUTS = [
     (lambda: ops.bernoulli_nll(IMG, torch.zeros(2, 3, 16)), "`x` has shape"),
     (lambda: ops.bernoulli_nll(torch.zeros(5), torch.zeros(5)), "`logits` must be a batch"),
     (lambda: ops.bernoulli_nll(IMG, None), "`x` must be a torch.Tensor"),
-    # value ranges (issue 13): σ with σ² and 1/σ² finite in float32; exp(logvar_clamp high) finite
+    # value ranges: σ with σ² and 1/σ² finite in float32; exp(logvar_clamp high) finite
     (lambda: ops.gaussian_nll(IMG, IMG, -1000.0), "gaussian_nll: `log_sigma` must be in [-40, 40]"),
     (lambda: ops.gaussian_nll(IMG, IMG, 40.5), "`log_sigma` must be in [-40, 40]"),
     (lambda: ops.gaussian_nll(IMG, IMG, -(10**400)), "`log_sigma` must be in [-40, 40]"),
