@@ -140,7 +140,7 @@ def test_the_held_out_trend_needs_an_evaluation_before_the_last_fifth():
 def test_held_out_elbo_is_the_elbo_of_the_test_images(tmp_path):
     """The tracked number is the model's ELBO on the first test images, not on training images."""
     from train.data import get_dataset
-    from train.loop import evaluate_fixed
+    from train.heldout import evaluate_fixed
 
     out = tmp_path / "run"
     assert main([*SPRITES, "--preset", "mlp", "--steps", "2", "--eval-every", "2", "--out", str(out)]) == 0

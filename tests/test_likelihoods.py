@@ -199,7 +199,7 @@ def _constructed_mlp_vae(scale: float) -> VAE:
 
 
 def test_training_log_counts_active_units_like_evaluate():
-    from train.loop import evaluate_fixed
+    from train.heldout import evaluate_fixed
 
     model = _constructed_mlp_vae(math.sqrt(0.035))
     x = torch.tensor([0.0, 1.0, 0.0, 1.0]).reshape(4, 1, 1, 1).expand(4, 1, 2, 2).contiguous()

@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 from train import checkpoint as ckpt
 from train.__main__ import main
 from train.config import RunConfig, build_parser, parse_args
-from train.loop import beta_at, make_train_step, train
+from train.loop import make_train_step, train
+from train.step import beta_at
 from vae_triton.model import VAE, VAEConfig
 
 REPO = Path(__file__).resolve().parents[1]
