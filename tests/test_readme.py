@@ -27,7 +27,7 @@ BASH = [code for lang, code in BLOCKS if lang == "bash"]
 # Python blocks that are not self-contained programs, each with the reason; every other block runs.
 NOT_RUN = {
     "metrics.bits_per_dim(nll_nats": "a reference card of calls; names like nll_nats stand for your values",
-    'Client("http://127.0.0.1:7860")': "needs a running app (tests/test_app_client.py drives it)",
+    'Client("http://127.0.0.1:7860")': "needs a running app (tests/demo/test_app_client.py drives it)",
 }
 
 
@@ -178,5 +178,5 @@ def test_the_clis_run_from_another_folder(installed, tmp_path):
 
 def test_the_browser_test_prerequisite_is_documented_and_its_absence_skips():
     assert "apt-get install -y chromium" in DOCS
-    browser_test = (REPO / "tests" / "test_app_browser.py").read_text()
+    browser_test = (REPO / "tests" / "demo" / "test_app_browser.py").read_text()
     assert 'shutil.which("chromium")' in browser_test and "skipif(CHROMIUM is None" in browser_test

@@ -9,7 +9,7 @@ Two renderers of the same geometry: `render` (NumPy, the reference: the bundled 
 its images) and `render_torch` (torch, on any device, used to render each training batch on demand from
 its factors — no cache, no wait). They agree pixel for pixel: the torch one repeats the reference's float32
 arithmetic operation by operation, with the same float32 tables (cos, sin, centres, radii) computed by
-NumPy; tests/test_data.py checks a sample, bench/check_dsprites_render.py checks all 737,280 images.
+NumPy; tests/train/test_data.py checks a sample, bench/check_dsprites_render.py checks all 737,280 images.
 """
 
 from __future__ import annotations

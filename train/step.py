@@ -19,9 +19,9 @@ The graphed step is built to compute bitwise what the eager step (`--no-cuda-gra
 the same body with the same kernels, the same RNG offsets (the CUDA generator advances by the graph's
 whole increment per replay, as the eager ops would) and the same fp32 learning-rate tensor; with cuDNN's
 nondeterministic backward algorithms even two eager runs differ in the last bits, so the check
-(`pytest -m gpu tests/test_step_graph.py`) runs with `cudnn.deterministic`. The rate AdamW reads is the
+(`pytest -m gpu tests/train/test_step_graph.py`) runs with `cudnn.deterministic`. The rate AdamW reads is the
 schedule's value rounded to float32 (a relative change ≤ 6e-8), on every device and path alike; on the CPU
-the step equals a textbook torch loop given those rates bitwise (tests/test_step_graph.py).
+the step equals a textbook torch loop given those rates bitwise (tests/train/test_step_graph.py).
 
 Where the graph is not used, the step runs the same body eagerly and says why in one line: on the CPU,
 with `--no-cuda-graph`, with DDP (capturing NCCL all-reduces is not validated here), with a non-fused

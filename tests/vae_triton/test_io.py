@@ -13,7 +13,7 @@ import pytest
 
 from vae_triton.io import STALE_AFTER_S, atomic_path, remove_stale_temps, write_json_atomic, write_text_atomic
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _names(folder):

@@ -12,7 +12,7 @@ import pytest
 
 from vae_triton.model import VAE
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _free_port() -> int:

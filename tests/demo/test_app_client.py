@@ -22,7 +22,7 @@ from test_demo import EXAMPLE, make_ladder
 
 from demo.ui import QUEUE_SIZE
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT_S = 120
 
 

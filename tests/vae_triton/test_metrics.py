@@ -477,7 +477,7 @@ def test_evaluate_model_reports_the_closed_form_gap_and_latent_metrics():
 
 # ------------------------------------------------------------------- the bundled 2-latent model
 
-BUNDLED_2D = Path(__file__).resolve().parents[1] / "demo" / "models" / "digits2d"
+BUNDLED_2D = Path(__file__).resolve().parents[2] / "demo" / "models" / "digits2d"
 
 
 def gauss_hermite_elbo(model, x: torch.Tensor, order: int = 64) -> torch.Tensor:

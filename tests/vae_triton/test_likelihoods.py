@@ -25,7 +25,7 @@ from vae_triton.likelihoods import (
 from vae_triton.model import VAE, VAEConfig
 
 BUNDLED = sorted(
-    p.parent for p in (Path(__file__).resolve().parents[1] / "demo" / "models").rglob("config.json")
+    p.parent for p in (Path(__file__).resolve().parents[2] / "demo" / "models").rglob("config.json")
 )
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # fp32 accumulation of ~100 terms of a few nats each: relative error ~1e-6 of the sum.

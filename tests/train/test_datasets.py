@@ -17,7 +17,7 @@ from train.datasets import DATASETS, dataset_spec
 from vae_triton import images
 from vae_triton.model import PRESETS
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _choices(parser, dest):

@@ -23,7 +23,7 @@ from train.data import (
 )
 from train.imagecache import build_cache
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # ---- dSprites ----------------------------------------------------------------------------------

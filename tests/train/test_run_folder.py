@@ -26,7 +26,7 @@ from train.paths import (
 )
 from vae_triton.model import VAE, VAEConfig
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BUNDLED_RUN = REPO / "demo" / "models" / "dsprites" / "beta4"  # written by `python -m train`
 SPRITES = [
     "--dataset",

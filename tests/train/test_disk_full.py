@@ -26,7 +26,7 @@ from vae_triton import io
 from vae_triton.io import DiskFullError, atomic_path, write_text_atomic
 from vae_triton.model import VAE, VAEConfig
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _env() -> dict:

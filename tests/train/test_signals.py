@@ -24,7 +24,7 @@ from train import checkpoint as ckpt
 from train.config import parse_args
 from train.stop import REPEAT_WINDOW_S
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TRIALS = 10  # per signal
 # Tiny and quick: the mlp preset on 64 dSprites images; no checkpoint but the one a signal asks for.
 RUN = ["--dataset", "dsprites", "--limit", "64", "--batch-size", "8", "--preset", "mlp", "--latent-dim", "4",

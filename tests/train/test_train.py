@@ -17,7 +17,7 @@ from train.loop import make_train_step, train
 from train.step import beta_at
 from vae_triton.model import VAE, VAEConfig
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SPRITES_64 = ["--dataset", "dsprites", "--limit", "64", "--batch-size", "16"]  # 4 batches a pass
 TINY = ["--preset", "small", "--latent-dim", "4", "--no-progress", "--eval-images", "64"]
 

@@ -16,7 +16,7 @@ from vae_triton import latent
 from vae_triton.metrics import posterior_on_grid
 from vae_triton.model import VAE, VAEConfig
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DSPRITES = ROOT / "demo" / "models" / "dsprites" / "beta4"
 DIGITS = ROOT / "demo" / "models" / "digits2d"
 LOW_PRECISION = (torch.float16, torch.bfloat16)

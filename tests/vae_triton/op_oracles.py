@@ -1,6 +1,6 @@
 """What the fused-op tests share: float64 oracles nobody here wrote (torch.distributions,
 F.binary_cross_entropy_with_logits), per-dtype tolerances, gradient comparison, strided layouts and tiny
-tiles. Imported by tests/test_ops_*.py (fresh random inputs come from conftest's per-test seed)."""
+tiles. Imported by tests/vae_triton/test_ops_*.py (fresh random inputs come from conftest's per-test seed)."""
 
 import math
 

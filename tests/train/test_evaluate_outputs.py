@@ -12,7 +12,7 @@ import pytest
 from train import evaluate
 from vae_triton.model import VAE, VAEConfig
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CARD = (REPO / "demo" / "models" / "dsprites" / "beta4" / "README.md").read_text()  # a model card
 QUICK = ["--iw-samples", "2", "--num-images", "2", "--latent-images", "16", "--no-progress"]
 

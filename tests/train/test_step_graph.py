@@ -5,7 +5,7 @@ A CUDA graph replays device work only: any host synchronisation inside the step 
 host data) would fail the capture or freeze a value into the graph. `HostSyncDetector` watches every
 torch call of the step on the CPU — at the Python API (TorchFunctionMode) and at the ATen ops underneath
 (TorchDispatchMode) — so CI keeps the step capturable without a GPU. The tests marked `gpu` check the
-capture itself (`pytest -m gpu tests/test_step_graph.py` on a CUDA machine).
+capture itself (`pytest -m gpu tests/train/test_step_graph.py` on a CUDA machine).
 """
 
 import contextlib

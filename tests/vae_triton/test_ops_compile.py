@@ -252,7 +252,7 @@ def test_package_imports_and_works_when_triton_is_broken():
         "print(float(ops.bernoulli_nll(torch.zeros(1, 4), torch.ones(1, 4))))\n"
     )
     env = {**os.environ, "TRITON_INTERPRET": "1", "VAE_TRITON_BACKEND": ""}
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=120
     )
