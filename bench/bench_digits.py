@@ -116,8 +116,21 @@ def _env() -> dict:
 
 def train_command(data: Path, out: Path, *flags: str) -> list[str]:
     """`python -m train` on the digit folders: the data flags, then the budget flags."""
-    return [sys.executable, "-m", "train", "--dataset", "folder", "--data-dir", str(data),
-            "--resolution", "28", "--out", str(out), "--no-progress", *flags]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "train",
+        "--dataset",
+        "folder",
+        "--data-dir",
+        str(data),
+        "--resolution",
+        "28",
+        "--out",
+        str(out),
+        "--no-progress",
+        *flags,
+    ]
 
 
 def ours(data: Path, out: Path, seconds: float, flags: list[str], threads: int | None, extra=()) -> dict:
@@ -127,8 +140,16 @@ def ours(data: Path, out: Path, seconds: float, flags: list[str], threads: int |
     load_before = load_average()
     train_wall = run(train_cmd, out.with_suffix(".train.log"))
     meta = json.loads((out / "config.json").read_text())["metadata"]
-    eval_cmd = [sys.executable, "-m", "train.evaluate", "--checkpoint", str(out), "--iw-samples", str(K),
-                "--no-progress"]  # fmt: skip
+    eval_cmd = [
+        sys.executable,
+        "-m",
+        "train.evaluate",
+        "--checkpoint",
+        str(out),
+        "--iw-samples",
+        str(K),
+        "--no-progress",
+    ]
     if threads:
         eval_cmd += ["--num-threads", str(threads)]
     eval_wall = run(eval_cmd, out.with_suffix(".eval.log"))
@@ -162,8 +183,15 @@ def _display(cmd: list[str]) -> str:
 
 
 def peer(data: Path, out: Path, seconds: float, threads: int) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--peer-worker", str(data), str(out),
-           f"{seconds:g}", str(threads)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--peer-worker",
+        str(data),
+        str(out),
+        f"{seconds:g}",
+        str(threads),
+    ]
     load_before = load_average()
     wall = run(cmd, out.with_suffix(".log"))
     result = json.loads(out.with_suffix(".json").read_text())
@@ -202,9 +230,15 @@ def peer_worker(data: Path, out: Path, seconds: float, threads: int) -> None:
     torch.manual_seed(0)
     model = VAE(VAEConfig(input_dim=(1, 28, 28), latent_dim=16, reconstruction_loss="bce"))
     config = BaseTrainerConfig(
-        output_dir=str(out), num_epochs=100_000, learning_rate=1e-3, per_device_train_batch_size=100,
-        per_device_eval_batch_size=100, no_cuda=True, seed=0, steps_saving=None,
-    )  # fmt: skip
+        output_dir=str(out),
+        num_epochs=100_000,
+        learning_rate=1e-3,
+        per_device_train_batch_size=100,
+        per_device_eval_batch_size=100,
+        no_cuda=True,
+        seed=0,
+        steps_saving=None,
+    )
     budget = Budget()
     try:
         TrainingPipeline(training_config=config, model=model)(train_data=train, callbacks=[budget])
@@ -231,8 +265,18 @@ def peer_worker(data: Path, out: Path, seconds: float, threads: int) -> None:
 
 
 def throughput(data: Path, out: Path, threads: int, seconds: float) -> dict:
-    cmd = train_command(data, out, "--epochs", "1000", "--time-limit", f"{seconds:g}",
-                        "--num-threads", str(threads), "--eval-images", "64")  # fmt: skip
+    cmd = train_command(
+        data,
+        out,
+        "--epochs",
+        "1000",
+        "--time-limit",
+        f"{seconds:g}",
+        "--num-threads",
+        str(threads),
+        "--eval-images",
+        "64",
+    )
     load_before = load_average()
     run(cmd, out.with_suffix(".log"))
     return {**throughput_of(out), "threads": threads, "load_before": load_before, "command": _display(cmd)}
@@ -243,8 +287,12 @@ def throughput_of(run_dir: Path) -> dict:
     median of its logging windows (what the run printed; it hides the windows a neighbour stalled)."""
     meta = json.loads((run_dir / "config.json").read_text())["metadata"]
     overall = meta["steps"] * meta["batch_size"] / meta["train_seconds"]
-    return {"img_per_s_overall": round(overall), "img_per_s": meta["img_per_s"], "steps": meta["steps"],
-            "train_seconds": meta["train_seconds"]}  # fmt: skip
+    return {
+        "img_per_s_overall": round(overall),
+        "img_per_s": meta["img_per_s"],
+        "steps": meta["steps"],
+        "train_seconds": meta["train_seconds"],
+    }
 
 
 # ---- report ---------------------------------------------------------------------------------------
@@ -265,8 +313,12 @@ def markdown(doc: dict) -> str:
                 f"{r['epochs']} | {r['threads']} | {r['load_before']} |"
             )
     if doc.get("threads"):
-        lines += ["", "| `python -m train` threads | steps in 20 s | img/s over the loop | img/s (median of "
-                  "logging windows) | load avg before |", "|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            "",
+            "| `python -m train` threads | steps in 20 s | img/s over the loop | img/s (median of "
+            "logging windows) | load avg before |",
+            "|---|---|---|---|---|",
+        ]
         lines += [
             f"| {r['threads']} | {r['steps']} | {r['img_per_s_overall']} | {r['img_per_s']:.0f} | "
             f"{r['load_before']} |"

@@ -124,9 +124,10 @@ def fused_logits_nll(logits, x, log_sigma=0.0):
 
 
 LOGITS_NAME = (
-    "gaussian_nll_logits, σ float" if hasattr(ops, "gaussian_nll_logits")
+    "gaussian_nll_logits, σ float"
+    if hasattr(ops, "gaussian_nll_logits")
     else "sigmoid + gaussian_nll, σ float (no fused op in this checkout)"
-)  # fmt: skip
+)
 
 
 def fused_logits_loss(params, logits, x, log_sigma=0.0):
@@ -245,9 +246,15 @@ def sync(device: torch.device) -> None:
 
 
 def bench_case(
-    case: Case, device: torch.device, timer: Timer, impls: dict, copy_gbps: float, notes: list[str],
-    sigma: str = "fixed", channels_last: bool = False,
-) -> list[Row]:  # fmt: skip
+    case: Case,
+    device: torch.device,
+    timer: Timer,
+    impls: dict,
+    copy_gbps: float,
+    notes: list[str],
+    sigma: str = "fixed",
+    channels_last: bool = False,
+) -> list[Row]:
     dtype = getattr(torch, case.dtype)
     params = torch.randn(case.batch, 2 * LATENT, device=device, dtype=dtype, requires_grad=True)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -305,19 +312,32 @@ def bench_case(
             vs_compile = times["compile", phase] / us if ("compile", phase) in times else None
             g_us = graphs[name] if phase == "full" else None
             g_eager = graphs.get("eager") if phase == "full" else None
-            rows.append(Row(
-                device=device.type, dtype=case.dtype, batch=case.batch,
-                image=f"{case.channels}x{case.size}x{case.size}", latent=LATENT, impl=name, phase=phase,
-                median_us=round(us, 2), host_us=round(hosts[name, phase], 2),
-                graph_us=None if g_us is None else round(g_us, 2),
-                graph_speedup_vs_eager=None if g_us is None or g_eager is None else round(g_eager / g_us, 3),
-                graph_pct_of_copy=None if g_us is None else round(
-                    100 * nbytes / (g_us * 1e-6) / 1e9 / copy_gbps, 1),
-                speedup_vs_eager=round(times["eager", phase] / us, 3),
-                speedup_vs_compile=None if vs_compile is None else round(vs_compile, 3),
-                fused_bytes=nbytes, gb_per_s=round(gbps, 2), pct_of_copy=round(100 * gbps / copy_gbps, 1),
-                peak_mem_mb=None if peaks[name] is None else round(peaks[name], 1),
-            ))  # fmt: skip
+            rows.append(
+                Row(
+                    device=device.type,
+                    dtype=case.dtype,
+                    batch=case.batch,
+                    image=f"{case.channels}x{case.size}x{case.size}",
+                    latent=LATENT,
+                    impl=name,
+                    phase=phase,
+                    median_us=round(us, 2),
+                    host_us=round(hosts[name, phase], 2),
+                    graph_us=None if g_us is None else round(g_us, 2),
+                    graph_speedup_vs_eager=None
+                    if g_us is None or g_eager is None
+                    else round(g_eager / g_us, 3),
+                    graph_pct_of_copy=None
+                    if g_us is None
+                    else round(100 * nbytes / (g_us * 1e-6) / 1e9 / copy_gbps, 1),
+                    speedup_vs_eager=round(times["eager", phase] / us, 3),
+                    speedup_vs_compile=None if vs_compile is None else round(vs_compile, 3),
+                    fused_bytes=nbytes,
+                    gb_per_s=round(gbps, 2),
+                    pct_of_copy=round(100 * gbps / copy_gbps, 1),
+                    peak_mem_mb=None if peaks[name] is None else round(peaks[name], 1),
+                )
+            )
     return rows
 
 
@@ -350,22 +370,47 @@ def graph_column(name, fn, eager, inputs, leaves, grad_z, one, timer, notes) -> 
 
 def format_table(rows: list[Row]) -> str:
     header = (
-        "dtype", "B", "image", "impl", "phase", "µs", "host µs", "×eager", "×compile", "GB/s", "%copy",
-        "graph µs", "graph ×eager", "graph %copy", "peak MB",
-    )  # fmt: skip
+        "dtype",
+        "B",
+        "image",
+        "impl",
+        "phase",
+        "µs",
+        "host µs",
+        "×eager",
+        "×compile",
+        "GB/s",
+        "%copy",
+        "graph µs",
+        "graph ×eager",
+        "graph %copy",
+        "peak MB",
+    )
 
     def opt(v, fmt):
         return "-" if v is None else format(v, fmt)
 
     lines = [header]
     for r in rows:
-        lines.append((
-            r.dtype, str(r.batch), r.image, r.impl, r.phase,
-            f"{r.median_us:.1f}", f"{r.host_us:.1f}", f"{r.speedup_vs_eager:.2f}",
-            opt(r.speedup_vs_compile, ".2f"), f"{r.gb_per_s:.1f}", f"{r.pct_of_copy:.1f}",
-            opt(r.graph_us, ".1f"), opt(r.graph_speedup_vs_eager, ".2f"), opt(r.graph_pct_of_copy, ".1f"),
-            opt(r.peak_mem_mb, ".1f"),
-        ))  # fmt: skip
+        lines.append(
+            (
+                r.dtype,
+                str(r.batch),
+                r.image,
+                r.impl,
+                r.phase,
+                f"{r.median_us:.1f}",
+                f"{r.host_us:.1f}",
+                f"{r.speedup_vs_eager:.2f}",
+                opt(r.speedup_vs_compile, ".2f"),
+                f"{r.gb_per_s:.1f}",
+                f"{r.pct_of_copy:.1f}",
+                opt(r.graph_us, ".1f"),
+                opt(r.graph_speedup_vs_eager, ".2f"),
+                opt(r.graph_pct_of_copy, ".1f"),
+                opt(r.peak_mem_mb, ".1f"),
+            )
+        )
     return render(lines)
 
 
@@ -439,7 +484,7 @@ def host_overhead(reps: int, batch: int = 8, size: int = 8, latent: int = 16) ->
         "gaussian_nll, σ per channel": lambda: ops.gaussian_nll(images, x, log_sigma).sum(),
         LOGITS_NAME: lambda: fused_logits_nll(images, x, 0.0).sum(),
         "bernoulli_nll": lambda: ops.bernoulli_nll(images, x).sum(),
-    }  # fmt: skip
+    }
     paths = {"torch": ("torch", None)}
     if hasattr(ops, "eager_wrapper") or hasattr(ops, "LIGHT_EAGER"):
         paths["function (eager)"] = ("triton", "function")
@@ -539,16 +584,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile column")
     p.add_argument(
-        "--logits", action="store_true",
+        "--logits",
+        action="store_true",
         help="the model's Gaussian loss: NLL of sigmoid(logits) (fused: gaussian_nll_logits)",
     )
     p.add_argument(
-        "--sigma", choices=["fixed", "channel"], default="fixed",
+        "--sigma",
+        choices=["fixed", "channel"],
+        default="fixed",
         help="σ of the Gaussian NLL: a fixed float (default), or learned, one per channel (as celeba64)",
     )
     p.add_argument("--channels-last", action="store_true", help="images in channels_last (as training)")
     p.add_argument(
-        "--host-overhead", action="store_true",
+        "--host-overhead",
+        action="store_true",
         help="time the ops' host work on tiny CPU tensors, kernel launches stubbed (see the docstring)",
     )
     p.add_argument("--reps", type=int, default=20, help="timing repetitions on CPU (host overhead: 10×)")
@@ -570,11 +619,14 @@ def run_host_overhead(args) -> list[HostRow]:
     print(f"host overhead | {cpu_name()} | vae_triton from {Path(ops.__file__).parent}")
     print(format_host_table(rows))
     meta = {
-        "device": cpu_name(), "torch": torch.__version__, "triton": triton.__version__,
-        "vae_triton": str(Path(ops.__file__).parent), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "device": cpu_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "vae_triton": str(Path(ops.__file__).parent),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "timer": f"median of {10 * args.reps} calls, host perf_counter, kernel launches stubbed",
         "shapes": "B=8, images 3x8x8, latent 16",
-    }  # fmt: skip
+    }
     write_rows(args.out, "host_overhead", rows, meta)
     if torch.cuda.is_available():  # the launch itself, which the stubbed table leaves out
         try:
@@ -610,9 +662,10 @@ def main(argv=None) -> list:
         notes.append("loss: Gaussian NLL of sigmoid(logits); fused = gaussian_nll_logits (sigmoid in kernel)")
     if device.type != "cuda":
         notes.append(
-            "CPU: the fused column is the torch reference (no Triton on CPU)" if fused_backend == "torch"
+            "CPU: the fused column is the torch reference (no Triton on CPU)"
+            if fused_backend == "torch"
             else "CPU: the fused column runs Triton's interpreter — correctness only, its times mean nothing"
-        )  # fmt: skip
+        )
     eager, fused = (eager_logits_loss, fused_logits_loss) if args.logits else (eager_loss, fused_loss)
     impls = {"eager": eager}
     if not args.no_compile:
@@ -633,12 +686,18 @@ def main(argv=None) -> list:
         print("note:", note)
 
     meta = {
-        "device": name, "torch": torch.__version__, "copy_ceiling_gbps": round(copy_gbps, 2), "notes": notes,
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "latent": LATENT,
-        "loss": "logits" if args.logits else "mean", "sigma": args.sigma, "channels_last": args.channels_last,
+        "device": name,
+        "torch": torch.__version__,
+        "copy_ceiling_gbps": round(copy_gbps, 2),
+        "notes": notes,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "latent": LATENT,
+        "loss": "logits" if args.logits else "mean",
+        "sigma": args.sigma,
+        "channels_last": args.channels_last,
         "timer": "triton.testing.do_bench median" if device.type == "cuda" else f"median of {args.reps} runs",
         "host_timer": "median host perf_counter µs to issue one call, device synced before and after",
-    }  # fmt: skip
+    }
     write_rows(args.out, "bench_ops", rows, meta)
     return rows
 

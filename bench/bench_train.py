@@ -478,20 +478,22 @@ def goal_summary(rows: list[dict]) -> list[dict]:
         base = next((r for r in ok if r["config"] == "baseline"), None)
         epoch = best.get("epoch_s_measured", best["epoch_s_projected"])
         cli_epoch = cli and cli.get("epoch_s_measured", cli["epoch_s_projected"])
-        summary.append({
-            "batch_size": batch_size,
-            "baseline_img_s": base and base["img_s_median"],
-            "cli_img_s": cli and cli["img_s_median"],
-            "cli_ratio": cli and cli.get("ratio_vs_baseline"),
-            "cli_epoch_s": cli_epoch,
-            "cli_goal_4x_met": bool(cli and (cli.get("ratio_vs_baseline") or 0) >= 4.0),
-            "cli_goal_120k_met": bool(cli and cli["img_s_median"] >= 120_000),
-            "cli_goal_epoch_1_5s_met": bool(cli_epoch is not None and cli_epoch <= 1.5),
-            "best_config": best["config"],
-            "best_img_s": best["img_s_median"],
-            "best_ratio": best.get("ratio_vs_baseline"),
-            "best_epoch_s": epoch,
-        })  # fmt: skip
+        summary.append(
+            {
+                "batch_size": batch_size,
+                "baseline_img_s": base and base["img_s_median"],
+                "cli_img_s": cli and cli["img_s_median"],
+                "cli_ratio": cli and cli.get("ratio_vs_baseline"),
+                "cli_epoch_s": cli_epoch,
+                "cli_goal_4x_met": bool(cli and (cli.get("ratio_vs_baseline") or 0) >= 4.0),
+                "cli_goal_120k_met": bool(cli and cli["img_s_median"] >= 120_000),
+                "cli_goal_epoch_1_5s_met": bool(cli_epoch is not None and cli_epoch <= 1.5),
+                "best_config": best["config"],
+                "best_img_s": best["img_s_median"],
+                "best_ratio": best.get("ratio_vs_baseline"),
+                "best_epoch_s": epoch,
+            }
+        )
     return summary
 
 
@@ -514,12 +516,16 @@ def print_summary(report: dict) -> None:
         )
     for g in report.get("goals", []):
         nan = float("nan")
-        print(f"B={g['batch_size']}: best {g['best_config']} {g['best_img_s']:.0f} img/s, "
-              f"×baseline {g['best_ratio'] or nan:.2f}, epoch {g['best_epoch_s']:.2f} s")  # fmt: skip
+        print(
+            f"B={g['batch_size']}: best {g['best_config']} {g['best_img_s']:.0f} img/s, "
+            f"×baseline {g['best_ratio'] or nan:.2f}, epoch {g['best_epoch_s']:.2f} s"
+        )
         if g["cli_img_s"]:
-            print(f"  cli (python -m train): {g['cli_img_s']:.0f} img/s (goal ≥ 120k on an H200), "
-                  f"×baseline {g['cli_ratio'] or nan:.2f} (goal ≥ 4), "
-                  f"epoch {g['cli_epoch_s']:.2f} s (goal ≤ 1.5 s)")  # fmt: skip
+            print(
+                f"  cli (python -m train): {g['cli_img_s']:.0f} img/s (goal ≥ 120k on an H200), "
+                f"×baseline {g['cli_ratio'] or nan:.2f} (goal ≥ 4), "
+                f"epoch {g['cli_epoch_s']:.2f} s (goal ≤ 1.5 s)"
+            )
     for r in report["train"]:
         if r.get("cuda_graph"):
             print(f"{r['config']} B={r['batch_size']}: {r['cuda_graph']}")

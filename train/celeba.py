@@ -193,6 +193,12 @@ def _decode_into_cache(
         attrs = np.stack([np.asarray(table[a], dtype=np.int64) for a in ATTRIBUTES], axis=1)
         write_array_atomic(attrs_path, attrs)
     decode_to_cache(
-        n, sources, images_path, spec, desc=desc, skip_bad=False, name_of=lambda i: f"CelebA row {i}",
+        n,
+        sources,
+        images_path,
+        spec,
+        desc=desc,
+        skip_bad=False,
+        name_of=lambda i: f"CelebA row {i}",
         progress=progress,
-    )  # fmt: skip
+    )

@@ -173,8 +173,10 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
 def _check_pair(weights_file: Path, state_file: Path, actual: str, state: dict, pointer: dict) -> None:
     """The weights file is the one the trainer state (and latest.json) recorded; checkpoints written
     before the hash was recorded carry none and are accepted as they are."""
-    for source, recorded in ((state_file.name, state.get("weights_sha256")),
-                             (POINTER, pointer.get("weights_sha256"))):  # fmt: skip
+    for source, recorded in (
+        (state_file.name, state.get("weights_sha256")),
+        (POINTER, pointer.get("weights_sha256")),
+    ):
         if recorded is not None and recorded != actual:
             raise CheckpointError(
                 f"{weights_file} and {state_file.name} are not one checkpoint: {source} records weights with "

@@ -82,12 +82,12 @@ class Console:
                     "data",
                     f"{cfg.dataset}/{dataset.split}: {len(dataset):,} images of "
                     f"{'×'.join(map(str, dataset.image_shape))}",
-                ),  # fmt: skip
+                ),
                 (
                     "model",
                     f"{cfg.preset} preset, latent {c.latent_dim}, {c.likelihood} likelihood, "
                     f"{model.num_parameters():,} parameters",
-                ),  # fmt: skip
+                ),
                 ("batch", f"{cfg.batch_size}, β = {cfg.beta:g}, lr {cfg.lr:g}"),
                 ("steps", f"{steps} ({epochs:.3g} epochs)"),
                 ("output", str(Path(cfg.out).resolve())),
@@ -123,7 +123,7 @@ class Console:
                 "held-out" if held_out else "training",
                 f"{final['eval_images']} images of the {final['eval_split']} split, one "
                 "posterior sample each, nats per image",
-            ),  # fmt: skip
+            ),
             ("recon NLL", f"{recon:.2f}"),
             ("KL", f"{kl:.2f}"),
             ("ELBO", f"{-(recon + kl):.2f}"),

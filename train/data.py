@@ -85,9 +85,18 @@ def get_dataset(
     remove_stale_temps(cache)
     split = SPLIT_ALIASES.get(split, split)  # "validation" and "val" are "valid" for every dataset
     request = LoadRequest(
-        split, data_dir, resolution, cache, limit, crop, source, str(channels), test_fraction, split_seed,
+        split,
+        data_dir,
+        resolution,
+        cache,
+        limit,
+        crop,
+        source,
+        str(channels),
+        test_fraction,
+        split_seed,
         progress,
-    )  # fmt: skip
+    )
     ds = spec.load(request)
     if limit is not None and limit < len(ds):
         ds = ds.head(limit)

@@ -91,18 +91,31 @@ def _dsprites(r: LoadRequest) -> ImageDataset:
 
 def _celeba(r: LoadRequest) -> ImageDataset:
     return load_celeba(
-        r.split, r.data_dir, r.resolution, r.cache, crop=r.crop, source=r.source, channels=r.channels,
+        r.split,
+        r.data_dir,
+        r.resolution,
+        r.cache,
+        crop=r.crop,
+        source=r.source,
+        channels=r.channels,
         progress=r.progress,
-    )  # fmt: skip
+    )
 
 
 def _folder(r: LoadRequest) -> ImageDataset:
     if r.data_dir is None:
         raise ValueError("the folder dataset needs --data-dir pointing at a directory of images")
     return load_folder(
-        r.data_dir, r.resolution, r.cache, split=r.split, channels=r.channels, crop=r.crop,
-        test_fraction=r.test_fraction, split_seed=r.split_seed, progress=r.progress,
-    )  # fmt: skip
+        r.data_dir,
+        r.resolution,
+        r.cache,
+        split=r.split,
+        channels=r.channels,
+        crop=r.crop,
+        test_fraction=r.test_fraction,
+        split_seed=r.split_seed,
+        progress=r.progress,
+    )
 
 
 _SIDE = DSPRITES_PIXELS.size

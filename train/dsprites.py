@@ -251,8 +251,11 @@ def load_dsprites(split: str, cache: Path, limit: int | None = None) -> ImageDat
     old = cache / OLD_CACHE
     if old.is_file():
         size = f"{old.stat().st_size / 1e9:.1f} GB"
-        print(f"note: {old} ({size}) is an older version's dSprites cache; dSprites is now rendered on "
-              "demand and never reads it: delete it to free the space", file=sys.stderr)  # fmt: skip
+        print(
+            f"note: {old} ({size}) is an older version's dSprites cache; dSprites is now rendered on "
+            "demand and never reads it: delete it to free the space",
+            file=sys.stderr,
+        )
     factors = shuffled_order()
     n_test = int(round(len(factors) * _TEST_FRACTION))
     rows = {"test": slice(0, n_test), "train": slice(n_test, None), "all": slice(None)}[split]

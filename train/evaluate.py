@@ -274,8 +274,7 @@ def headline(report: dict) -> str:
     bpd = r.get("bpd_iw", r.get("bpd_elbo"))
     per_dim = f", {bpd:.4f} bits/dim" if bpd is not None else ""
     return (
-        f"NLL on {report['split']}: {-bound:.2f} nats per image (−{how}; D = {r['num_dims']} pixels"
-        f"{per_dim})"
+        f"NLL on {report['split']}: {-bound:.2f} nats per image (−{how}; D = {r['num_dims']} pixels{per_dim})"
     )
 
 

@@ -66,9 +66,15 @@ def load_folder(
     if not path.exists():
         try:
             decode_to_cache(
-                len(files), lambda a, b: files[a:b], path, spec, desc=f"decoding {root.name}/{split}",
-                skip_bad=True, name_of=lambda i: str(files[i].relative_to(root)), progress=progress,
-            )  # fmt: skip
+                len(files),
+                lambda a, b: files[a:b],
+                path,
+                spec,
+                desc=f"decoding {root.name}/{split}",
+                skip_bad=True,
+                name_of=lambda i: str(files[i].relative_to(root)),
+                progress=progress,
+            )
         except DataUnavailableError as e:
             raise DataUnavailableError(f"--data-dir {root} ({rule}): {e}") from None
     report = read_report(path)

@@ -88,9 +88,15 @@ class ImageDataset:
         f = None if self.factors is None else self.factors[:n]
         images = self.images.head(n) if hasattr(self.images, "head") else self.images[:n]
         return ImageDataset(
-            images, f, self.factor_names, self.factor_sizes, self.name, self.split, self.info,
+            images,
+            f,
+            self.factor_names,
+            self.factor_sizes,
+            self.name,
+            self.split,
+            self.info,
             self.binarize,
-        )  # fmt: skip
+        )
 
     def uint8(self, indices, device: str | torch.device = "cpu") -> torch.Tensor:
         """Images at `indices` (in sorted order) as presented to the model: uint8 (n, C, H, W) on `device`,

@@ -221,8 +221,20 @@ def _prepare(cfg: RunConfig, info: distributed.DistInfo, argv) -> RunState:
     total = cfg.steps if cfg.steps is not None else math.ceil(cfg.epochs * batches.steps_per_epoch)
     if cfg.kl_warmup_steps is None:
         cfg.kl_warmup_steps = default_kl_warmup_steps(total)
-    return RunState(cfg, info, console, num_threads, resume, ds, model_cfg, model, optimizer, batches, total,
-                    command=reproduce_command(cfg))  # fmt: skip
+    return RunState(
+        cfg,
+        info,
+        console,
+        num_threads,
+        resume,
+        ds,
+        model_cfg,
+        model,
+        optimizer,
+        batches,
+        total,
+        command=reproduce_command(cfg),
+    )
 
 
 def _already_finished(run: RunState) -> dict | None:
@@ -236,8 +248,10 @@ def _already_finished(run: RunState) -> dict | None:
         raise TrainingDiverged(_failed(cfg, run.command, run.info, failure, True, step))
     missing = _report_missing(out, step)
     if missing:
-        run.console.notice(f"{out} finished training at step {step}, but {' and '.join(missing)} "
-                           "of its final report are missing: writing them now")  # fmt: skip
+        run.console.notice(
+            f"{out} finished training at step {step}, but {' and '.join(missing)} "
+            "of its final report are missing: writing them now"
+        )
         return None
     longer = replace(cfg, steps=2 * step, epochs=None)
     how = (  # a cosine schedule spans the planned steps: a longer one is another run
@@ -311,16 +325,28 @@ def _begin_loop(run: RunState, stop_at: int | None) -> None:
     """The start block, the training step, the trackers and the progress bar."""
     cfg, info, device = run.cfg, run.info, run.device
     cache = cache_summary(run.ds.images, Path(cfg.cache_dir) if cfg.cache_dir else DEFAULT_CACHE)
-    run.console.start_block(cfg=cfg, dataset=run.ds, model=run.model, device=_device_name(device),
-                            total=run.total, start=run.start, cache=cache)  # fmt: skip
+    run.console.start_block(
+        cfg=cfg,
+        dataset=run.ds,
+        model=run.model,
+        device=_device_name(device),
+        total=run.total,
+        start=run.start,
+        cache=cache,
+    )
     # Running sums on the device, added by the step itself (inside its CUDA graph) and read back only when
     # logging: loss, recon, kl, grad-norm (good steps), then good steps, skipped steps, the current run of
     # skipped steps and the longest such run.
     run.stats = StepStats(device)
     run.step_fn = make_train_step(
-        run.model, run.optimizer, cfg, dist_info=info, total_steps=run.total, stats=run.stats,
+        run.model,
+        run.optimizer,
+        cfg,
+        dist_info=info,
+        total_steps=run.total,
+        stats=run.stats,
         note=run.console.say,
-    )  # fmt: skip
+    )
     run.fixed = _fixed_images(run.ds, min(EVAL_IMAGES, cfg.eval_images), device)
     run.tracker = HeldOutTracker(cfg, run.model, run.out, device) if info.is_main else None
     run.run_t0 = time.perf_counter()
@@ -402,8 +428,14 @@ def _check_skipped(run: RunState) -> None:
             else f"{run.total_skipped} non-finite steps in all (more than --max-bad-steps)"
         )
         raise TrainingDiverged(
-            _failed(cfg, run.command, run.info, f"{what}, up to step {run.step}; stopped.",
-                    run.saved_step is not None, run.last_good)  # fmt: skip
+            _failed(
+                cfg,
+                run.command,
+                run.info,
+                f"{what}, up to step {run.step}; stopped.",
+                run.saved_step is not None,
+                run.last_good,
+            )
         )
     counts[1] = 0
     counts[3] = counts[2]
@@ -493,8 +525,9 @@ def _end_loop(run: RunState, interrupted: bool, signum: int | None) -> dict | No
     finished = not interrupted and signum is None and step >= run.total
     failure = None
     if finished and 2 * run.total_skipped > step - run.start:  # most steps skipped: the weights are no result
-        failure = (f"{run.total_skipped} of its {step - run.start} steps were skipped "
-                   "(non-finite loss or gradient).")  # fmt: skip
+        failure = (
+            f"{run.total_skipped} of its {step - run.start} steps were skipped (non-finite loss or gradient)."
+        )
     if run.saved_step != step or failure:
         _checkpoint(run, extra={"failed": failure} if failure else None)
     if failure:
@@ -505,8 +538,10 @@ def _end_loop(run: RunState, interrupted: bool, signum: int | None) -> dict | No
         metadata = _metadata(cfg, run.model_cfg, step, {"img_per_s": run.img_per_s}, partial=True)
         run.model.save_pretrained(run.out, metadata=metadata)
         why = f"{signal_name(signum)} received: " if signum else ""
-        run.console.notice(f"{why}stopped at step {step}/{run.total}; checkpoint saved. "
-                           f"Continue with: {run.command} --resume")  # fmt: skip
+        run.console.notice(
+            f"{why}stopped at step {step}/{run.total}; checkpoint saved. "
+            f"Continue with: {run.command} --resume"
+        )
     if signum:
         raise stopped(signum)
     if interrupted:
@@ -527,16 +562,23 @@ def _finish(run: RunState) -> dict:
         extra.update(heldout_trend(read_metrics(out / "metrics.jsonl")))
         if run.out_of_time:
             extra.update(time_limit_s=cfg.time_limit, planned_steps=run.planned_steps)
-        final = final_report(run.model, cfg, run.model_cfg, run.step, run.img_per_s, run.device, run.command,
-                             out, extra=extra)  # fmt: skip
+        final = final_report(
+            run.model, cfg, run.model_cfg, run.step, run.img_per_s, run.device, run.command, out, extra=extra
+        )
         stale = out / "eval.json"  # it measured the weights this run just replaced
         if stale.exists():
             stale.unlink()
-            run.console.notice(f"removed {stale}: it evaluated the previous weights; "
-                               "run train.evaluate again")  # fmt: skip
-        run.console.final_block(final=final, out=out, elapsed=time.perf_counter() - run.run_t0,
-                                reproduce=run.command, likelihood=run.model_cfg.likelihood,
-                                lr_schedule=cfg.lr_schedule)  # fmt: skip
+            run.console.notice(
+                f"removed {stale}: it evaluated the previous weights; run train.evaluate again"
+            )
+        run.console.final_block(
+            final=final,
+            out=out,
+            elapsed=time.perf_counter() - run.run_t0,
+            reproduce=run.command,
+            likelihood=run.model_cfg.likelihood,
+            lr_schedule=cfg.lr_schedule,
+        )
         if cfg.push_to_hub:
             url = run.model.push_to_hub(cfg.push_to_hub, extra_files=[str(out / "README.md")])
             run.console.say(f"pushed to {url}")

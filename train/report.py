@@ -108,8 +108,9 @@ def splits_note(run: dict, final: dict) -> str:
     if "best_heldout_elbo" in final:
         where = (
             " (saved in `best/`; chosen on that split, so its number there is optimistic)"
-            if final.get("best_saved") else ""
-        )  # fmt: skip
+            if final.get("best_saved")
+            else ""
+        )
         lines.append(
             f"Best held-out ELBO during training: {final['best_heldout_elbo']:.2f} nats/image on the "
             f"`{final['heldout_split']}` split at step {final['best_step']}{where}."

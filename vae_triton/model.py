@@ -741,10 +741,17 @@ def _materialize(cls, meta_model: VAE, state: dict[str, torch.Tensor]) -> VAE:
 
 # ---- the safetensors header, read before any tensor ---------------------------------------------------
 SAFETENSORS_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
     "BOOL": torch.bool,
-}  # fmt: skip
+}
 
 
 def read_safetensors_header(path: str | os.PathLike) -> dict[str, tuple[str, tuple[int, ...]]]:
@@ -803,8 +810,10 @@ def _header_entry(name: str, entry: Any, bad) -> tuple[tuple[str, tuple[int, ...
     numel = math.prod(shape)
     itemsize = SAFETENSORS_DTYPES[dtype].itemsize
     if offsets[1] - offsets[0] != numel * itemsize:
-        bad(f"{where}: field data_offsets = {offsets} holds {offsets[1] - offsets[0]} bytes, "
-            f"not the {numel * itemsize} of shape {shape} {dtype}")  # fmt: skip
+        bad(
+            f"{where}: field data_offsets = {offsets} holds {offsets[1] - offsets[0]} bytes, "
+            f"not the {numel * itemsize} of shape {shape} {dtype}"
+        )
     return (dtype, tuple(shape)), offsets[1]
 
 
@@ -826,8 +835,10 @@ def check_weights_header(
             want.dtype.is_floating_point and SAFETENSORS_DTYPES[dtype].is_floating_point
         )
         if shape != tuple(want.shape) or not same_kind:
-            wrong.append(f"{k}: {dtype}{list(shape)} in the file, {str(want.dtype)[6:]}{list(want.shape)} "
-                         "in the config")  # fmt: skip
+            wrong.append(
+                f"{k}: {dtype}{list(shape)} in the file, {str(want.dtype)[6:]}{list(want.shape)} "
+                "in the config"
+            )
     if missing or unexpected or wrong:
         raise ValueError(
             f"{weights_file} does not match its config.json ({config_file}): missing {_few(missing)}, "

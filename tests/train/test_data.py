@@ -432,8 +432,10 @@ def test_folder_resolution_defaults_to_the_images_own_size(tmp_path):
     assert get_dataset("folder", data_dir=tmp_path / "photos", **kw).image_shape == (3, 64, 64)
     assert get_dataset("folder", data_dir=tmp_path / "wide", **kw).image_shape == (1, 64, 64)
     assert parse_args(["--dataset", "folder", "--data-dir", "x"]).resolution is None  # decided by the data
-    assert parse_args([]).resolution == 64 and parse_args(["--resolution", "32", "--dataset", "folder",
-                                                          "--data-dir", "x"]).resolution == 32  # fmt: skip
+    assert (
+        parse_args([]).resolution == 64
+        and parse_args(["--resolution", "32", "--dataset", "folder", "--data-dir", "x"]).resolution == 32
+    )
 
 
 def test_folder_channels(tmp_path):
@@ -509,8 +511,16 @@ def test_dataset_for_split_finds_the_runs_test_split_from_anywhere(tmp_path, mon
 
     _folder(tmp_path / "data" / "digits", 10)
     monkeypatch.chdir(tmp_path / "data")
-    cfg = RunConfig(dataset="folder", data_dir="digits", preset="small", resolution=16, test_fraction=0.3,
-                    cache_dir=str(tmp_path / "c"), channels="1", binarize="threshold")  # fmt: skip
+    cfg = RunConfig(
+        dataset="folder",
+        data_dir="digits",
+        preset="small",
+        resolution=16,
+        test_fraction=0.3,
+        cache_dir=str(tmp_path / "c"),
+        channels="1",
+        binarize="threshold",
+    )
     saved = json.loads(json.dumps(cfg.to_dict()))  # what run_config.json holds
     monkeypatch.chdir(tmp_path)
     test = dataset_for_split(saved, "test", progress=False)

@@ -17,8 +17,17 @@ from train.config import MLP_MAX_SIZE, build_parser, default_preset
 from train.report import heldout_trend
 from vae_triton.model import VAE
 
-SPRITES = ["--dataset", "dsprites", "--limit", "64", "--batch-size", "16", "--no-progress",
-           "--eval-images", "32"]  # fmt: skip
+SPRITES = [
+    "--dataset",
+    "dsprites",
+    "--limit",
+    "64",
+    "--batch-size",
+    "16",
+    "--no-progress",
+    "--eval-images",
+    "32",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -77,9 +86,23 @@ def _grey_folder(root: Path, n: int, grey_rows: int) -> float:
 
 def test_bernoulli_on_grey_pixels_warns_with_the_share(tmp_path, capsys):
     share = _grey_folder(tmp_path / "digits", 16, grey_rows=2)
-    common = ["--dataset", "folder", "--data-dir", str(tmp_path / "digits"), "--resolution", "28",
-              "--preset", "mlp", "--steps", "1", "--batch-size", "8", "--no-progress",
-              "--eval-images", "8"]  # fmt: skip
+    common = [
+        "--dataset",
+        "folder",
+        "--data-dir",
+        str(tmp_path / "digits"),
+        "--resolution",
+        "28",
+        "--preset",
+        "mlp",
+        "--steps",
+        "1",
+        "--batch-size",
+        "8",
+        "--no-progress",
+        "--eval-images",
+        "8",
+    ]
     assert main([*common, "--likelihood", "bernoulli", "--out", str(tmp_path / "b")]) == 0
     err = capsys.readouterr().err
     assert "not binary" in err and f"{share:.1%} of the pixels" in err and "--binarize" in err
@@ -132,8 +155,10 @@ def test_eval_every_reports_the_test_split_and_keep_best_saves_the_best(tmp_path
 def test_the_held_out_trend_needs_an_evaluation_before_the_last_fifth():
     rows = [{"step": s, "heldout_elbo": e} for s, e in [(10, -90.0), (80, -60.0), (90, -59.5), (100, -59.0)]]
     assert heldout_trend(rows) == {
-        "heldout_trend_from_step": 80, "heldout_trend_from": -60.0, "heldout_trend_change": 1.0
-    }  # fmt: skip
+        "heldout_trend_from_step": 80,
+        "heldout_trend_from": -60.0,
+        "heldout_trend_change": 1.0,
+    }
     assert heldout_trend(rows[2:]) == {} and heldout_trend([{"step": 5, "loss": 1.0}]) == {}
 
 

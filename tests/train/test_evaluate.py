@@ -234,9 +234,20 @@ def test_num_threads_sets_torch_threads_and_is_reported(dsprites_model, capsys, 
     before = torch.get_num_threads()
     try:
         code, out, _ = run_cli(
-            capsys, "--checkpoint", dsprites_model, "--iw-samples", 2, "--num-images", 4,
-            "--latent-images", 8, "--num-threads", 1, "--output", tmp_path / "e.json",
-        )  # fmt: skip
+            capsys,
+            "--checkpoint",
+            dsprites_model,
+            "--iw-samples",
+            2,
+            "--num-images",
+            4,
+            "--latent-images",
+            8,
+            "--num-threads",
+            1,
+            "--output",
+            tmp_path / "e.json",
+        )
         assert code == 0, out
         assert torch.get_num_threads() == 1
         assert json.loads((tmp_path / "e.json").read_text())["num_threads"] == 1
@@ -260,9 +271,25 @@ def test_checkpoint_alone_finds_the_runs_data_and_test_split(tmp_path, capsys, m
             img = (rng.random((28, 28)) > 0.5).astype(np.uint8) * 255
             Image.fromarray(img).save(data / split / f"{i}.png")
     run = tmp_path / "run"
-    args = ["--dataset", "folder", "--data-dir", str(data), "--resolution", "28",
-            "--steps", "1", "--batch-size", "4", "--no-progress", "--eval-images", "4",
-            "--cache-dir", str(tmp_path / "cache"), "--out", str(run)]  # fmt: skip
+    args = [
+        "--dataset",
+        "folder",
+        "--data-dir",
+        str(data),
+        "--resolution",
+        "28",
+        "--steps",
+        "1",
+        "--batch-size",
+        "4",
+        "--no-progress",
+        "--eval-images",
+        "4",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--out",
+        str(run),
+    ]
     assert train_main(args) == 0
     capsys.readouterr()  # the trainer's own output
     assert json.loads((run / "run_config.json").read_text())["preset"] == "mlp"  # grey 28 px → mlp

@@ -13,8 +13,21 @@ from train.__main__ import main
 from train.config import RunConfig, build_parser, parse_args
 
 # ---- bad values: one line naming the flag, before any work ----------------------------------------
-QUICK = ["--limit", "64", "--batch-size", "16", "--preset", "small", "--latent-dim", "2", "--eval-images",
-         "16", "--num-threads", "1", "--no-progress"]  # fmt: skip
+QUICK = [
+    "--limit",
+    "64",
+    "--batch-size",
+    "16",
+    "--preset",
+    "small",
+    "--latent-dim",
+    "2",
+    "--eval-images",
+    "16",
+    "--num-threads",
+    "1",
+    "--no-progress",
+]
 BAD = {
     # each case: (its arguments, the flag the message must name)
     "beta nan": (["--steps", "1", "--beta", "nan"], "--beta"),
@@ -99,10 +112,26 @@ def test_switches_keep_their_no_form_and_store_true_flags_do_not_gain_one():
 # The sets as they were kept by hand (before the flags were declared on the fields): the behaviour
 # `--resume` and the model card's reproduce line must keep.
 OLD_RESUMABLE = {
-    "steps", "epochs", "time_limit", "log_every", "eval_every", "checkpoint_every", "eval_images",
-    "max_bad_steps", "progress", "quiet", "device", "num_threads", "compile", "cuda_graph", "push_to_hub",
-    "cache_dir", "data_dir", "out", "resume",
-}  # fmt: skip
+    "steps",
+    "epochs",
+    "time_limit",
+    "log_every",
+    "eval_every",
+    "checkpoint_every",
+    "eval_images",
+    "max_bad_steps",
+    "progress",
+    "quiet",
+    "device",
+    "num_threads",
+    "compile",
+    "cuda_graph",
+    "push_to_hub",
+    "cache_dir",
+    "data_dir",
+    "out",
+    "resume",
+}
 OLD_NOT_IN_RECIPE = {"resume", "progress", "quiet", "cache_dir", "push_to_hub"}
 OLD_PRESENTATION = {"progress", "quiet", "resume", "out"}
 OLD_ALWAYS_IN_RECIPE = {"dataset", "preset", "beta", "seed", "out"}

@@ -110,8 +110,14 @@ def test_a_failed_run_is_not_turned_into_a_model_by_resume(tmp_path, monkeypatch
         def step(batch, i):
             result = inner(batch, i)
             if i % 4 != 0:
-                return loop.StepResult(torch.tensor(False), torch.tensor(float("nan")), result.recon,
-                                       result.kl, torch.tensor(float("inf")), result.beta)  # fmt: skip
+                return loop.StepResult(
+                    torch.tensor(False),
+                    torch.tensor(float("nan")),
+                    result.recon,
+                    result.kl,
+                    torch.tensor(float("inf")),
+                    result.beta,
+                )
             return result
 
         return step

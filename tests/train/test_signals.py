@@ -27,9 +27,31 @@ from train.stop import REPEAT_WINDOW_S
 REPO = Path(__file__).resolve().parents[2]
 TRIALS = 10  # per signal
 # Tiny and quick: the mlp preset on 64 dSprites images; no checkpoint but the one a signal asks for.
-RUN = ["--dataset", "dsprites", "--limit", "64", "--batch-size", "8", "--preset", "mlp", "--latent-dim", "4",
-       "--steps", "80", "--log-every", "4", "--eval-every", "100000", "--checkpoint-every", "100000",
-       "--eval-images", "16", "--num-threads", "1", "--no-progress"]  # fmt: skip
+RUN = [
+    "--dataset",
+    "dsprites",
+    "--limit",
+    "64",
+    "--batch-size",
+    "8",
+    "--preset",
+    "mlp",
+    "--latent-dim",
+    "4",
+    "--steps",
+    "80",
+    "--log-every",
+    "4",
+    "--eval-every",
+    "100000",
+    "--checkpoint-every",
+    "100000",
+    "--eval-images",
+    "16",
+    "--num-threads",
+    "1",
+    "--no-progress",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -42,8 +64,13 @@ def cli(out: Path, cache: Path, *extra: str) -> list[str]:
 
 
 def env() -> dict:
-    return {**os.environ, "PYTHONPATH": str(REPO), "VAE_TRITON_BACKEND": "torch", "OMP_NUM_THREADS": "1",
-            "HF_HUB_OFFLINE": "1"}  # fmt: skip
+    return {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "VAE_TRITON_BACKEND": "torch",
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+    }
 
 
 def run_until_signal(cmd: list[str], sig: int, delay_fraction: float, train_seconds: float):
@@ -89,22 +116,34 @@ def test_sigint_and_sigterm_then_resume_equal_an_uninterrupted_run(tmp_path):
         stopped = code == 128 + sig
         name = signal.Signals(sig).name
         said = f"{name} received: stopped at step" in stderr and "checkpoint saved" in stderr
-        resumed = subprocess.run(cli(out, cache, "--resume"), cwd=REPO, env=env(), capture_output=True,
-                                 text=True, timeout=300)  # fmt: skip
+        resumed = subprocess.run(
+            cli(out, cache, "--resume"), cwd=REPO, env=env(), capture_output=True, text=True, timeout=300
+        )
         ok = resumed.returncode == 0 and same(weights(out), expected)
         ok = ok and torch.equal(ckpt.load_checkpoint(out)["rng"], expected_rng)
-        print(f"{out.name}: exit {code}, {'stopped mid-run' if stopped else 'ran to the end'}, resumed "
-              f"{'bit-identical' if ok else 'DIFFERENT: ' + resumed.stderr[-500:]}", flush=True)  # fmt: skip
+        print(
+            f"{out.name}: exit {code}, {'stopped mid-run' if stopped else 'ran to the end'}, resumed "
+            f"{'bit-identical' if ok else 'DIFFERENT: ' + resumed.stderr[-500:]}",
+            flush=True,
+        )
         clean = (said and "Traceback" not in stderr) if stopped else code == 0
-        return {"signal": sig, "code": code, "stopped": stopped, "identical": ok, "clean": clean,
-                "stderr": stderr[-2000:]}
+        return {
+            "signal": sig,
+            "code": code,
+            "stopped": stopped,
+            "identical": ok,
+            "clean": clean,
+            "stderr": stderr[-2000:],
+        }
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         results = list(pool.map(lambda t: trial(*t), plan))
     elapsed = time.perf_counter() - t0
     mid_run, identical = sum(r["stopped"] for r in results), sum(r["identical"] for r in results)
-    print(f"\n{len(plan)} signal trials (seed {seed}) in {elapsed:.0f} s: {mid_run} stopped mid-run, "
-          f"{identical} bit-identical")  # fmt: skip
+    print(
+        f"\n{len(plan)} signal trials (seed {seed}) in {elapsed:.0f} s: {mid_run} stopped mid-run, "
+        f"{identical} bit-identical"
+    )
     assert identical == len(plan), (seed, [(r["signal"], r["code"]) for r in results if not r["identical"]])
     # Stopped with 128 + the signal number and a message, or (a signal after the last step) finished.
     assert all(r["clean"] for r in results), (seed, [r for r in results if not r["clean"]])
@@ -123,9 +162,27 @@ def _train_seconds(out: Path) -> float:
 
 
 # ---- in-process: the handler itself ---------------------------------------------------------------------
-SMALL = ["--dataset", "dsprites", "--limit", "64", "--batch-size", "16", "--preset", "mlp",
-         "--latent-dim", "4", "--steps", "20", "--eval-images", "16", "--num-threads", "1", "--no-progress",
-         "--checkpoint-every", "100000"]  # fmt: skip
+SMALL = [
+    "--dataset",
+    "dsprites",
+    "--limit",
+    "64",
+    "--batch-size",
+    "16",
+    "--preset",
+    "mlp",
+    "--latent-dim",
+    "4",
+    "--steps",
+    "20",
+    "--eval-images",
+    "16",
+    "--num-threads",
+    "1",
+    "--no-progress",
+    "--checkpoint-every",
+    "100000",
+]
 
 
 def signal_inside_step(monkeypatch, at: int, then):
@@ -222,9 +279,27 @@ def _free_port() -> int:
 
 
 def torchrun(out: Path, cache: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-            "127.0.0.1", "--master_port", str(_free_port()), "-m", "train", *RUN, "--batch-size", "16",
-            "--cache-dir", str(cache), "--out", str(out), *extra]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "train",
+        *RUN,
+        "--batch-size",
+        "16",
+        "--cache-dir",
+        str(cache),
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 @pytest.mark.slow
@@ -232,11 +307,19 @@ def test_sigterm_to_a_torchrun_group_stops_all_ranks_after_the_same_step(tmp_pat
     # SIGTERM to the whole process group, as Slurm and `timeout` send it: the agent and both workers get
     # it, and the agent forwards it once more. The ranks agree at a --log-every step.
     cache, straight, split = tmp_path / "cache", tmp_path / "straight", tmp_path / "split"
-    r = subprocess.run(torchrun(straight, cache), cwd=REPO, env=env(), capture_output=True, text=True,
-                       timeout=400)  # fmt: skip
+    r = subprocess.run(
+        torchrun(straight, cache), cwd=REPO, env=env(), capture_output=True, text=True, timeout=400
+    )
     assert r.returncode == 0, r.stderr[-4000:]
-    p = subprocess.Popen(torchrun(split, cache), cwd=REPO, env=env(), stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    p = subprocess.Popen(
+        torchrun(split, cache),
+        cwd=REPO,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     for line in p.stdout:
         if line.startswith("step "):
             break
@@ -246,7 +329,8 @@ def test_sigterm_to_a_torchrun_group_stops_all_ranks_after_the_same_step(tmp_pat
     stopped_at = ckpt.load_checkpoint(split)["step"]
     assert stopped_at % 4 == 0 and stopped_at < 80, stopped_at  # a --log-every step: where ranks agree
     assert ckpt.load_checkpoint(split)["rng"].shape[0] == 2  # both ranks' noise streams saved
-    r = subprocess.run(torchrun(split, cache, "--resume"), cwd=REPO, env=env(), capture_output=True,
-                       text=True, timeout=400)  # fmt: skip
+    r = subprocess.run(
+        torchrun(split, cache, "--resume"), cwd=REPO, env=env(), capture_output=True, text=True, timeout=400
+    )
     assert r.returncode == 0, r.stderr[-4000:]
     assert same(weights(split), weights(straight))

@@ -54,14 +54,39 @@ def test_no_progress_prints_a_start_block_log_lines_and_a_final_block_and_no_bar
         Image.new("RGB", (20 + i, 24), (30 * i, 90, 200)).save(images / f"{i}.png")
     folder = ["--dataset", "folder", "--data-dir", images, "--cache-dir", tmp_path / "cache"]
     code, stdout, stderr = run(
-        capsys, *folder, "--resolution", "16", "--batch-size", "4", "--preset", "small", "--steps", "6",
-        "--log-every", "2", "--eval-images", "8", "--out", out, "--no-progress",
-    )  # fmt: skip
+        capsys,
+        *folder,
+        "--resolution",
+        "16",
+        "--batch-size",
+        "4",
+        "--preset",
+        "small",
+        "--steps",
+        "6",
+        "--log-every",
+        "2",
+        "--eval-images",
+        "8",
+        "--out",
+        out,
+        "--no-progress",
+    )
     assert code == 0, stderr
     assert not TQDM_BAR.search(stderr), stderr
     start = stdout.split("step 2/6")[0]
-    for word in ("device", "CPU", "folder/train: 8 images of 3×16×16", "small preset", "parameters",
-                 "batch   4", "steps   6", str(out.resolve()), "cache", "KB"):  # fmt: skip
+    for word in (
+        "device",
+        "CPU",
+        "folder/train: 8 images of 3×16×16",
+        "small preset",
+        "parameters",
+        "batch   4",
+        "steps   6",
+        str(out.resolve()),
+        "cache",
+        "KB",
+    ):
         assert word in start, (word, start)
     assert [ln.split()[1] for ln in stdout.splitlines() if ln.startswith("step ")] == ["2/6", "4/6", "6/6"]
     final = stdout.split("done: 6 steps")[1]
@@ -75,8 +100,9 @@ def test_no_progress_prints_a_start_block_log_lines_and_a_final_block_and_no_bar
 
 
 def test_progress_bar_replaces_the_log_lines(tmp_path, capsys):
-    code, stdout, stderr = run(capsys, *SPRITES, *TINY, "--steps", "4", "--log-every", "2", "--out",
-                               tmp_path / "run")  # fmt: skip
+    code, stdout, stderr = run(
+        capsys, *SPRITES, *TINY, "--steps", "4", "--log-every", "2", "--out", tmp_path / "run"
+    )
     assert code == 0
     assert "train" in stderr and "4/4" in stderr  # tqdm's bar
     assert not [ln for ln in stdout.splitlines() if ln.startswith("step ")]
@@ -182,8 +208,15 @@ def stopped_run(tmp_path):
 
 @pytest.mark.parametrize(
     "changed",
-    [["--batch-size", "8"], ["--beta", "2"], ["--lr", "0.01"], ["--latent-dim", "6"], ["--seed", "3"],
-     ["--preset", "dsprites"], ["--lr-schedule", "cosine"]],  # fmt: skip
+    [
+        ["--batch-size", "8"],
+        ["--beta", "2"],
+        ["--lr", "0.01"],
+        ["--latent-dim", "6"],
+        ["--seed", "3"],
+        ["--preset", "dsprites"],
+        ["--lr-schedule", "cosine"],
+    ],
 )
 def test_resume_refuses_flags_that_change_the_experiment(stopped_run, capsys, changed):
     out, args = stopped_run
@@ -202,8 +235,9 @@ def test_resume_lists_every_difference_at_once(stopped_run, capsys):
 
 def test_resume_applies_safe_flags_with_a_notice(stopped_run, capsys):
     out, args = stopped_run
-    code, stdout, err = run(capsys, *args, "--steps", "6", "--log-every", "3", "--eval-every", "6",
-                            "--resume")  # fmt: skip
+    code, stdout, err = run(
+        capsys, *args, "--steps", "6", "--log-every", "3", "--eval-every", "6", "--resume"
+    )
     assert code == 0, err
     assert "--resume: applying" in err and "--steps 6 (was 4)" in err and "--log-every 3 (was 50)" in err
     assert json.loads((out / "config.json").read_text())["metadata"]["steps"] == 6
@@ -256,15 +290,47 @@ def test_batch_size_one_with_batchnorm_is_refused_up_front(tmp_path, capsys):
     for i in range(4):
         Image.new("RGB", (40, 40), (50 * i, 20, 90)).save(images / f"{i}.png")
     out = tmp_path / "run"
-    code, _, err = run(capsys, "--dataset", "folder", "--data-dir", images, "--cache-dir", tmp_path / "c",
-                       "--resolution", "32", "--batch-size", "1", "--steps", "2", "--out", out,
-                       "--no-progress")  # fmt: skip
+    code, _, err = run(
+        capsys,
+        "--dataset",
+        "folder",
+        "--data-dir",
+        images,
+        "--cache-dir",
+        tmp_path / "c",
+        "--resolution",
+        "32",
+        "--batch-size",
+        "1",
+        "--steps",
+        "2",
+        "--out",
+        out,
+        "--no-progress",
+    )
     assert code == 2 and "BatchNorm" in err and "--batch-size 2" in err and "Traceback" not in err
     assert not out.exists()
     # The fix works: the same command with batch size 2 trains.
-    code, _, err = run(capsys, "--dataset", "folder", "--data-dir", images, "--cache-dir", tmp_path / "c",
-                       "--resolution", "32", "--batch-size", "2", "--steps", "1", "--out", out, "--quiet",
-                       "--eval-images", "4")  # fmt: skip
+    code, _, err = run(
+        capsys,
+        "--dataset",
+        "folder",
+        "--data-dir",
+        images,
+        "--cache-dir",
+        tmp_path / "c",
+        "--resolution",
+        "32",
+        "--batch-size",
+        "2",
+        "--steps",
+        "1",
+        "--out",
+        out,
+        "--quiet",
+        "--eval-images",
+        "4",
+    )
     assert code == 0, err
 
 
@@ -300,8 +366,14 @@ def _scripted_steps(monkeypatch, bad_at):
         def step(batch, i):
             result = inner(batch, i)
             if bad_at(i):
-                return loop.StepResult(torch.tensor(False), torch.tensor(float("nan")), result.recon,
-                                       result.kl, torch.tensor(float("inf")), result.beta)  # fmt: skip
+                return loop.StepResult(
+                    torch.tensor(False),
+                    torch.tensor(float("nan")),
+                    result.recon,
+                    result.kl,
+                    torch.tensor(float("inf")),
+                    result.beta,
+                )
             return result
 
         return step
@@ -312,8 +384,19 @@ def _scripted_steps(monkeypatch, bad_at):
 def test_lr_10_stops_and_claims_no_checkpoint_that_does_not_exist(tmp_path, capsys):
     out = tmp_path / "run"
     args = [*SPRITES, "--preset", "dsprites", "--steps", "40", "--lr", "10", "--max-bad-steps", "3"]
-    code, _, err = run(capsys, *args, "--log-every", "1", "--eval-images", "32", "--num-threads", "1",
-                       "--out", out, "--no-progress")  # fmt: skip
+    code, _, err = run(
+        capsys,
+        *args,
+        "--log-every",
+        "1",
+        "--eval-images",
+        "32",
+        "--num-threads",
+        "1",
+        "--out",
+        out,
+        "--no-progress",
+    )
     assert code == 3 and "No checkpoint was written" in err and "Traceback" not in err, err
     assert not (out / "checkpoints").exists() and not (out / "model.safetensors").exists()
 
@@ -321,8 +404,20 @@ def test_lr_10_stops_and_claims_no_checkpoint_that_does_not_exist(tmp_path, caps
 def test_divergence_before_the_first_checkpoint_claims_no_checkpoint(tmp_path, capsys, monkeypatch):
     _scripted_steps(monkeypatch, lambda i: True)  # what --lr 10 does on step 1
     out = tmp_path / "run"
-    code, _, err = run(capsys, *SPRITES, *TINY, "--steps", "20", "--lr", "10", "--max-bad-steps", "3",
-                       "--out", out, "--no-progress")  # fmt: skip
+    code, _, err = run(
+        capsys,
+        *SPRITES,
+        *TINY,
+        "--steps",
+        "20",
+        "--lr",
+        "10",
+        "--max-bad-steps",
+        "3",
+        "--out",
+        out,
+        "--no-progress",
+    )
     assert code == 3 and "No checkpoint was written" in err and "checkpoint (step" not in err, err
     assert not (out / "checkpoints").exists() and not (out / "model.safetensors").exists()
     assert "failed" in (out / "README.md").read_text().lower()
@@ -331,8 +426,20 @@ def test_divergence_before_the_first_checkpoint_claims_no_checkpoint(tmp_path, c
 def test_divergence_after_a_checkpoint_names_it(tmp_path, capsys, monkeypatch):
     _scripted_steps(monkeypatch, lambda i: i >= 4)
     out = tmp_path / "run"
-    code, _, err = run(capsys, *SPRITES, *TINY, "--steps", "20", "--checkpoint-every", "2",
-                       "--max-bad-steps", "3", "--out", out, "--no-progress")  # fmt: skip
+    code, _, err = run(
+        capsys,
+        *SPRITES,
+        *TINY,
+        "--steps",
+        "20",
+        "--checkpoint-every",
+        "2",
+        "--max-bad-steps",
+        "3",
+        "--out",
+        out,
+        "--no-progress",
+    )
     named = int(re.search(r"last good checkpoint \(step (\d+)\)", err).group(1))
     assert code == 3 and named >= 4, err
     assert json.loads((out / "checkpoints" / "latest.json").read_text())["step"] == named
@@ -341,8 +448,20 @@ def test_divergence_after_a_checkpoint_names_it(tmp_path, capsys, monkeypatch):
 def test_a_run_that_skipped_most_steps_ends_non_zero_and_its_card_says_so(tmp_path, capsys, monkeypatch):
     _scripted_steps(monkeypatch, lambda i: i % 4 != 0)  # 3 of every 4 steps skipped
     out = tmp_path / "run"
-    code, stdout, err = run(capsys, *SPRITES, *TINY, "--steps", "12", "--max-bad-steps", "100",
-                            "--log-every", "4", "--out", out, "--no-progress")  # fmt: skip
+    code, stdout, err = run(
+        capsys,
+        *SPRITES,
+        *TINY,
+        "--steps",
+        "12",
+        "--max-bad-steps",
+        "100",
+        "--log-every",
+        "4",
+        "--out",
+        out,
+        "--no-progress",
+    )
     assert code == 3 and "9 of its 12 steps were skipped" in err, err
     card = (out / "README.md").read_text()
     assert "failed" in card.lower() and "9 of its 12 steps" in card and "ELBO" not in card
@@ -351,8 +470,20 @@ def test_a_run_that_skipped_most_steps_ends_non_zero_and_its_card_says_so(tmp_pa
 
 def test_skipped_steps_beyond_max_bad_steps_in_all_stop_the_run(tmp_path, capsys, monkeypatch):
     _scripted_steps(monkeypatch, lambda i: i % 2 == 1)  # never two in a row
-    code, _, err = run(capsys, *SPRITES, *TINY, "--steps", "40", "--max-bad-steps", "4", "--log-every", "2",
-                       "--out", tmp_path / "run", "--no-progress")  # fmt: skip
+    code, _, err = run(
+        capsys,
+        *SPRITES,
+        *TINY,
+        "--steps",
+        "40",
+        "--max-bad-steps",
+        "4",
+        "--log-every",
+        "2",
+        "--out",
+        tmp_path / "run",
+        "--no-progress",
+    )
     assert code == 3 and "in all (more than --max-bad-steps)" in err, err
 
 

@@ -187,8 +187,17 @@ def test_is_binary():
 
 def _constructed_mlp_vae(scale: float) -> VAE:
     """1×2×2 images; μ_0 = scale·x_0, μ_1 = 0, log σ² = 0 (identity encoder layer, ReLU on [0, 1])."""
-    cfg = VAEConfig(arch="mlp", image_channels=1, image_size=2, mlp_hidden=(4,), latent_dim=2, norm="none",
-                    activation="relu", likelihood="bernoulli", sigma="fixed")  # fmt: skip
+    cfg = VAEConfig(
+        arch="mlp",
+        image_channels=1,
+        image_size=2,
+        mlp_hidden=(4,),
+        latent_dim=2,
+        norm="none",
+        activation="relu",
+        likelihood="bernoulli",
+        sigma="fixed",
+    )
     model = VAE(cfg)
     with torch.no_grad():
         for p in model.parameters():

@@ -248,8 +248,15 @@ def test_mlp_preset_is_the_two_hidden_layer_benchmark_net():
 
 @pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
 def test_mlp_terms_match_torch_distributions_at_any_image_size(likelihood):
-    cfg = VAEConfig.preset("mlp", image_channels=2, image_size=7, mlp_hidden=(12, 6), latent_dim=3,
-                           likelihood=likelihood, activation="tanh")  # fmt: skip
+    cfg = VAEConfig.preset(
+        "mlp",
+        image_channels=2,
+        image_size=7,
+        mlp_hidden=(12, 6),
+        latent_dim=3,
+        likelihood=likelihood,
+        activation="tanh",
+    )
     model = VAE(cfg)
     x = (torch.rand(5, 2, 7, 7) > 0.5).float()
     eps = torch.randn(5, 3)

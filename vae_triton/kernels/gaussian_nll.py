@@ -249,8 +249,7 @@ def gaussian_nll_bwd(
     tiles = row_tiles(batch, walk.length)
     # ∂log σ partials: per (channel, column block) when interleaved, else per (group, chunk)
     parts_shape = (
-        (batch, interleave, tiles.chunks * tiles.iters) if interleave else
-        (batch, groups, tiles.chunks)
+        (batch, interleave, tiles.chunks * tiles.iters) if interleave else (batch, groups, tiles.chunks)
     )
     gls_parts = torch.empty(parts_shape, dtype=torch.float32, device=x.device) if need_sigma else m
     _gauss_nll_bwd[grid(tiles, batch, groups)](

@@ -24,9 +24,16 @@ def _forward(images: Tensor, x: Tensor, log_sigma: Tensor | None, value: float, 
 
 
 def _backward(
-    grad: Tensor, images: Tensor, x: Tensor, log_sigma: Tensor | None, value: float,
-    need_images: bool, need_x: bool, need_sigma: bool, sigmoid: bool,
-) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    grad: Tensor,
+    images: Tensor,
+    x: Tensor,
+    log_sigma: Tensor | None,
+    value: float,
+    need_images: bool,
+    need_x: bool,
+    need_sigma: bool,
+    sigmoid: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
     with launching_on(grad):
         return _common.gaussian_kernels.gaussian_nll_bwd(
             grad, images, x, log_sigma, value, *LOG_SIGMA_RANGE, need_images, need_x, need_sigma, sigmoid

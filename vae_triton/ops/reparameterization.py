@@ -25,9 +25,15 @@ def _forward(
 
 
 def _backward(
-    grad_z: Tensor, grad_kl: Tensor, mu: Tensor, logvar: Tensor, seed: Tensor | None, eps: Tensor | None,
-    lo: float, hi: float,
-) -> tuple[Tensor, Tensor]:  # fmt: skip
+    grad_z: Tensor,
+    grad_kl: Tensor,
+    mu: Tensor,
+    logvar: Tensor,
+    seed: Tensor | None,
+    eps: Tensor | None,
+    lo: float,
+    hi: float,
+) -> tuple[Tensor, Tensor]:
     with launching_on(grad_z):
         return _common.reparameterize_kernels.reparameterize_kl_bwd(
             grad_z, grad_kl, mu, logvar, seed, eps, lo, hi
