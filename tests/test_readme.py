@@ -66,6 +66,16 @@ def test_the_codes_citations_of_the_docs_resolve():
             assert anchor in _anchors(REPO / "docs" / page), where
 
 
+def test_no_reference_to_a_document_outside_the_repository():
+    """Code and docs cite docs/*.md, never a design file users cannot see."""
+    tracked = [*REPO.glob("[!.]*/**/*.py"), *REPO.glob("*.py"), *PAGES, REPO / "BENCHMARKS.md"]
+    for source in [*tracked, REPO / "bench" / "README.md"]:
+        if source == Path(__file__).resolve():
+            continue
+        text = source.read_text()
+        assert "DESIGN §" not in text and "DESIGN.md" not in text, source.relative_to(REPO)
+
+
 def test_the_reasons_for_not_running_a_block_are_still_true():
     for marker in NOT_RUN:
         assert sum(marker in code for code in PYTHON) == 1, marker

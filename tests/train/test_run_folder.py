@@ -273,3 +273,56 @@ def test_the_same_weights_saved_by_two_processes_have_one_sha256(tmp_path):
         assert f.metadata()["dataset"] == "4"
     names = set(load_file(tmp_path / "1" / "model.safetensors"))
     assert names == {"0.weight", "0.bias", "1.weight", "1.bias"}
+
+
+# ---- end to end: `python -m train` takes the lock; VAE.save_pretrained writes deterministic bytes ----
+def test_two_python_m_train_on_one_out_the_second_is_refused_with_the_first_ones_pid(tmp_path):
+    out = tmp_path / "run"
+    args = [
+        sys.executable,
+        "-m",
+        "train",
+        *SPRITES[:-3],
+        "--steps",
+        "400",
+        "--log-every",
+        "1",
+        "--out",
+        str(out),
+    ]
+    env = {**_env(), "VAE_TRITON_BACKEND": "torch", "PYTHONUNBUFFERED": "1"}
+    first = subprocess.Popen(
+        [*args, "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO
+    )
+    try:
+        assert first.stdout.readline()  # its start block: it holds the lock by now
+        second = subprocess.run(
+            [*args, "--no-progress"], capture_output=True, text=True, env=env, cwd=REPO, timeout=300
+        )
+        assert second.returncode == 2 and f"in use by another run (PID {first.pid} " in second.stderr, (
+            second.stderr
+        )
+        assert len(second.stderr.strip().splitlines()) == 1
+    finally:
+        first.kill()
+        first.wait()
+
+
+def test_save_pretrained_gives_the_same_bytes_in_two_processes(tmp_path):
+    script = (
+        "import sys, torch\nfrom vae_triton.model import VAE, VAEConfig\ntorch.manual_seed(0)\n"
+        "VAE(VAEConfig.preset('small')).save_pretrained(sys.argv[1], metadata={'beta': 2.0})\n"
+    )
+    digests = []
+    for seed in ("1", "2", "3", "4"):
+        r = subprocess.run(
+            [sys.executable, "-c", script, str(tmp_path / seed)],
+            capture_output=True,
+            text=True,
+            env={**_env(), "PYTHONHASHSEED": seed},
+            cwd=REPO,
+            timeout=300,
+        )
+        assert r.returncode == 0, r.stderr
+        digests.append(hashlib.sha256((tmp_path / seed / "model.safetensors").read_bytes()).hexdigest())
+    assert len(set(digests)) == 1
