@@ -161,6 +161,42 @@ def _train_seconds(out: Path) -> float:
     return sum(log_every * batch / rate for _, rate in rates[1:])
 
 
+KILL_TRIALS = 6
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path):
+    """kill -9 cannot be handled: the run continues from its last --checkpoint-every checkpoint (the atomic
+    writes leave no half checkpoint, the OS releases the folder's lock), and ends bit-identical."""
+    cache, straight = tmp_path / "cache", tmp_path / "straight"
+    r = subprocess.run(cli(straight, cache), cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    expected, train_seconds = weights(straight), _train_seconds(straight)
+    seed = random.randrange(2**31)
+    rng = random.Random(seed)
+
+    def trial(i: int, fraction: float) -> tuple[int, bool]:
+        out = tmp_path / f"kill-{i}"
+        code, _, _ = run_until_signal(
+            cli(out, cache, "--checkpoint-every", "8"), signal.SIGKILL, fraction, train_seconds
+        )
+        try:  # killed before its first checkpoint: nothing to resume, the run starts again
+            ckpt.load_checkpoint(out)
+            again = ["--resume"]
+        except (ckpt.CheckpointError, FileNotFoundError):
+            again = []
+        resumed = subprocess.run(
+            cli(out, cache, *again), cwd=REPO, env=env(), capture_output=True, text=True, timeout=300
+        )
+        assert resumed.returncode == 0, (seed, resumed.stderr[-2000:])
+        return code, same(weights(out), expected)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(lambda i: trial(i, rng.random()), range(KILL_TRIALS)))
+    assert all(identical for _, identical in results), (seed, results)
+    assert sum(code == -signal.SIGKILL for code, _ in results) >= KILL_TRIALS // 2, (seed, results)
+
+
 # ---- in-process: the handler itself ---------------------------------------------------------------------
 SMALL = [
     "--dataset",
