@@ -27,13 +27,7 @@ def test_two_process_training_on_cpu(tmp_path):
     env = {**os.environ, "VAE_TRITON_BACKEND": "torch", "OMP_NUM_THREADS": "1"}
     cmd = [
         sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
+        *"-m torch.distributed.run --nproc_per_node 2 --master_addr 127.0.0.1 --master_port".split(),
         str(_free_port()),
         "-m",
         "train",

@@ -17,17 +17,7 @@ from train.config import MLP_MAX_SIZE, build_parser, default_preset
 from train.report import heldout_trend
 from vae_triton.model import VAE
 
-SPRITES = [
-    "--dataset",
-    "dsprites",
-    "--limit",
-    "64",
-    "--batch-size",
-    "16",
-    "--no-progress",
-    "--eval-images",
-    "32",
-]
+SPRITES = "--dataset dsprites --limit 64 --batch-size 16 --no-progress --eval-images 32".split()
 
 
 @pytest.fixture(autouse=True)

@@ -13,21 +13,9 @@ from train.__main__ import main
 from train.config import RunConfig, build_parser, parse_args
 
 # ---- bad values: one line naming the flag, before any work ----------------------------------------
-QUICK = [
-    "--limit",
-    "64",
-    "--batch-size",
-    "16",
-    "--preset",
-    "small",
-    "--latent-dim",
-    "2",
-    "--eval-images",
-    "16",
-    "--num-threads",
-    "1",
-    "--no-progress",
-]
+QUICK = (
+    "--limit 64 --batch-size 16 --preset small --latent-dim 2 --eval-images 16 --num-threads 1 --no-progress"
+).split()
 BAD = {
     # each case: (its arguments, the flag the message must name)
     "beta nan": (["--steps", "1", "--beta", "nan"], "--beta"),

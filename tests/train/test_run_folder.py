@@ -28,25 +28,10 @@ from vae_triton.model import VAE, VAEConfig
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLED_RUN = REPO / "demo" / "models" / "dsprites" / "beta4"  # written by `python -m train`
-SPRITES = [
-    "--dataset",
-    "dsprites",
-    "--limit",
-    "64",
-    "--batch-size",
-    "16",
-    "--preset",
-    "small",
-    "--latent-dim",
-    "4",
-    "--eval-images",
-    "32",
-    "--num-threads",
-    "1",
-    "--steps",
-    "2",
-    "--no-progress",
-]
+SPRITES = (
+    "--dataset dsprites --limit 64 --batch-size 16 --preset small --latent-dim 4 --eval-images 32 "
+    "--num-threads 1 --steps 2 --no-progress"
+).split()
 
 
 def _env() -> dict:

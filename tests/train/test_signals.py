@@ -27,31 +27,10 @@ from train.stop import REPEAT_WINDOW_S
 REPO = Path(__file__).resolve().parents[2]
 TRIALS = 10  # per signal
 # Tiny and quick: the mlp preset on 64 dSprites images; no checkpoint but the one a signal asks for.
-RUN = [
-    "--dataset",
-    "dsprites",
-    "--limit",
-    "64",
-    "--batch-size",
-    "8",
-    "--preset",
-    "mlp",
-    "--latent-dim",
-    "4",
-    "--steps",
-    "80",
-    "--log-every",
-    "4",
-    "--eval-every",
-    "100000",
-    "--checkpoint-every",
-    "100000",
-    "--eval-images",
-    "16",
-    "--num-threads",
-    "1",
-    "--no-progress",
-]
+RUN = (
+    "--dataset dsprites --limit 64 --batch-size 8 --preset mlp --latent-dim 4 --steps 80 --log-every "
+    "4 --eval-every 100000 --checkpoint-every 100000 --eval-images 16 --num-threads 1 --no-progress"
+).split()
 
 
 @pytest.fixture(autouse=True)
@@ -198,27 +177,10 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path):
 
 
 # ---- in-process: the handler itself ---------------------------------------------------------------------
-SMALL = [
-    "--dataset",
-    "dsprites",
-    "--limit",
-    "64",
-    "--batch-size",
-    "16",
-    "--preset",
-    "mlp",
-    "--latent-dim",
-    "4",
-    "--steps",
-    "20",
-    "--eval-images",
-    "16",
-    "--num-threads",
-    "1",
-    "--no-progress",
-    "--checkpoint-every",
-    "100000",
-]
+SMALL = (
+    "--dataset dsprites --limit 64 --batch-size 16 --preset mlp --latent-dim 4 --steps 20 "
+    "--eval-images 16 --num-threads 1 --no-progress --checkpoint-every 100000"
+).split()
 
 
 def signal_inside_step(monkeypatch, at: int, then):
@@ -317,13 +279,7 @@ def _free_port() -> int:
 def torchrun(out: Path, cache: Path, *extra: str) -> list[str]:
     return [
         sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
+        *"-m torch.distributed.run --nproc_per_node 2 --master_addr 127.0.0.1 --master_port".split(),
         str(_free_port()),
         "-m",
         "train",
