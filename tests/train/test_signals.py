@@ -28,8 +28,8 @@ REPO = Path(__file__).resolve().parents[2]
 TRIALS = 10  # per signal
 # Tiny and quick: the mlp preset on 64 dSprites images; no checkpoint but the one a signal asks for.
 RUN = (
-    "--dataset dsprites --limit 64 --batch-size 8 --preset mlp --latent-dim 4 --steps 80 --log-every "
-    "4 --eval-every 100000 --checkpoint-every 100000 --eval-images 16 --num-threads 1 --no-progress"
+    "--dataset dsprites --limit 64 --batch-size 8 --preset mlp --latent-dim 4 --steps 80 --log-every 4 "
+    "--eval-every 100000 --checkpoint-every 100000 --eval-images 16 --num-threads 1 --no-progress"
 ).split()
 
 
@@ -178,8 +178,8 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path):
 
 # ---- in-process: the handler itself ---------------------------------------------------------------------
 SMALL = (
-    "--dataset dsprites --limit 64 --batch-size 16 --preset mlp --latent-dim 4 --steps 20 "
-    "--eval-images 16 --num-threads 1 --no-progress --checkpoint-every 100000"
+    "--dataset dsprites --limit 64 --batch-size 16 --preset mlp --latent-dim 4 --steps 20 --eval-images 16 "
+    "--num-threads 1 --no-progress --checkpoint-every 100000"
 ).split()
 
 

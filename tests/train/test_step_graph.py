@@ -234,10 +234,10 @@ def test_stats_count_good_skipped_and_the_longest_bad_run():
 # ---- 3. resume stays bit-exact, also in the middle of the KL warm-up -----------------------------------
 def test_resume_inside_the_kl_warmup_is_bit_exact(tmp_path, torch_ops):
     common = (
-        "--dataset dsprites --limit 64 --batch-size 16 --steps 7 --kl-warmup-steps 5 --lr-schedule "
-        "cosine --free-bits 0.05 --hflip --log-every 1 --eval-every 100 --checkpoint-every 100 --seed "
-        "3 --preset small --latent-dim 4 --no-progress --eval-images 32"
-    ).split()  # fmt: skip
+        "--dataset dsprites --limit 64 --batch-size 16 --steps 7 --kl-warmup-steps 5 --lr-schedule cosine "
+        "--free-bits 0.05 --hflip --log-every 1 --eval-every 100 --checkpoint-every 100 --seed 3 "
+        "--preset small --latent-dim 4 --no-progress --eval-images 32"
+    ).split()
     straight, split = tmp_path / "straight", tmp_path / "split"
     train(parse_args([*common, "--out", str(straight)]))
     train(parse_args([*common, "--out", str(split)]), stop_at=3)  # β is 3/5 of the way up
@@ -449,7 +449,7 @@ def test_gpu_cli_graphed_run_keeps_schedules_and_equals_eager(tmp_path, capsys, 
         "--dataset dsprites --limit 512 --batch-size 64 --steps 12 --device cuda --precision fp32 "
         "--kl-warmup-steps 6 --lr-schedule cosine --free-bits 0.02 --log-every 1 --eval-every 100 "
         "--checkpoint-every 100 --seed 5 --preset small --latent-dim 4 --no-progress --eval-images 64"
-    ).split()  # fmt: skip
+    ).split()
     runs = {}
     for flag in ("--cuda-graph", "--no-cuda-graph"):
         out = tmp_path / flag
