@@ -254,7 +254,7 @@ def load_rung(folder: Path, device: str = "cpu") -> Rung:
         meta["beta"], meta["beta_assumed"] = 1.0, True
     notices = []
     try:
-        evaluation = read_evaluation(folder / EVAL_NAME)
+        evaluation = read_evaluation(folder / EVAL_NAME, steps=meta.get("steps"))
     except FieldError as e:
         evaluation = {}
         notices.append(
@@ -268,15 +268,22 @@ def _after_path(error: Exception, path: Path) -> str:
     return str(error).removeprefix(f"{path}: ").removeprefix(f"{path} ")
 
 
-def read_evaluation(path: Path) -> dict:
+def read_evaluation(path: Path, steps: int | None = None) -> dict:
     """`eval.json` of `python -m train.evaluate` flattened: its metrics plus the split and settings.
 
     {} when there is no file. Undefined numbers (null, NaN) are left out. Raises FieldError naming the file
-    and the field for a value of the wrong type.
+    and the field for a value of the wrong type, or when it evaluated another step than the model's `steps`
+    (the weights were replaced after the evaluation).
     """
     doc = _read_json(path)
     if doc is None or doc.get("metrics") is None:
         return {}
+    evaluated = (doc.get("model") or {}).get("steps") if isinstance(doc.get("model"), dict) else None
+    if steps is not None and isinstance(evaluated, int) and evaluated != steps:
+        raise FieldError(
+            f"{path}: field model.steps = {evaluated} is not the model's step {steps}: it evaluated earlier "
+            "weights; run python -m train.evaluate again"
+        )
     metrics, settings = doc["metrics"], doc.get("settings") or {}
     try:
         for name, value in (("metrics", metrics), ("settings", settings)):

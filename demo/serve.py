@@ -24,7 +24,8 @@ from demo.ui import CONCURRENCY_LIMIT, QUEUE_SIZE, build_demo, launch_kwargs
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description="Gradio demo of a β-VAE ladder: reconstruct (with the ELBO panel), interpolate, sample, "
-        "traverse. Without --checkpoint or --hub-repo it serves the bundled dSprites models.",
+        "traverse, and the exact posterior of a 2-latent model. Without --checkpoint or --hub-repo it serves "
+        "the bundled dSprites models.",
     )
     p.add_argument(
         "--checkpoint",

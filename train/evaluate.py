@@ -319,11 +319,11 @@ def format_table(report: dict) -> str:
 BUNDLED = Path(__file__).resolve().parents[1] / "demo" / "models"
 
 
-def output_path(args: argparse.Namespace) -> Path:
+def output_path(args: argparse.Namespace) -> Path | str:
     """--output, else eval.json next to the checkpoint; a bundled model's tracked eval.json is rewritten
     only when --output names it."""
-    if args.output:
-        return Path(args.output)
+    if args.output is not None:
+        return args.output  # check_output_file refuses an empty one
     folder = Path(args.checkpoint)
     if not folder.is_dir():
         return Path("eval.json")

@@ -58,7 +58,7 @@ def non_binary_share(ds: ImageDataset, max_images: int = 2000) -> float:
 
 def warn_if_not_binary(ds: ImageDataset, model_cfg: VAEConfig, cfg: RunConfig) -> None:
     """A Bernoulli likelihood on grey pixels is not a normalised likelihood of the data: say so."""
-    if not likelihood_for(model_cfg).binary_only or getattr(cfg, "binarize", "none") not in (None, "none"):
+    if not likelihood_for(model_cfg).binary_only or cfg.binarize not in (None, "none"):
         return
     share = non_binary_share(ds)
     if share > 0:
@@ -537,6 +537,7 @@ def _end_loop(run: RunState, interrupted: bool, signum: int | None) -> dict | No
     if info.is_main:
         metadata = _metadata(cfg, run.model_cfg, step, {"img_per_s": run.img_per_s}, partial=True)
         run.model.save_pretrained(run.out, metadata=metadata)
+        _remove_stale_evaluation(run)
         why = f"{signal_name(signum)} received: " if signum else ""
         run.console.notice(
             f"{why}stopped at step {step}/{run.total}; checkpoint saved. "
@@ -548,6 +549,14 @@ def _end_loop(run: RunState, interrupted: bool, signum: int | None) -> dict | No
         raise KeyboardInterrupt
     distributed.barrier(info)
     return {"step": step}
+
+
+def _remove_stale_evaluation(run: RunState) -> None:
+    """eval.json measured the weights that model.safetensors held before this run replaced them."""
+    stale = run.out / "eval.json"
+    if stale.exists():
+        stale.unlink()
+        run.console.notice(f"removed {stale}: it evaluated the previous weights; run train.evaluate again")
 
 
 def _finish(run: RunState) -> dict:
@@ -565,12 +574,7 @@ def _finish(run: RunState) -> dict:
         final = final_report(
             run.model, cfg, run.model_cfg, run.step, run.img_per_s, run.device, run.command, out, extra=extra
         )
-        stale = out / "eval.json"  # it measured the weights this run just replaced
-        if stale.exists():
-            stale.unlink()
-            run.console.notice(
-                f"removed {stale}: it evaluated the previous weights; run train.evaluate again"
-            )
+        _remove_stale_evaluation(run)
         run.console.final_block(
             final=final,
             out=out,

@@ -48,7 +48,7 @@ class Terminated(RunStopped, SystemExit):
 
 def stopped(signum: int, *, now: bool = False) -> BaseException:
     """The exception that ends a run stopped by `signum`."""
-    e = Terminated(128 + signum) if signum == signal.SIGTERM else Interrupted(signal.Signals(signum).name)
+    e = Terminated(128 + signum) if signum == signal.SIGTERM else Interrupted(signal_name(signum))
     e.signum, e.now = signum, now
     return e
 

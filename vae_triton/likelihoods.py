@@ -2,7 +2,7 @@
 
 A likelihood turns the decoder's output (B, C, H, W) into everything the rest of the toolkit needs:
 
-- `nll(output, x, log_scale)`: −log p(x|z) per image, (B,) float32 nats, through the fused ops of
+- `nll(output, x, parameter)`: −log p(x|z) per image, (B,) float32 nats, through the fused ops of
   `vae_triton.ops` (Triton kernels on CUDA, the torch reference elsewhere);
 - `mean(output)`: the mean image in [0, 1], what `VAE.sample` and `VAE.reconstruct` show;
 - whether it has a scale σ, and the shape of a learned log σ parameter (`scale_shape`);
@@ -11,7 +11,7 @@ A likelihood turns the decoder's output (B, C, H, W) into everything the rest of
 - a one-line `description` (for `--help`, model cards and the demo) and a `label` ("gaussian (σ channel)").
 
 The objects are stateless apart from their options: a learned σ stays a parameter of the model (the
-`log_sigma` entry of `model.safetensors`), passed in as `log_scale`. The design follows diffusers'
+`log_sigma` entry of `model.safetensors`), passed in as `parameter`. The design follows diffusers'
 `DiagonalGaussianDistribution` (a distribution object built from a network's output, with `nll` and
 `mode`) and VDVAE's output net (`DmolNet.nll` / `.sample` on the decoder's features).
 

@@ -285,6 +285,8 @@ BROKEN_EVALS = {
     "split a number": (edit_eval(None, split=5), "eval.split"),
     "not JSON": (write_text("eval.json", '{"metrics": {"kl": 1,'), "JSON"),
     "not an object": (write_text("eval.json", "[]"), "top level"),
+    # a run resumed and stopped after its evaluation: eval.json measured earlier weights
+    "another step": (edit_eval("model", steps=1000), "model.steps"),
 }
 
 

@@ -54,6 +54,14 @@ def test_an_output_that_is_one_of_the_models_own_files_is_refused(run_dir, name,
     VAE.from_pretrained(run_dir)  # the model still loads
 
 
+def test_an_empty_output_is_refused_not_replaced_by_the_default(run_dir, capsys):
+    before = _files(run_dir)
+    code, out, err = _run(capsys, "--checkpoint", run_dir, "--output", "", *QUICK)
+    assert code == 2 and out == "", out  # refused before any evaluation
+    assert "--output is empty" in err and "Traceback" not in err, err
+    assert _files(run_dir) == before
+
+
 def test_the_models_files_are_recognised_through_a_symlink_and_a_hard_link(run_dir, tmp_path, capsys):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

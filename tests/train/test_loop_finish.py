@@ -1,7 +1,7 @@
 """A run stopped after its final checkpoint but before its final report: `--resume` writes the report.
 
 The window between the last checkpoint and `model.safetensors` is short (the held-out evaluation and the
-writes), but a stop there used to leave a folder with no model that `--resume` called "already finished".
+writes), but a stop there must not leave a folder with no model that `--resume` calls "already finished".
 """
 
 import json
@@ -132,3 +132,13 @@ def test_a_failed_run_is_not_turned_into_a_model_by_resume(tmp_path, monkeypatch
     err = capsys.readouterr().err
     assert "9 of its 12 steps were skipped" in err and "no model was saved" in err, err
     assert not (out / "model.safetensors").exists()
+
+
+def test_a_stopped_resume_removes_the_evaluation_of_the_weights_it_replaced(straight):
+    """eval.json measured the finished model; a longer run stopped half-way replaces model.safetensors
+    with its partial weights, so that evaluation must go (the app would show it beside other weights)."""
+    (straight / "eval.json").write_text(json.dumps({"model": {"steps": 6}, "metrics": {"elbo": -1.0}}))
+    argv = [*RUN, "--steps", "12", "--out", str(straight), "--resume"]
+    loop.train(parse_args(argv), argv=argv, stop_at=9)
+    assert json.loads((straight / "config.json").read_text())["metadata"]["steps"] == 9
+    assert not (straight / "eval.json").exists()

@@ -152,7 +152,8 @@ class FusedOp:
     forward(*inputs) / backward(*args): the kernel launchers; their annotations give the custom ops'
         schemas. `inputs` are what the public function passes, tensors and Python scalars.
     fake / backward_fake: the launchers' output shapes and dtypes, for tracing (no kernel runs).
-    save(ctx, inputs, output): what backward needs, saved on ctx (`setup_context` of the custom op).
+    save(ctx, inputs, output=None): what backward needs, saved on ctx (`setup_context` of the custom op;
+        the light Function passes no output).
     grads(backward, ctx, *grad_outputs): one gradient (or None) per input, computed with `backward`:
         the backward custom op on the compile path, the launcher itself on the light path.
     """
