@@ -140,7 +140,9 @@ def build_parser(cls, **parser_kwargs) -> argparse.ArgumentParser:
     hints = typing.get_type_hints(cls)
     groups: dict[str, argparse._ArgumentGroup] = {}
     for f, spec in declared(cls):
-        group = groups.get(spec.group) or groups.setdefault(spec.group, p.add_argument_group(spec.group))
+        if spec.group not in groups:
+            groups[spec.group] = p.add_argument_group(spec.group)
+        group = groups[spec.group]
         default = None if f.default is MISSING else f.default
         base = _base_type(hints[f.name])
         if base is bool and spec.negatable:

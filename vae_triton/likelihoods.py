@@ -21,6 +21,7 @@ Adding a likelihood means a class here, an entry in `LIKELIHOODS`, and (optional
 
 from __future__ import annotations
 
+import abc
 import math
 from typing import Any, ClassVar, NamedTuple
 
@@ -54,7 +55,7 @@ DISCRETE_BINARY = BpdConvention(
 )
 
 
-class Likelihood:
+class Likelihood(abc.ABC):
     """Base class: a decoder likelihood p(x|z) whose parameters are the decoder output (logits).
 
     Class attributes: `name` (the key in `LIKELIHOODS` and in config.json), `description` (one line),
@@ -86,9 +87,9 @@ class Likelihood:
         """The log σ the NLL uses, from the model's parameter (None when there is no learned one)."""
         return None
 
+    @abc.abstractmethod
     def nll(self, output: torch.Tensor, x: torch.Tensor, parameter: torch.Tensor | None = None):
         """−log p(x | output) per image, (B,) float32 nats; `parameter` is the model's learned log σ."""
-        raise NotImplementedError
 
     def mean(self, output: torch.Tensor) -> torch.Tensor:
         """The mean image E[x|z] in [0, 1], float32, same shape as `output`: sigmoid(output)."""
