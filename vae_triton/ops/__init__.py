@@ -2,16 +2,18 @@
 a per-image sum in nats, shape (B,), float32.
 
     reparameterize_kl(mu, logvar, *, seed=None, eps=None, logvar_clamp=(-30., 20.)) -> (z, kl)
+    reparameterize_iw(mu, logvar, K, *, seed=None, eps=None, logvar_clamp=(-30., 20.))
+        -> (z (K, B, D), log q(z_k|x) − log p(z_k) (K, B) float32 nats)   (the IW bound's latent step)
     gaussian_nll(mean, x, log_sigma=0.0) -> (B,) float32 nats
     gaussian_nll_logits(logits, x, log_sigma=0.0) -> (B,) float32 nats   (mean = sigmoid(logits), fused)
     bernoulli_nll(logits, x) -> (B,) float32 nats
 
-One file per op (`reparameterization.py`, `gaussian.py`, `bernoulli.py`) holds its launchers, its autograd
-spec and its public function; `_common.py` holds the dispatch (`backend_for`: Triton on CUDA, the torch
-reference `vae_triton.reference` on CPU and for float64; `VAE_TRITON_BACKEND=triton|torch` forces one),
-the input checks, and the generator of each op's two autograd wrappers (a light `autograd.Function` in
-eager mode, a `torch.library.custom_op` under `torch.compile`; `eager_wrapper("custom_op")` switches
-eager calls to the latter).
+One file per op (`reparameterization.py`, `reparameterize_iw.py`, `gaussian.py`, `bernoulli.py`) holds its
+launchers, its autograd spec and its public function; `_common.py` holds the dispatch (`backend_for`:
+Triton on CUDA, the torch reference `vae_triton.reference` on CPU and for float64;
+`VAE_TRITON_BACKEND=triton|torch` forces one), the input checks, and the generator of each op's two
+autograd wrappers (a light `autograd.Function` in eager mode, a `torch.library.custom_op` under
+`torch.compile`; `eager_wrapper("custom_op")` switches eager calls to the latter).
 
 Per call the host validates Python scalars and tensor metadata only (nothing allocated, no sync); what
 depends only on shapes and strides is cached; σ, fixed or learned, is computed inside the Gaussian kernels
@@ -34,6 +36,7 @@ from ._common import BACKEND_ENV, TRITON_AVAILABLE, TRITON_IMPORT_ERROR, backend
 from .bernoulli import bernoulli_nll
 from .gaussian import LOG_SIGMA_RANGE, gaussian_nll, gaussian_nll_logits
 from .reparameterization import LOGVAR_MAX, reparameterize_kl
+from .reparameterize_iw import reparameterize_iw
 
 __all__ = [
     "BACKEND_ENV",
@@ -46,5 +49,6 @@ __all__ = [
     "eager_wrapper",
     "gaussian_nll",
     "gaussian_nll_logits",
+    "reparameterize_iw",
     "reparameterize_kl",
 ]

@@ -1,0 +1,80 @@
+"""`reparameterize_iw`: K draws z_k = mu + exp(½·lv)·ε_k of q(z|x) and their log q(z_k|x) − log p(z_k), fused
+(kernels in `vae_triton/kernels/reparameterize_iw.py`, reference in `vae_triton.reference.reparameterize_iw`):
+the latent step of the importance-weighted bound (Burda et al. 2016)."""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+
+from .. import reference
+from ._common import backend_for, check_float
+from .reparameterization import _check_clamp, _check_seed
+
+# z and ε are indexed with int32 on some paths of the kernels' callers; K·B·D beyond it is refused early
+INDEX_LIMIT = 2**31 - 1
+
+
+def reparameterize_iw(
+    mu, logvar, num_samples, *, seed=None, eps=None, logvar_clamp=reference.DEFAULT_LOGVAR_CLAMP
+):
+    """K = `num_samples` draws z_k = mu + σ·ε_k of q(z|x) = N(mu, diag σ²), σ = exp(½·clamp(logvar)), and
+    log_ratio_k = log q(z_k|x) − log p(z_k) = Σ_d [−½ε² − ½ log σ² + ½ z²] with p(z) = N(0, I) (the
+    ½ log 2π terms cancel), so the log importance weight of z_k is log p(x|z_k) − log_ratio_k.
+
+    mu, logvar: (B, D) float tensors (float32, bfloat16, float16 or float64; strided views are fine).
+    num_samples: K ≥ 1, a Python int; K·B·D must stay ≤ 2³¹ − 1.
+    seed: None (drawn from torch's RNG, so `torch.manual_seed` reproduces it), an int in [0, 2⁶³), or a
+        1-element integer tensor on mu's device; same inputs and seed → bitwise-equal outputs. The noise
+        is that of `reparameterize_kl` on K stacked copies of the rows with the same seed.
+    eps: inject the noise instead, (K, B, D) (then `seed` must be None).
+    logvar_clamp: as for `reparameterize_kl` ((low, high), high ≤ 88, or None).
+    Returns z (K, B, D) in mu's dtype and log_ratio (K, B) float32 (float64 for float64 input), nats.
+    Gradients flow through both outputs into mu and logvar (and into an injected eps); first order on the
+    Triton path (double backward raises RuntimeError), any order on the torch path.
+    Raises ValueError naming the argument for a bad K, a non-tensor, non-float, mismatched or out-of-range
+    input.
+    """
+    op = "reparameterize_iw"
+    check_float(op, "mu", mu)
+    if mu.dim() != 2:
+        raise ValueError(f"{op}: `mu` must be 2-D (batch, latent_dim), got shape {tuple(mu.shape)}")
+    check_float(op, "logvar", logvar, like=mu, like_name="mu")
+    k = _check_num_samples(op, num_samples, mu)
+    if eps is not None:
+        check_float(op, "eps", eps)
+        if eps.shape != (k, *mu.shape) or eps.device != mu.device:
+            raise ValueError(
+                f"{op}: `eps` must have shape (num_samples, *mu.shape) = {(k, *mu.shape)} on {mu.device}, "
+                f"got {tuple(eps.shape)} on {eps.device}"
+            )
+        if seed is not None:
+            raise ValueError(f"{op}: pass `seed` or `eps`, not both (`eps` fixes the noise, `seed` draws it)")
+    _check_clamp(op, logvar_clamp)
+    seed = _check_seed(op, seed, mu.device)
+
+    tensors = (mu, logvar) if eps is None else (mu, logvar, eps)
+    backend_for(*tensors)  # validates VAE_TRITON_BACKEND; the Triton kernels come next
+    if eps is None:
+        generator = None
+        if seed is not None:
+            generator = torch.Generator(device=mu.device)
+            generator.manual_seed(int(seed.item()) if isinstance(seed, torch.Tensor) else seed)
+        cdt = torch.float64 if mu.dtype == torch.float64 else torch.float32
+        eps = torch.randn((k, *mu.shape), generator=generator, device=mu.device, dtype=cdt)
+    return reference.reparameterize_iw(mu, logvar, eps, logvar_clamp=logvar_clamp)
+
+
+def _check_num_samples(op: str, num_samples, mu: torch.Tensor) -> int:
+    if isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral) or num_samples < 1:
+        raise ValueError(
+            f"{op}: `num_samples` (K, samples of z per row) must be an int ≥ 1, got {num_samples!r}"
+        )
+    k = int(num_samples)
+    if k * mu.numel() > INDEX_LIMIT:
+        raise ValueError(
+            f"{op}: `num_samples` = {k} gives K·B·D = {k * mu.numel()} latent values, over the int32 index "
+            f"range ({INDEX_LIMIT}); lower num_samples or the batch (evaluate in chunks of samples)"
+        )
+    return k
