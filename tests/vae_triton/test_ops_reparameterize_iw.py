@@ -345,3 +345,29 @@ def test_compile_fullgraph_matches_eager_and_does_not_recompile_per_seed():
         assert torch.equal(a, b)
     assert not torch.equal(results[2][0], results[0][0])
     assert counter.frame_count == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(50, 256, 128), (2, 3, 10_000)])  # training size; several column chunks
+def test_cuda_kernels_match_torch_distributions_and_the_kl_stream(dtype, shape):
+    """The compiled kernels (`pytest -m gpu`): the oracle at a training size and with a latent longer
+    than one column chunk, and the drawn ε equal to reparameterize_kl's on stacked rows."""
+    k, batch, dim = shape
+    mu = torch.randn(batch, dim, device="cuda").to(dtype)
+    logvar = (2 * torch.randn(batch, dim, device="cuda")).to(dtype)
+    eps = torch.randn(shape, device="cuda")
+    w_z, w_r = torch.randn(shape, device="cuda").to(dtype), torch.randn(k, batch, device="cuda")
+    (z, ratio), grads = weighted_grads(lambda m, lv: _iw(m, lv, k, eps=eps), leaves(mu, logvar), [w_z, w_r])
+    (z_ref, ratio_ref), grads_ref = weighted_grads(
+        lambda m, lv: iw_oracle(m, lv, eps), leaves(mu.double(), logvar.double()), [w_z, w_r]
+    )
+    tol = GRAD_RTOL[dtype]
+    torch.testing.assert_close(z.double(), z_ref, rtol=VALUE_RTOL[dtype], atol=VALUE_RTOL[dtype])
+    torch.testing.assert_close(ratio.double(), ratio_ref, rtol=1e-5, atol=2e-3)
+    for a, b in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(a.double(), b, rtol=tol, atol=tol * max(1.0, k / 10))
+    seed = torch.tensor([2024], device="cuda")
+    z_seed, _ = _iw(mu, logvar, k, seed=seed)
+    stacked, _ = ops.reparameterize_kl(mu.repeat(k, 1), logvar.repeat(k, 1), seed=seed)
+    assert torch.equal(z_seed.view(k * batch, dim), stacked)
