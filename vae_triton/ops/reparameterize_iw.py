@@ -14,7 +14,8 @@ from . import _common
 from ._common import FusedOp, backend_for, check_float, fused, launching_on
 from .reparameterization import _SEED_HIGH, _check_clamp, _check_seed
 
-# z and ε are indexed with int32 on some paths of the kernels' callers; K·B·D beyond it is refused early
+# K·B·D beyond the int32 range is refused before any work: the backward kernel steps its Philox counters
+# by B·D in int32, and z that large (8 GiB in float32) means the samples should be taken in chunks.
 INDEX_LIMIT = 2**31 - 1
 
 
@@ -85,7 +86,10 @@ def reparameterize_iw(
     logvar_clamp: as for `reparameterize_kl` ((low, high), high ≤ 88, or None).
     Returns z (K, B, D) in mu's dtype and log_ratio (K, B) float32 (float64 for float64 input), nats.
     Gradients flow through both outputs into mu and logvar (and into an injected eps); first order on the
-    Triton path (double backward raises RuntimeError), any order on the torch path.
+    Triton path (double backward raises RuntimeError), any order on the torch path. Backward keeps only
+    mu, logvar and the seed (or the injected eps) and regenerates ε: nothing K×B×D is saved.
+    Bytes the Triton kernels move (s = dtype size; `vae_triton/kernels/reparameterize_iw.py`): forward
+    (K + 2)·B·D·s + 4·K·B, backward (K + 4)·B·D·s + 4·K·B, one launch each (a latent ≤ 8192 wide).
     Raises ValueError naming the argument for a bad K, a non-tensor, non-float, mismatched or out-of-range
     input.
     """
