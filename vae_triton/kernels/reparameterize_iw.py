@@ -8,8 +8,8 @@ Forward, per element of the K·B rows (row r = k·B + b reads mu and logvar row 
 the stream depends on neither the tiling nor the strides, and backward regenerates the forward's ε.
 The sum over d stays in the program when a row fits one column chunk (a latent of ≤ 8192 on a GPU).
 
-Backward, one program per (rows of B, column chunk), looping over the K samples (no atomics, so
-deterministic), with t_k = g_z,k + g_r,k·z_k:
+Backward, one program per (rows of B, column chunk), looping over the K samples, K_UNROLL per trip (no
+atomics, so deterministic), with t_k = g_z,k + g_r,k·z_k:
     ∂mu = Σ_k t_k,   ∂logvar = 1[lo ≤ logvar ≤ hi] · ½ Σ_k (σ·ε_k·t_k − g_r,k)
 (the −½ε² term has no gradient: ε is fixed; the indicator is `torch.clamp`'s gradient).
 
@@ -72,6 +72,7 @@ def _reparameterize_iw_bwd(
     gz_sk, gz_sb, gz_sd, gr_sk, gr_sb, mu_sb, mu_sd, lv_sb, lv_sd, eps_sk, eps_sb, eps_sd,
     lo, hi,
     HAS_EPS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_L: tl.constexpr, ITERS: tl.constexpr,
+    K_UNROLL: tl.constexpr,
 ):  # fmt: skip
     rows, row_ok, b = common.row_block(B, BLOCK_B)
     for it in tl.static_range(ITERS):
@@ -84,25 +85,32 @@ def _reparameterize_iw_bwd(
         t_eps = tl.zeros([BLOCK_B, BLOCK_L], dtype=tl.float32)
         gr_sum = tl.zeros([BLOCK_B, 1], dtype=tl.float32)
         # sample k's pointers and Philox counters, advanced by one sample per step (pointer and int64
-        # arithmetic: no int32 product k·stride)
+        # arithmetic: no int32 product k·stride); K_UNROLL samples per trip keep that many loads in flight
         gz_ptrs, gr_ptrs = gz_ptr + b * gz_sb + c * gz_sd, gr_ptr + b * gr_sb
         eps_ptrs, counter = eps_ptr + b * eps_sb + c * eps_sd, b * D + c
-        for _ in range(K):
-            eps, z = _sample_tile(mu, sigma, eps_ptrs, counter, mask, seed_ptr, HAS_EPS)
-            gz = tl.load(gz_ptrs, mask=mask, other=0.0).to(tl.float32)
-            gr = tl.load(gr_ptrs, mask=row_ok[:, None], other=0.0).to(tl.float32)
-            t = gz + gr * z
-            grad_mu += t
-            t_eps += t * eps
-            gr_sum += gr
-            gz_ptrs += gz_sk
-            gr_ptrs += gr_sk
-            eps_ptrs += eps_sk
-            counter += B * D
+        k = tl.zeros([1, 1], dtype=tl.int32)
+        for _ in range(0, K, K_UNROLL):
+            for _j in tl.static_range(K_UNROLL):
+                live = k < K  # past the last sample g_z and g_r load as 0, so t = 0 adds nothing
+                eps, z = _sample_tile(mu, sigma, eps_ptrs, counter, mask & live, seed_ptr, HAS_EPS)
+                gz = tl.load(gz_ptrs, mask=mask & live, other=0.0).to(tl.float32)
+                gr = tl.load(gr_ptrs, mask=row_ok[:, None] & live, other=0.0).to(tl.float32)
+                t = gz + gr * z
+                grad_mu += t
+                t_eps += t * eps
+                gr_sum += gr
+                gz_ptrs += gz_sk
+                gr_ptrs += gr_sk
+                eps_ptrs += eps_sk
+                counter += B * D
+                k += 1
         grad_lv = 0.5 * (sigma * t_eps - gr_sum)
         grad_lv = tl.where((lv_in >= lo) & (lv_in <= hi), grad_lv, 0.0)
         tl.store(gmu_ptr + b * D + c, grad_mu.to(gmu_ptr.dtype.element_ty), mask=mask)
         tl.store(glv_ptr + b * D + c, grad_lv.to(glv_ptr.dtype.element_ty), mask=mask)
+
+
+K_UNROLL = 4  # samples per trip of backward's loop over K (untuned: no GPU was at hand)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -160,6 +168,6 @@ def reparameterize_iw_bwd(
     _reparameterize_iw_bwd[grid(tiles, batch)](
         grad_z, grad_ratio, mu, logvar, eps_ptr, seed_ptr, grad_mu, grad_logvar,
         batch, dim, k, *grad_z.stride(), *grad_ratio.stride(), *mu.stride(), *logvar.stride(), *eps_strides,
-        lo, hi, HAS_EPS=eps is not None, **tiles.launch,
+        lo, hi, HAS_EPS=eps is not None, K_UNROLL=K_UNROLL, **tiles.launch,
     )  # fmt: skip
     return grad_mu, grad_logvar
