@@ -109,6 +109,7 @@ def test_strided_inputs_and_gradients_match_contiguous_bitwise(backend):
     want = run(mu.contiguous(), logvar.contiguous(), eps.contiguous())
     col_major = mu.contiguous().t().contiguous().t()  # column stride = batch
     for got in (run(mu, logvar, eps), run(col_major, logvar, eps.contiguous())):
+        assert got[0][0].is_contiguous()  # z, whatever the layouts in: the decoder views it (K·B, D)
         for a, b in zip((*got[0], *got[1]), (*want[0], *want[1]), strict=True):
             same(a, b)
     seed = torch.tensor([1234])

@@ -84,7 +84,8 @@ def reparameterize_iw(
         is that of `reparameterize_kl` on K stacked copies of the rows with the same seed.
     eps: inject the noise instead, (K, B, D) (then `seed` must be None).
     logvar_clamp: as for `reparameterize_kl` ((low, high), high ≤ 88, or None).
-    Returns z (K, B, D) in mu's dtype and log_ratio (K, B) float32 (float64 for float64 input), nats.
+    Returns z (K, B, D) in mu's dtype, contiguous (so `z.view(K * B, D)` feeds a decoder), and log_ratio
+    (K, B) float32 (float64 for float64 input), nats.
     Gradients flow through both outputs into mu and logvar (and into an injected eps); first order on the
     Triton path (double backward raises RuntimeError), any order on the torch path. Backward keeps only
     mu, logvar and the seed (or the injected eps) and regenerates ε: nothing K×B×D is saved.
