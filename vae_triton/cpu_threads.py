@@ -76,8 +76,8 @@ class AdaptiveThreads:
     - it keeps the probed count if its throughput beats the window before the probe by more than
       `margin` (hysteresis), and goes back otherwise;
     - a probe starts only while the probes so far (including the first step after each switch, which is
-      not measured) took at most `budget` of the time observed: in all at most `budget` of the time plus
-      one probe (`probe_s` and one step).
+      not measured) took at most `budget` of the time observed plus 2 `probe_s`: in all, probes take at
+      most `budget` of the time plus 3 `probe_s` and one step.
     `set_threads`, `clock` (for `tick`) and the observed seconds are injectable, so the decisions can be
     tested with a fake machine. Raises ValueError for a count below 1 or a `budget` outside (0, 1).
     """
@@ -149,7 +149,10 @@ class AdaptiveThreads:
             self.probe_seconds += seconds
         else:
             self._since_probe += seconds
-        if self._skip:  # thread-team start-up and caches: not the count's speed
+        # The first step after a switch pays the thread team's start-up: not the count's speed, unless
+        # it alone outlasts a probe (a collapsed count): then it is the evidence, and the probe ends.
+        long_probe = self._probing is not None and seconds >= self.probe_s
+        if self._skip and not long_probe:
             self._skip = False
             return
         self._steps += 1
@@ -168,7 +171,9 @@ class AdaptiveThreads:
         del history[:-5]
         self._new_window()
         due = self._urgent or self._since_probe >= self._interval
-        if due and self.probe_seconds <= self.budget * self.elapsed:
+        # An allowance of two probes: the first ones come early, and a neighbour arriving then must
+        # still get its probe at once.
+        if due and self.probe_seconds <= self.budget * self.elapsed + 2 * self.probe_s:
             self._start_probe()
 
     def _start_probe(self) -> None:
