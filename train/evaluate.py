@@ -26,7 +26,7 @@ import torch
 from train.datasets import DATASETS
 from train.flags import OneDefaultHelpFormatter, switch
 from train.paths import check_not_model_file, check_output_file
-from train.threads import BatchTicks, thread_controller
+from train.threads import BatchTicks, model_check, thread_controller
 from vae_triton.io import write_json_atomic
 
 DEFAULTS = {
@@ -209,6 +209,8 @@ def evaluate(args: argparse.Namespace, argv: list[str]) -> dict:
         model = model.to(memory_format=torch.channels_last)
     name, ds = load_data(args, model)
     n, m = min(args.num_images, len(ds)), min(args.latent_images, len(ds))
+    # Adapt only where the count cannot change the reported numbers.
+    threads.require_exact(model_check(model, (args.batch_size, *ds.image_shape), backward=False))
 
     start = time.perf_counter()
     result = metrics.likelihood_metrics(

@@ -12,6 +12,9 @@ be timed by all).
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
+
 import torch
 
 from vae_triton.cpu_threads import (
@@ -27,6 +30,7 @@ __all__ = [
     "BatchTicks",
     "available_cores",
     "default_num_threads",
+    "model_check",
     "set_num_threads",
     "thread_controller",
 ]
@@ -51,6 +55,37 @@ def thread_controller(
     n = set_num_threads(requested)
     adapt = requested is None and torch.device(device).type == "cpu" and not compiled and world == 1
     return AdaptiveThreads(n, adapt=adapt)
+
+
+def model_check(
+    model, batch_shape: tuple[int, ...], *, backward: bool = True, channels_last: bool = False
+) -> Callable[[], list[torch.Tensor]]:
+    """For `AdaptiveThreads.require_exact`: a function that runs a copy of `model` on a fixed random batch
+    of `batch_shape` (N, C, H, W) and returns its loss and, with `backward` (in training mode), the
+    gradients of the loss with respect to every parameter; without, in evaluation mode. The same seeded
+    batch and noise at every call; the model, its gradients, its BatchNorm statistics and torch's random
+    stream stay untouched."""
+    twin = []
+
+    def compute() -> list[torch.Tensor]:
+        if not twin:
+            twin.append(copy.deepcopy(model))
+        net = copy.deepcopy(twin[0])  # BatchNorm statistics of one call must not reach the next
+        net.train(backward)  # a training step, or evaluation
+        params = [p for p in net.parameters() if p.requires_grad]
+        device = params[0].device if params else torch.device("cpu")
+        with torch.random.fork_rng(devices=[]), torch.set_grad_enabled(backward):
+            torch.manual_seed(0)
+            x = (torch.rand(batch_shape, device=device) > 0.5).float()
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            loss = net(x).loss
+            if not backward:
+                return [loss]
+            grads = torch.autograd.grad(loss.sum(), params, allow_unused=True)
+            return [loss.detach(), *(g for g in grads if g is not None)]
+
+    return compute
 
 
 class BatchTicks:

@@ -13,9 +13,12 @@ another count for a short window, switching when that one is clearly faster.
         train_step(batch)                                     # CPU work only: no device sync needed
         threads.observe(time.perf_counter() - t0)             # may change the count for the next step
 
-The count changes only between steps (never inside one). On this project's x86_64 CPU (MKL, oneDNN,
-GNU OpenMP) the results of the model's ops are bitwise the same at 1 and 2 threads, so switching changes
-the speed, not the numbers (`tests/vae_triton/test_cpu_threads.py`, `tests/train/test_threads.py`).
+The count changes only between steps (never inside one). Whether it changes the numbers depends on the
+kernels: on this project's x86_64 CPU (MKL, oneDNN, GNU OpenMP) the `mlp` and `dsprites` presets' gradients
+are bitwise the same at 1 and 2 threads, the `small` and `celeba64` presets' are not (oneDNN splits their
+convolutions' weight-gradient sums by thread). `require_exact` checks this on the real shapes before any
+switch and keeps the count fixed where the bits differ, so a run stays reproducible and `--resume` exact
+(`tests/vae_triton/test_cpu_threads.py`, `tests/train/test_threads.py`).
 """
 
 from __future__ import annotations
@@ -56,6 +59,25 @@ def thread_ladder(ceiling: int, start: int) -> tuple[int, ...]:
         counts.add(n)
         n //= 2
     return tuple(sorted(counts))
+
+
+def same_at_every_count(compute: Callable[[], Sequence[torch.Tensor]], counts: Sequence[int]) -> bool:
+    """Whether `compute()` returns bitwise-equal tensors at each of `counts` torch CPU threads (stops at
+    the first difference; torch's count is restored after). Some CPU kernels split a reduction by thread
+    (oneDNN's convolution weight gradients for some shapes), others never do (MKL's matrix products)."""
+    before = torch.get_num_threads()
+    try:
+        reference = None
+        for n in counts:
+            torch.set_num_threads(n)
+            outputs = [t.detach().clone() for t in compute()]
+            if reference is None:
+                reference = outputs
+            elif len(outputs) != len(reference) or not all(map(torch.equal, outputs, reference)):
+                return False
+        return True
+    finally:
+        torch.set_num_threads(before)
 
 
 class AdaptiveThreads:
@@ -114,6 +136,7 @@ class AdaptiveThreads:
         self.probe_seconds = 0.0  # of which probing
         self.switches: list[tuple[float, int]] = []  # (elapsed, new count) of each adopted switch
         self.probes = 0
+        self.inexact = False  # adaptation was turned off because the counts give different bits
         self._interval = 2 * window_s  # the first probe soon: the starting count is a guess
         self._since_probe = 0.0
         self._history: dict[int, list[float]] = {}  # the last windows' throughput per count
@@ -128,6 +151,18 @@ class AdaptiveThreads:
     def __repr__(self) -> str:
         mode = "adaptive" if self.adapt else "fixed"
         return f"AdaptiveThreads({self.threads}, {mode}, switches={len(self.switches)}, probes={self.probes})"
+
+    def require_exact(self, compute: Callable[[], Sequence[torch.Tensor]]) -> bool:
+        """Keep adapting only if `compute()` (e.g. a step's gradients) gives the same bits at every candidate
+        count, so that switching cannot change a run's numbers (nor a `--resume`'s). Otherwise the count
+        stays at the current one. Returns whether adaptation goes on; no work when it is already off."""
+        if self.adapt and not same_at_every_count(compute, self._counts_to_check()):
+            self.adapt = False
+            self.inexact = True
+        return self.adapt
+
+    def _counts_to_check(self) -> tuple[int, ...]:
+        return (self.threads, *(c for c in self.candidates if c != self.threads))
 
     def _new_window(self) -> None:
         self._steps, self._seconds, self._skip = 0, 0.0, True  # the first step after a switch is warm-up
