@@ -15,6 +15,11 @@ throughput of the logging windows whose line arrived in it (the loop excludes ev
 time from them). Each run is killed after its second window (its final report is not the subject here).
 Prints the table (and writes bench_threads.json/.md under --out), with the 1-minute load average before
 each run: on a shared machine the numbers depend on the other load.
+
+`--app` times instead what the app's Reconstruct tab computes (the ELBO panel at its default K = 128, on the
+bundled dSprites model): the median latency of a request at 1 and 2 torch threads, with one visitor and
+with two at once (the app's queue runs 2 at a time), on a quiet machine and beside a busy neighbour
+(~1 min).
 """
 
 from __future__ import annotations
@@ -46,8 +51,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("/tmp/threads/bench"), help="runs and the report")
     p.add_argument("--window", type=float, default=15.0, help="seconds per window (default 15)")
     p.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
+    p.add_argument("--app", action="store_true", help="the app's request latency instead of training")
     args = p.parse_args(argv)
-    if not (args.data / "train").is_dir():
+    if not args.app and not (args.data / "train").is_dir():
         p.error(
             f"--data {args.data} has no train/ folder: make it with python -m demo.make_digits {args.data}"
         )
@@ -153,9 +159,63 @@ def markdown(rows: dict, window: float) -> str:
     return "\n".join(lines)
 
 
+def request_latency(k: int, visitors: int, repeats: int) -> float:
+    """Median ms of one ELBO-panel request (K = `k`) with `visitors` requests running at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from demo import images as im
+    from demo import inference as inf
+
+    ladder = inf.resolve_ladder(None, None)
+    rung = ladder.pick(ladder.betas[-1])
+    example = sorted(inf.EXAMPLES_DIR.glob("dsprites-*.png"))[0]
+    cfg = rung.model.config
+    x = im.to_model_input(im.open_image(str(example)), cfg.image_channels, cfg.image_size, ladder.dataset)
+
+    def one(_):
+        t0 = time.perf_counter()
+        inf.reconstruct(rung, x, k)
+        return 1000 * (time.perf_counter() - t0)
+
+    with ThreadPoolExecutor(visitors) as pool:  # torch releases the GIL: the requests overlap
+        list(pool.map(one, range(2 * visitors)))  # warm-up
+        times = sorted(pool.map(one, range(repeats * visitors)))
+    return round(times[len(times) // 2], 1)
+
+
+def app_table(repeats: int = 8) -> str:
+    import torch
+
+    lines = ["| torch threads | visitors at once | K | quiet: ms | busy neighbour: ms | load before |"]
+    lines.append("|---|---|---|---|---|---|")
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        for visitors in (1, 2):
+            for k in (128,):
+                before = load()
+                quiet = request_latency(k, visitors, repeats)
+                neighbour = start_neighbour()
+                try:
+                    time.sleep(0.5)
+                    busy = request_latency(k, visitors, repeats)
+                finally:
+                    stop(neighbour)
+                lines.append(f"| {threads} | {visitors} | {k} | {quiet} | {busy} | {before} |")
+                print(lines[-1], flush=True)
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout`: still stop the runs it started
+    if args.app:
+        sys.path.insert(0, str(REPO))
+        began = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        table = app_table()
+        where = f"{platform.machine()}, {os.cpu_count()} cores, {began}"
+        print(f"\nELBO panel latency, bundled dSprites model, {where}")
+        print(table)
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     began = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     rows = {}
