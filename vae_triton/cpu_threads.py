@@ -23,6 +23,7 @@ switch and keeps the count fixed where the bits differ, so a run stays reproduci
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 import time
@@ -34,22 +35,54 @@ import torch
 TORCH_DEFAULT_THREADS = torch.get_num_threads()
 
 
+CGROUP_CPU_FILES = (  # (quota, period) of cgroup v2, then of cgroup v1
+    ("/sys/fs/cgroup/cpu.max", None),
+    ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us"),
+)
+
+
+def cgroup_cpu_limit(files=CGROUP_CPU_FILES) -> float | None:
+    """The CPU time a container may use, in cores (quota / period), or None without a limit. A container
+    limited to 2 CPUs (a Space's 2 vCPUs) may still see all of the host's cores."""
+    for quota_file, period_file in files:
+        try:
+            with open(quota_file) as f:
+                fields = f.read().split()
+            if period_file is not None:
+                with open(period_file) as f:
+                    fields = fields[:1] + f.read().split()[:1]
+        except OSError:
+            continue
+        if len(fields) < 2 or fields[0] in ("max", "-1"):
+            return None
+        try:
+            quota, period = float(fields[0]), float(fields[1])
+        except ValueError:
+            return None
+        return quota / period if quota > 0 and period > 0 else None
+    return None
+
+
 def available_cores() -> int:
-    """The cores this process may run on (its CPU affinity; os.cpu_count() where there is none)."""
+    """The cores this process may use: its CPU affinity (os.cpu_count() where there is none), capped by
+    a cgroup CPU limit rounded up (at least 1)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    limit = cgroup_cpu_limit()
+    return max(1, min(cores, math.ceil(limit))) if limit else cores
 
 
 def default_num_threads() -> int:
     """Torch CPU threads for work started now: the cores not already busy, round(cores − 1-minute load
     average), at least 1 and at most torch's own default. A starting guess: the load average lags."""
+    cores = available_cores()
     try:
         load = os.getloadavg()[0]
     except (AttributeError, OSError):  # Windows has no load average
-        return TORCH_DEFAULT_THREADS
-    return max(1, min(TORCH_DEFAULT_THREADS, round(available_cores() - load)))
+        return min(TORCH_DEFAULT_THREADS, cores)
+    return max(1, min(TORCH_DEFAULT_THREADS, cores, round(cores - load)))
 
 
 def thread_ladder(ceiling: int, start: int) -> tuple[int, ...]:
@@ -85,7 +118,7 @@ class AdaptiveThreads:
 
     `start`: the count to begin with (set at once). `adapt=False`: keep `start` for good (an explicit
     `--num-threads`, a CUDA device): `observe` then does nothing. `candidates`: the counts it may use
-    (default `thread_ladder(TORCH_DEFAULT_THREADS, start)`).
+    (default: `thread_ladder` of min(torch's default, `available_cores()`)).
 
     How it decides (all times are the observed step seconds, so evaluation or checkpoint time between
     steps counts for nothing):
@@ -124,7 +157,8 @@ class AdaptiveThreads:
             raise ValueError(f"the thread count must be a positive number of CPU threads, got {start}")
         if not 0 < budget < 1:
             raise ValueError(f"`budget` must be a fraction of the time in (0, 1), got {budget}")
-        self.candidates = tuple(sorted(set(candidates or thread_ladder(TORCH_DEFAULT_THREADS, start))))
+        ceiling = min(TORCH_DEFAULT_THREADS, available_cores())
+        self.candidates = tuple(sorted(set(candidates or thread_ladder(ceiling, start))))
         if min(self.candidates) < 1 or start not in self.candidates:
             raise ValueError(f"`candidates` {self.candidates} must be positive counts that include {start}")
         self.adapt = adapt and len(self.candidates) > 1

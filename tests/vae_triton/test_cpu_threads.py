@@ -169,3 +169,33 @@ def test_training_steps_are_bitwise_the_same_at_1_and_2_threads(preset, monkeypa
     finally:
         torch.set_num_threads(before)
     assert all(torch.equal(one[k], two[k]) for k in one)
+
+
+def test_a_container_cpu_limit_caps_the_cores(tmp_path, monkeypatch):
+    from vae_triton import cpu_threads
+
+    v2, v1_quota, v1_period = tmp_path / "cpu.max", tmp_path / "quota", tmp_path / "period"
+    v2.write_text("200000 100000\n")  # 2 CPUs (a Space's 2 vCPUs)
+    assert cpu_threads.cgroup_cpu_limit([(str(v2), None)]) == 2.0
+    v2.write_text("max 100000\n")
+    assert cpu_threads.cgroup_cpu_limit([(str(v2), None)]) is None
+    v1_quota.write_text("150000\n")
+    v1_period.write_text("100000\n")
+    missing = (str(tmp_path / "none"), None)
+    assert cpu_threads.cgroup_cpu_limit([missing, (str(v1_quota), str(v1_period))]) == 1.5
+    v1_quota.write_text("-1\n")
+    assert cpu_threads.cgroup_cpu_limit([(str(v1_quota), str(v1_period))]) is None
+    assert cpu_threads.cgroup_cpu_limit([missing]) is None
+
+    monkeypatch.setattr(cpu_threads.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.setattr(cpu_threads, "cgroup_cpu_limit", lambda: 1.5)
+    assert cpu_threads.available_cores() == 2  # rounded up
+    monkeypatch.setattr(cpu_threads, "cgroup_cpu_limit", lambda: None)
+    assert cpu_threads.available_cores() == 16
+    # The app: one thread per request it runs at once (2) on the cores it may use.
+    from demo import serve
+
+    monkeypatch.setattr(serve, "available_cores", lambda: 2)
+    assert serve.default_threads() == 1
+    monkeypatch.setattr(serve, "available_cores", lambda: 8)
+    assert serve.default_threads() == 4
