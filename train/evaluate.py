@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="torch CPU threads, fixed. Default: adaptive on a CPU — start at the cores not busy now, "
         "round(cores − 1-min load average), then between batches follow the measured speed, so a process "
-        "that starts or stops on the same cores is seen (2 spinning threads ran 4–50× slower than 1 beside a "
+        "that starts or stops on the same cores is seen (2 spinning threads ran 3–50× slower than 1 beside a "
         "busy neighbour on a 2-core machine; train/threads.py)",
     )
     p.add_argument(
