@@ -58,11 +58,17 @@ def thread_controller(
 
 
 def model_check(
-    model, batch_shape: tuple[int, ...], *, backward: bool = True, channels_last: bool = False
+    model,
+    batch_shape: tuple[int, ...],
+    *,
+    backward: bool = True,
+    channels_last: bool = False,
+    amp: torch.dtype | None = None,
 ) -> Callable[[], list[torch.Tensor]]:
     """For `AdaptiveThreads.require_exact`: a function that runs a copy of `model` on a fixed random batch
     of `batch_shape` (N, C, H, W) and returns its loss and, with `backward` (in training mode), the
-    gradients of the loss with respect to every parameter; without, in evaluation mode. The same seeded
+    gradients of the loss with respect to every parameter; without, in evaluation mode. `channels_last`
+    and `amp` (an autocast dtype, e.g. torch.bfloat16) as the training step uses them. The same seeded
     batch and noise at every call; the model, its gradients, its BatchNorm statistics and torch's random
     stream stay untouched."""
     twin = []
@@ -79,7 +85,8 @@ def model_check(
             x = (torch.rand(batch_shape, device=device) > 0.5).float()
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            loss = net(x).loss
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                loss = net(x).loss.float()
             if not backward:
                 return [loss]
             grads = torch.autograd.grad(loss.sum(), params, allow_unused=True)
