@@ -19,6 +19,7 @@ import torch
 
 from demo.inference import resolve_ladder
 from demo.ui import CONCURRENCY_LIMIT, QUEUE_SIZE, build_demo, launch_kwargs
+from vae_triton.cpu_threads import available_cores
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -62,10 +63,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def default_threads() -> int:
-    """Cores shared by the requests the queue runs at once. Small models gain nothing from more intra-op
-    threads, and oversubscribed OpenMP threads spin: on a busy 2-core machine two threads per request
-    made one encode+decode 250 ms instead of 1 ms."""
-    return max(1, (os.cpu_count() or 1) // CONCURRENCY_LIMIT)
+    """Cores shared by the requests the queue runs at once, fixed (requests overlap, so no count can be
+    changed between one request's steps). Small models gain nothing from more intra-op threads, and
+    oversubscribed OpenMP threads spin: on a busy 2-core machine two threads per request made one
+    encode+decode 250 ms instead of 1 ms. The cores are the ones this process may use
+    (`vae_triton.cpu_threads.available_cores`: its CPU affinity and a container's CPU limit, such as a
+    Space's 2 vCPUs on a host that shows more)."""
+    return max(1, available_cores() // CONCURRENCY_LIMIT)
 
 
 def log_to_stderr() -> None:

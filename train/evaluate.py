@@ -26,7 +26,7 @@ import torch
 from train.datasets import DATASETS
 from train.flags import OneDefaultHelpFormatter, switch
 from train.paths import check_not_model_file, check_output_file
-from train.threads import set_num_threads
+from train.threads import BatchTicks, model_check, thread_controller
 from vae_triton.io import write_json_atomic
 
 DEFAULTS = {
@@ -100,9 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--num-threads",
         type=int,
         default=None,
-        help="torch CPU threads. Default: the cores not busy now, round(cores − 1-min load average), at "
-        "least 1 (on a shared 2-core machine 2 busy-waiting threads ran 25–60× slower than 1; "
-        "train/threads.py)",
+        help="torch CPU threads, fixed. Default: adaptive on a CPU — start at the cores not busy now, "
+        "round(cores − 1-min load average), then between batches follow the measured speed, so a process "
+        "that starts or stops on the same cores is seen (2 spinning threads ran 3–50× slower than 1 beside a "
+        "busy neighbour on a 2-core machine; train/threads.py)",
     )
     p.add_argument(
         "--output",
@@ -200,7 +201,7 @@ def evaluate(args: argparse.Namespace, argv: list[str]) -> dict:
     from vae_triton import metrics
 
     device = resolve_device(args.device)
-    num_threads = set_num_threads(args.num_threads)
+    threads = thread_controller(args.num_threads, device)
     torch.manual_seed(args.seed)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     model = load_model(args.checkpoint, device)
@@ -208,11 +209,14 @@ def evaluate(args: argparse.Namespace, argv: list[str]) -> dict:
         model = model.to(memory_format=torch.channels_last)
     name, ds = load_data(args, model)
     n, m = min(args.num_images, len(ds)), min(args.latent_images, len(ds))
+    # Adapt only where the count cannot change the reported numbers.
+    threads.require_exact(model_check(model, (args.batch_size, *ds.image_shape), backward=False))
 
     start = time.perf_counter()
     result = metrics.likelihood_metrics(
         model,
-        ds.uint8(range(n)),  # as training saw them: binarized when the run binarized
+        # As training saw them (binarized when the run binarized); each batch times the thread count.
+        BatchTicks(ds.uint8(range(n)), threads),
         iw_samples=args.iw_samples,
         iw_chunk=args.iw_chunk,
         batch_size=args.batch_size,
@@ -245,7 +249,8 @@ def evaluate(args: argparse.Namespace, argv: list[str]) -> dict:
             "seed": args.seed,
             "device": str(device),
         },
-        "num_threads": num_threads,
+        "num_threads": threads.threads,  # at the end
+        "num_threads_adaptive": threads.adapt,
         "conventions": {
             "units": "nats per image: sums over the C·H·W pixels (no per-pixel means), means over images; "
             "*_sem are standard errors of those means",

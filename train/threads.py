@@ -1,39 +1,39 @@
-"""The CPU thread count both CLIs use by default (`--num-threads`), measured on a shared 2-core machine.
+"""The CPU thread count of `python -m train` and `python -m train.evaluate` (`--num-threads`).
 
-Measured on this project's shared 2-core CPU (x86_64; `mlp` preset, batch 100, one training step
-timed over 5 s): nearly idle, 2 threads gave 14.9k img/s and 1 thread 11.3k (2 threads 1.3× faster); while
-other processes kept both cores busy (load average 2.5–4.5), 1 thread gave 4.8k–7.2k img/s and 2
-threads 77–272 img/s (25–60× slower: OpenMP threads spin waiting for a core a neighbour holds).
-`python -m bench.bench_digits --skip-short --skip-warmup --skip-long` repeats the comparison through
-`python -m train` under whatever load the machine has. So the default takes only the cores that are
-free now:
-    threads = max(1, min(torch's default, round(cores − 1-minute load average)))
+Without `--num-threads` the count adapts while the run goes on (`vae_triton.cpu_threads.AdaptiveThreads`):
+it starts at the cores not busy now, round(cores − 1-minute load average), and then follows the measured
+step times, so a neighbour process that starts or stops later is seen. Measured on a shared 2-core
+machine (`python -m bench.bench_threads`): two spinning OpenMP threads lose 73–98 % of their speed as soon
+as a neighbour runs, one thread is ~20 % slower than two on a quiet machine. `--num-threads N` fixes the
+count (no adaptation); so do a CUDA device, `--compile` (Inductor's CPU kernels keep the thread count they
+were compiled with) and a multi-process run (every rank waits for the slowest, so one rank's probe would
+be timed by all).
 """
 
 from __future__ import annotations
 
-import os
+import copy
+from collections.abc import Callable
 
 import torch
 
-# Captured once: later set_num_threads calls in this process must not lower the ceiling.
-TORCH_DEFAULT_THREADS = torch.get_num_threads()
+from vae_triton.cpu_threads import (
+    TORCH_DEFAULT_THREADS,
+    AdaptiveThreads,
+    available_cores,
+    default_num_threads,
+)
 
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
-
-
-def default_num_threads() -> int:
-    """Torch CPU threads for a run started now: the cores not already busy (at least 1)."""
-    try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):  # Windows has no load average
-        return TORCH_DEFAULT_THREADS
-    return max(1, min(TORCH_DEFAULT_THREADS, round(available_cores() - load)))
+__all__ = [
+    "TORCH_DEFAULT_THREADS",
+    "AdaptiveThreads",
+    "BatchTicks",
+    "available_cores",
+    "default_num_threads",
+    "model_check",
+    "set_num_threads",
+    "thread_controller",
+]
 
 
 def set_num_threads(requested: int | None) -> int:
@@ -43,3 +43,69 @@ def set_num_threads(requested: int | None) -> int:
         raise ValueError(f"--num-threads must be a positive number of CPU threads, got {n}")
     torch.set_num_threads(n)
     return n
+
+
+def thread_controller(
+    requested: int | None, device: torch.device | str = "cpu", *, compiled: bool = False, world: int = 1
+) -> AdaptiveThreads:
+    """The controller of a run's CPU threads: fixed at `requested` (`--num-threads`) when given, adaptive
+    from `default_num_threads()` otherwise, except on CUDA, with `compiled` or with `world` > 1 (fixed at
+    the starting count: see the module docstring). Sets torch's count now; raises ValueError for
+    `requested` < 1 naming `--num-threads`."""
+    n = set_num_threads(requested)
+    adapt = requested is None and torch.device(device).type == "cpu" and not compiled and world == 1
+    return AdaptiveThreads(n, adapt=adapt)
+
+
+def model_check(
+    model,
+    batch_shape: tuple[int, ...],
+    *,
+    backward: bool = True,
+    channels_last: bool = False,
+    amp: torch.dtype | None = None,
+) -> Callable[[], list[torch.Tensor]]:
+    """For `AdaptiveThreads.require_exact`: a function that runs a copy of `model` on a fixed random batch
+    of `batch_shape` (N, C, H, W) and returns its loss and, with `backward` (in training mode), the
+    gradients of the loss with respect to every parameter; without, in evaluation mode. `channels_last`
+    and `amp` (an autocast dtype, e.g. torch.bfloat16) as the training step uses them. The same seeded
+    batch and noise at every call; the model, its gradients, its BatchNorm statistics and torch's random
+    stream stay untouched."""
+    twin = []
+
+    def compute() -> list[torch.Tensor]:
+        if not twin:
+            twin.append(copy.deepcopy(model))
+        net = copy.deepcopy(twin[0])  # BatchNorm statistics of one call must not reach the next
+        net.train(backward)  # a training step, or evaluation
+        params = [p for p in net.parameters() if p.requires_grad]
+        device = params[0].device if params else torch.device("cpu")
+        with torch.random.fork_rng(devices=[]), torch.set_grad_enabled(backward):
+            torch.manual_seed(0)
+            x = (torch.rand(batch_shape, device=device) > 0.5).float()
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                loss = net(x).loss.float()
+            if not backward:
+                return [loss]
+            grads = torch.autograd.grad(loss.sum(), params, allow_unused=True)
+            return [loss.detach(), *(g for g in grads if g is not None)]
+
+    return compute
+
+
+class BatchTicks:
+    """`images` (anything with len() and slicing) whose every slice ticks `threads`: a loop that slices
+    one batch at a time (vae_triton.metrics.iter_batches) lets the controller time each batch, and the
+    count changes only between batches."""
+
+    def __init__(self, images, threads: AdaptiveThreads) -> None:
+        self.images, self.threads = images, threads
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index):
+        self.threads.tick()
+        return self.images[index]
