@@ -23,6 +23,7 @@ from .reference import DEFAULT_LOGVAR_CLAMP, HALF_LOG_2PI
 GRID_ROWS_PER_PASS = 1024  # grid points decoded per decoder pass by default
 Q_STAR_BOX = 6.0  # q*'s ELBO is integrated on a grid over μ ± 6σ, as q_φ's is
 Q_STAR_STILL = 0.05  # q* has converged when a round moves μ by < 0.05 σ and log σ² by < 0.05
+Q_STAR_STEP_MU, Q_STAR_STEP_LOGVAR = 1.5, math.log(3.0)  # one round's trust region (σ of its grid)
 
 
 def _logvar_clamp(model) -> tuple[float, float]:
@@ -246,53 +247,84 @@ def _elbo_on_grid(points, log_joint, mu, logvar) -> torch.Tensor:
     return (w * (log_joint - log_q)).sum()
 
 
-def _maximise_elbo(points, log_joint, mu, logvar) -> tuple[torch.Tensor, torch.Tensor]:
-    """argmax over (μ, log σ²) of `_elbo_on_grid` on fixed points, by L-BFGS from (mu, logvar)."""
-    theta = torch.cat([mu, logvar]).detach().clone().requires_grad_(True)
-    opt = torch.optim.LBFGS(
-        [theta],
-        lr=1.0,
-        max_iter=100,
-        tolerance_grad=1e-9,
-        tolerance_change=1e-12,
-        line_search_fn="strong_wolfe",
-    )
+def _maximise_elbo(points, log_joint, start, lo, hi, *, iterations: int = 60) -> torch.Tensor:
+    """argmax of `_elbo_on_grid` over θ = (μ₁, μ₂, log σ₁², log σ₂²) in the box [lo, hi] (4,), by damped
+    Newton steps projected on the box, from `start` (4,). The box matters: on a fixed grid a q wider than
+    the grid would see uniform weights and an entropy growing without bound; inside it q stays resolved.
+    (Four parameters: the exact Hessian is cheap, and torch.optim would import the compiler stack.)"""
 
-    def closure():
-        opt.zero_grad()
-        loss = -_elbo_on_grid(points, log_joint, theta[:2], theta[2:])
-        loss.backward()
-        return loss
+    def value(theta):
+        return _elbo_on_grid(points, log_joint, theta[:2], theta[2:])
 
-    with torch.enable_grad():
-        opt.step(closure)
-    theta = theta.detach()
-    if not torch.isfinite(theta).all():
-        return mu, logvar
-    return theta[:2], theta[2:]
+    theta = torch.minimum(torch.maximum(start, lo), hi)
+    best = value(theta)
+    for _ in range(iterations):
+        with torch.enable_grad():
+            t = theta.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(value(t), t, create_graph=True)
+            hess = torch.stack([torch.autograd.grad(grad[i], t, retain_graph=True)[0] for i in range(4)])
+        grad, hess = grad.detach(), 0.5 * (hess.detach() + hess.detach().T)
+        top = torch.linalg.eigvalsh(hess).max()  # damp until −H + λI is positive definite
+        damping = torch.clamp(1.1 * top, min=0.0) + 1e-9 * (1.0 + hess.abs().max())
+        step = torch.linalg.solve(damping * torch.eye(4, dtype=hess.dtype) - hess, grad)
+        for _ in range(30):  # backtrack until the projected step raises the ELBO
+            trial = torch.minimum(torch.maximum(theta + step, lo), hi)
+            trial_value = value(trial)
+            if torch.isfinite(trial_value) and trial_value >= best:
+                break
+            step = step / 2
+        else:
+            break
+        gain = trial_value - best
+        theta, best = trial, trial_value
+        if gain < 1e-12:
+            break
+    return theta
 
 
-def _best_gaussian(model, x1, mu, logvar, *, n, chunk, rounds) -> tuple[torch.Tensor, ...]:
-    """q* from a start (μ, log σ²): each round decodes an n² grid over μ ± 6σ, maximises the ELBO on it,
-    and stops once q* stays where the grid was centred (so the grid resolves q*). Returns
-    (ELBO(q*), μ*, log σ²*), the ELBO on q*'s own grid."""
+def _round_box(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One round's trust region around θ: μ ± Q_STAR_STEP_MU σ, log σ² ± Q_STAR_STEP_LOGVAR."""
+    std = (0.5 * theta[2:]).exp()
+    step = torch.cat([Q_STAR_STEP_MU * std, torch.full_like(std, Q_STAR_STEP_LOGVAR)])
+    return theta - step, theta + step
+
+
+def _window_fit(grid_z: torch.Tensor, log_joint: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+    """A first q* on the posterior's own window (no decoder pass): μ inside the window, σ between a
+    quarter cell and an eighth of the window, so q stays on it."""
+    points = grid_z.reshape(-1, 2)
+    w_lo, w_hi = points.min(0).values, points.max(0).values
+    width, n = w_hi - w_lo, grid_z.shape[0]
+    lo = torch.cat([w_lo, 2 * torch.log(width / (4 * n))])
+    hi = torch.cat([w_hi, 2 * torch.log(width / 8)])
+    inside = torch.minimum(torch.maximum(start, lo), hi)
+    return _maximise_elbo(points, log_joint.flatten(), inside, lo, hi)
+
+
+def _best_gaussian(model, x1, theta, *, n, chunk, rounds) -> tuple[torch.Tensor, ...]:
+    """q* from a start θ = (μ, log σ²): each round decodes an n² grid over μ ± 6σ, maximises the ELBO on
+    it within `_round_box`, and stops once q* stays where the grid was centred (so the grid resolves q*).
+    Returns (ELBO(q*), μ*, log σ²*), the ELBO on a grid centred on q*."""
+
+    def grid_of(theta):
+        std = (0.5 * theta[2:]).exp()
+        points = _mesh(_axis_points(theta[:2] - Q_STAR_BOX * std, theta[:2] + Q_STAR_BOX * std, n))
+        return points.reshape(-1, 2), _log_joint_on(model, x1, points.reshape(-1, 2), chunk)[0]
+
     for _ in range(rounds):
-        std = (0.5 * logvar).exp()
-        points = _mesh(_axis_points(mu - Q_STAR_BOX * std, mu + Q_STAR_BOX * std, n)).reshape(-1, 2)
-        log_joint = _log_joint_on(model, x1, points, chunk)[0]
-        new_mu, new_logvar = _maximise_elbo(points, log_joint, mu, logvar)
-        still = ((new_mu - mu).abs() / std).max() < Q_STAR_STILL and (
-            new_logvar - logvar
-        ).abs().max() < Q_STAR_STILL
-        mu, logvar = new_mu, new_logvar
+        points, log_joint = grid_of(theta)
+        new = _maximise_elbo(points, log_joint, theta, *_round_box(theta))
+        std = (0.5 * theta[2:]).exp()
+        still = ((new[:2] - theta[:2]).abs() / std).max() < Q_STAR_STILL
+        still = still and (new[2:] - theta[2:]).abs().max() < Q_STAR_STILL
+        theta = new
         if still:
-            return _elbo_on_grid(points, log_joint, mu, logvar), mu, logvar
-    std = (0.5 * logvar).exp()  # not settled in `rounds`: integrate the last q* on its own grid
-    points = _mesh(_axis_points(mu - Q_STAR_BOX * std, mu + Q_STAR_BOX * std, n)).reshape(-1, 2)
-    return _elbo_on_grid(points, _log_joint_on(model, x1, points, chunk)[0], mu, logvar), mu, logvar
+            return _elbo_on_grid(points, log_joint, theta[:2], theta[2:]), theta[:2], theta[2:]
+    points, log_joint = grid_of(theta)  # not settled in `rounds`: integrate the last q* on its own grid
+    return _elbo_on_grid(points, log_joint, theta[:2], theta[2:]), theta[:2], theta[2:]
 
 
-def _moment_start(z: torch.Tensor, log_posterior: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+def _moment_start(z: torch.Tensor, log_posterior: torch.Tensor) -> torch.Tensor | None:
     """The diagonal Gaussian minimising KL[q ‖ N(m, S)] for the posterior's mean m and covariance S on the
     grid: mean m, variances 1 / (S⁻¹)_ii. The optimum when p(z|x) is Gaussian; a start otherwise."""
     p = torch.softmax(log_posterior.flatten(), 0)
@@ -303,11 +335,19 @@ def _moment_start(z: torch.Tensor, log_posterior: torch.Tensor) -> tuple[torch.T
     precision_diag = torch.linalg.inv(cov).diagonal() if torch.linalg.det(cov) > 0 else None
     if precision_diag is None or not (torch.isfinite(precision_diag).all() and (precision_diag > 0).all()):
         return None
-    return m, -precision_diag.log()
+    return torch.cat([m, -precision_diag.log()])
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Two fits θ = (μ, log σ²) within Q_STAR_STILL of each other (μ in units of σ)."""
+    std = (0.5 * a[2:]).exp()
+    return bool(
+        ((a[:2] - b[:2]).abs() / std).max() < Q_STAR_STILL and (a[2:] - b[2:]).abs().max() < Q_STAR_STILL
+    )
 
 
 @torch.no_grad()
-def gap_decomposition(model, x: torch.Tensor, *, rounds: int = 4, **options) -> GapDecomposition:
+def gap_decomposition(model, x: torch.Tensor, *, rounds: int = 8, **options) -> GapDecomposition:
     """Split the variational gap of a 2-latent model into its approximation and amortisation parts.
 
     x: (B, C, H, W) images as the model takes them. `options` go to `posterior_on_grid` (n, coarse, span,
@@ -322,7 +362,8 @@ def gap_decomposition(model, x: torch.Tensor, *, rounds: int = 4, **options) -> 
     makes q* the best single-mode fit the starts reach (a local optimum of a non-concave problem).
     approximation gap = log p(x) − ELBO(q*); amortisation gap = ELBO(q*) − ELBO(q_φ); they add up to
     KL[q_φ ‖ p(z|x)] (Cremer, Li & Duvenaud 2018, "Inference Suboptimality in Variational Autoencoders").
-    Cost: `posterior_on_grid` plus about 2–4 more n² grids of decoder passes per image.
+    Each round keeps q* in a trust region of its grid (μ ± 1.5σ, σ × 3^±½), so a start far from q* takes
+    several rounds. Cost: `posterior_on_grid` plus 2–4 more n² grids of decoder passes per image typically.
 
     Raises ValueError as `posterior_on_grid` does (an empty batch, latent_dim ≠ 2, bad options), and for
     `rounds` that is not a positive integer.
@@ -339,9 +380,13 @@ def gap_decomposition(model, x: torch.Tensor, *, rounds: int = 4, **options) -> 
     for b in range(x.shape[0]):
         x1 = x[b : b + 1]
         candidates = [(grid.elbo[b], mu[b], logvar[b])]  # q_φ: q* is never worse than the encoder
-        starts = [(mu[b], logvar[b]), _moment_start(grid.z[b], grid.log_posterior[b])]
-        for start in (s for s in starts if s is not None):
-            candidates.append(_best_gaussian(model, x1, *start, n=n, chunk=chunk, rounds=rounds))
+        log_joint = grid.log_posterior[b] + grid.log_px[b]
+        starts = [torch.cat([mu[b], logvar[b]]), _moment_start(grid.z[b], grid.log_posterior[b])]
+        fits = [_window_fit(grid.z[b], log_joint, s) for s in starts if s is not None]
+        if len(fits) == 2 and _same(fits[0], fits[1]):  # both starts reach one optimum: refine it once
+            fits = fits[1:]
+        for theta in fits:
+            candidates.append(_best_gaussian(model, x1, theta, n=n, chunk=chunk, rounds=rounds))
         best.append(max(candidates, key=lambda c: float(c[0])))
     best_elbo, best_mu, best_logvar = (torch.stack(column) for column in zip(*best, strict=True))
     return GapDecomposition(
