@@ -181,7 +181,9 @@ def sketch_to_image(sketch, size: int = 28, box: int = 20) -> Image.Image:
     patch = np.asarray(patch, dtype=np.float64)
     mass = patch.sum()
     ys, xs = np.indices(patch.shape)
-    centre = (size - 1) / 2  # the centre of the field, in pixel-index coordinates
+    # The centre of mass goes to pixel (size/2, size/2) in index coordinates: where MNIST's digits have it
+    # (their mean centre of mass is (14.0, 14.0) within a quarter pixel in 28×28).
+    centre = size / 2
     top = round(centre - (ys * patch).sum() / mass) if mass > 0 else (size - new_h) // 2
     left = round(centre - (xs * patch).sum() / mass) if mass > 0 else (size - new_w) // 2
     top, left = min(max(top, 0), size - new_h), min(max(left, 0), size - new_w)

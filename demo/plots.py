@@ -161,6 +161,7 @@ def rate_distortion_figure(
     pad_x = 0.2 * np.ptp(rates) + max(0.0, MIN_PLANE_SPAN - 1.4 * np.ptp(rates)) / 2
     pad_y = 0.2 * np.ptp(dists) + max(0.0, MIN_PLANE_SPAN - 1.4 * np.ptp(dists)) / 2
     x0, x1 = max(0.0, rates.min() - pad_x), rates.max() + pad_x
+    x1 = max(x1, x0 + MIN_PLANE_SPAN)  # the rate axis stops at 0: the span goes to the right instead
     y0, y1 = dists.min() - pad_y, dists.max() + pad_y
     if image:  # an image near the ladder widens the frame to hold it, with a margin for its marker
         r, d = image

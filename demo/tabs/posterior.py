@@ -47,37 +47,6 @@ def handlers(models: Models) -> dict[str, Callable]:
             raise inf.InputError(f"model must be one of {list(objectives)}, got {model!r}")
         return objectives[model]
 
-    def explore(x, rung: inf.Rung):
-        r = inf.explore_posterior(rung, x)
-        figure = plots.posterior_figure(
-            latent_map=inf.latent_map(rung).numpy(),
-            map_extent=inf.MAP_EXTENT,
-            window_map=r["window_map"],
-            z=r["z"],
-            log_posterior=r["log_posterior"],
-            log_q=r["log_q"],
-            mu=r["mu"],
-            log_q_star=r["log_q_star"],
-        )
-        bounds = plots.iw_figure(
-            r["iw_ks"], r["iw_means"], r["iw_sems"], log_px=r["log_px"], elbo=r["elbo"], draws=r["iw_draws"]
-        )
-        numbers = text.posterior_numbers(r, rung)
-        return (
-            outputs.png_file(im.to_pil(x[0])),
-            latent_map_file(rung),
-            figure,
-            text.posterior_identity(numbers),
-            bounds,
-            text.iw_caption(numbers),
-            numbers,
-        )
-
-    def drawing(sketch, rung: inf.Rung):
-        cfg = rung.model.config
-        digit = im.sketch_to_image(sketch, size=cfg.image_size, box=round(cfg.image_size * 20 / 28))
-        return im.to_model_input(digit, cfg.image_channels, cfg.image_size, explored.dataset)
-
     @user_errors
     @gpu
     def posterior(image: str, beta: float | None = None):
@@ -97,14 +66,14 @@ def handlers(models: Models) -> dict[str, Callable]:
     def posterior_sketch(sketch, beta: float | None = None):
         """A drawing (the Sketchpad's value) → `posterior` of it, preprocessed as MNIST was made."""
         rung = posterior_rung(beta)
-        return explore(drawing(sketch, rung), rung)
+        return explore(drawing(sketch, rung, explored.dataset), rung)
 
     @user_errors
     @gpu
     def posterior_sketch_model(sketch, model: str | None = None):
         """`posterior_sketch` with the model picked by its training objective (the bundled switch)."""
         rung = model_rung(model)
-        return explore(drawing(sketch, rung), rung)
+        return explore(drawing(sketch, rung, explored.dataset), rung)
 
     @user_errors
     @gpu
@@ -139,6 +108,42 @@ def handlers(models: Models) -> dict[str, Callable]:
         "decode_click_model": decode_click_model,
         "switch_model": switch_model,
     }
+
+
+def explore(x, rung: inf.Rung):
+    """One model input (1, C, H, W) → the tab's outputs: what the model sees, the latent map, the
+    posterior figure, the identity table, the IW chart and its caption, the numbers."""
+    r = inf.explore_posterior(rung, x)
+    figure = plots.posterior_figure(
+        latent_map=inf.latent_map(rung).numpy(),
+        map_extent=inf.MAP_EXTENT,
+        window_map=r["window_map"],
+        z=r["z"],
+        log_posterior=r["log_posterior"],
+        log_q=r["log_q"],
+        mu=r["mu"],
+        log_q_star=r["log_q_star"],
+    )
+    bounds = plots.iw_figure(
+        r["iw_ks"], r["iw_means"], r["iw_sems"], log_px=r["log_px"], elbo=r["elbo"], draws=r["iw_draws"]
+    )
+    numbers = text.posterior_numbers(r, rung)
+    return (
+        outputs.png_file(im.to_pil(x[0])),
+        latent_map_file(rung),
+        figure,
+        text.posterior_identity(numbers),
+        bounds,
+        text.iw_caption(numbers),
+        numbers,
+    )
+
+
+def drawing(sketch, rung: inf.Rung, dataset: str):
+    """A Sketchpad value → the model input, preprocessed as MNIST was made (a 20/28 box, centre of mass)."""
+    cfg = rung.model.config
+    digit = im.sketch_to_image(sketch, size=cfg.image_size, box=round(cfg.image_size * 20 / 28))
+    return im.to_model_input(digit, cfg.image_channels, cfg.image_size, dataset)
 
 
 def _decode_at(rung: inf.Rung, evt):
@@ -239,16 +244,24 @@ def layout(page: Page) -> Tab | None:
         api_visibility="private",
         **page.model_events,
     )
-    draw_button.click(
+    drawn = draw_button.click(
         h.posterior_sketch_model if switch is not None else h.posterior_sketch,
         inputs=[sketch, *chooser],
         outputs=results,
         api_name="posterior_sketch",
         **page.model_events,
     )
-    if switch is not None:  # a new model: its own latent map at once, then the image again
+    # After a failure (an empty sketch: its toast says so) nothing stale stays on this tab.
+    drawn.failure(
+        lambda: [None] * len(results), outputs=results, api_visibility="private", **page.model_events
+    )
+    if switch is not None:  # another model: its latent map, and the image shown explored again
         switch.change(
-            h.latent_map_of, inputs=[switch], outputs=[latent], api_visibility="private", **page.model_events
+            h.switch_model,
+            inputs=[image, switch],
+            outputs=results,
+            api_visibility="private",
+            **page.model_events,
         )
     return Tab(
         api_name="posterior",
