@@ -36,8 +36,9 @@ def iwae_copy(tmp_path_factory):
 def serve(ladder, monkeypatch, iwae_dir):
     monkeypatch.setattr(inf, "POSTERIOR_IWAE_DIR", iwae_dir)
     demo = ui.build_demo(ladder).queue(default_concurrency_limit=ui.CONCURRENCY_LIMIT, api_open=False)
-    kwargs = {k: v for k, v in ui.launch_kwargs().items() if k in ("max_file_size",)}
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True, **kwargs)
+    demo.launch(
+        prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True, **ui.launch_kwargs()
+    )
     return demo
 
 
@@ -182,3 +183,61 @@ def test_the_rate_distortion_plane_keeps_a_readable_scale_with_one_point():
     (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
     assert x1 - x0 >= plots.MIN_PLANE_SPAN - 1e-9 and y1 - y0 >= plots.MIN_PLANE_SPAN - 1e-9
     assert x0 <= 6.74 <= x1 and y0 <= 146.43 <= y1
+
+
+# ---- in Chromium: draw a digit, switch the model, at desktop and phone widths ---------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("width", [1280, 400])
+def test_draw_a_digit_and_switch_the_model_in_chromium(switched, width):
+    playwright = pytest.importorskip("playwright.sync_api")
+    from test_app_browser import ARTIFACTS, CHROMIUM, open_tab, settle
+
+    if CHROMIUM is None:
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    demo, _ = switched
+    ARTIFACTS.mkdir(exist_ok=True)
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"]
+        )
+        page = browser.new_page(viewport={"width": width, "height": 900})
+        page.set_default_timeout(120_000)
+        page.goto(demo.local_url)
+        page.wait_for_selector("[role=tab]")
+        open_tab(page, "Posterior")
+        page.wait_for_function(
+            "document.querySelector('#posterior-identity').innerText.includes('amortisation')"
+        )
+        # An empty sketch: one message on this tab.
+        page.locator("#posterior-sketch-button").click()
+        page.wait_for_function("document.body.innerText.includes('the sketch is empty')")
+        settle(page)
+        # Pick the brush, draw a "7" on the canvas and explore it.
+        page.locator("#posterior-sketch button[aria-label='Brush']").first.click()
+        canvas = page.locator("#posterior-sketch canvas").last
+        canvas.scroll_into_view_if_needed()
+        box = canvas.bounding_box()
+        x0, y0, w, h = box["x"], box["y"], box["width"], box["height"]
+        page.mouse.move(x0 + 0.3 * w, y0 + 0.25 * h)
+        page.mouse.down()
+        page.mouse.move(x0 + 0.7 * w, y0 + 0.25 * h, steps=10)
+        page.mouse.move(x0 + 0.45 * w, y0 + 0.8 * h, steps=10)
+        page.mouse.up()
+        page.locator("#posterior-sketch-button").click()
+        page.wait_for_selector("#posterior-seen img")
+        page.wait_for_function(
+            "document.querySelector('#posterior-identity').innerText.includes('amortisation')"
+        )
+        settle(page)
+        page.screenshot(path=str(ARTIFACTS / f"demo-posterior-sketch-{width}px.png"), full_page=True)
+        # Switch to the IWAE-trained model: the identity table is recomputed for it.
+        before = page.locator("#posterior-identity").inner_text()
+        page.locator("#posterior-model").get_by_text(IWAE).click()
+        page.wait_for_function(
+            "t => document.querySelector('#posterior-identity').innerText !== t", arg=before
+        )
+        settle(page)
+        page.screenshot(path=str(ARTIFACTS / f"demo-posterior-iwae-{width}px.png"), full_page=True)
+        with Image.open(ARTIFACTS / f"demo-posterior-iwae-{width}px.png") as shot:
+            assert shot.width == width
+        browser.close()
