@@ -6,14 +6,22 @@ rate–distortion plane's scale with one point."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import subprocess
+import sys
+import tempfile
+import time
 
+import httpx
 import numpy as np
 import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
+from test_app_client import REPO, STARTUP_TIMEOUT_S, free_port
 from test_demo import OpenedHandlers
 
 from demo import inference as inf
@@ -33,22 +41,48 @@ def iwae_copy(tmp_path_factory):
     return folder
 
 
-def serve(ladder, monkeypatch, iwae_dir):
-    monkeypatch.setattr(inf, "POSTERIOR_IWAE_DIR", iwae_dir)
-    demo = ui.build_demo(ladder).queue(default_concurrency_limit=ui.CONCURRENCY_LIMIT, api_open=False)
-    demo.launch(
-        prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True, **ui.launch_kwargs()
+@contextlib.contextmanager
+def serve(iwae_dir):
+    """The app as `python app.py` serves it (a subprocess, no TRITON_INTERPRET: the interpreter is not
+    thread-safe and the page runs two events at once), with the IWAE-trained model looked for in
+    `iwae_dir`. Yields (url, the app's config as /config serves it)."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "VAE_TRITON_BACKEND")}
+    env.update(
+        HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", OMP_NUM_THREADS="2", PYTHONUNBUFFERED="1"
     )
-    return demo
+    script = (
+        "from pathlib import Path; from demo import inference as inf; "
+        f"inf.POSTERIOR_IWAE_DIR = Path({str(iwae_dir)!r}); from demo.serve import main; "
+        f"main(['--host', '127.0.0.1', '--port', '{port}'])"
+    )
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", script], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + STARTUP_TIMEOUT_S
+            while True:
+                log.seek(0)
+                if "Running on local URL" in log.read():
+                    break
+                assert proc.poll() is None and time.monotonic() < deadline, "the app did not start"
+                time.sleep(0.2)
+            yield url, httpx.get(f"{url}/config", timeout=30).json()
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 @pytest.fixture(scope="module")
 def switched(iwae_copy):
-    mp = pytest.MonkeyPatch()
-    demo = serve(inf.load_ladder(inf.BUNDLED_DIR, "bundled"), mp, iwae_copy)
-    yield demo, Client(demo.local_url, verbose=False)
-    demo.close()
-    mp.undo()
+    with serve(iwae_copy) as (url, config):
+        yield url, config, Client(url, verbose=False)
 
 
 def _params(client, name):
@@ -65,7 +99,7 @@ def check_gaps(numbers):
 
 
 def test_the_switch_picks_the_model_and_every_answer_holds_the_gaps(switched):
-    demo, client = switched
+    _, config, client = switched
     assert _params(client, "/posterior") == ["image", "model"]
     assert _params(client, "/posterior_sketch") == ["sketch", "model"]
     example = str(inf.POSTERIOR_DIR / "examples" / "digit-0.png")
@@ -81,7 +115,6 @@ def test_the_switch_picks_the_model_and_every_answer_holds_the_gaps(switched):
     with pytest.raises(AppError, match="not in the list of choices"):  # Gradio checks the radio
         client.predict(handle_file(example), "GAN-trained", api_name="/posterior")
     # The tab says what a learner is looking at when switching.
-    config = demo.get_config_file()
     notes = " ".join(
         str(c["props"].get("value") or "") for c in config["components"] if c["type"] == "markdown"
     )
@@ -91,7 +124,7 @@ def test_the_switch_picks_the_model_and_every_answer_holds_the_gaps(switched):
 
 
 def test_the_iw_chart_shows_single_draws_and_says_when_one_lies_above_log_px(switched):
-    _, client = switched
+    *_, client = switched
     example = str(inf.POSTERIOR_DIR / "examples" / "digit-0.png")
     *_, caption, numbers = client.predict(handle_file(example), api_name="/posterior")
     for b in numbers["iw_bounds"]:
@@ -117,7 +150,7 @@ def test_the_caption_explains_draws_above_log_px_and_says_so_when_there_are_none
 
 
 def test_a_drawing_through_the_client_and_an_empty_one(switched, tmp_path):
-    _, client = switched
+    *_, client = switched
     paper = np.full((280, 280, 3), 255, np.uint8)
     paper[60:220, 120:150] = 0  # a "1"
     drawing = tmp_path / "one.png"
@@ -135,21 +168,17 @@ def test_a_drawing_through_the_client_and_an_empty_one(switched, tmp_path):
     assert client.predict(4.0, 4, 1.0, 0, api_name="/sample") is not None  # the other tabs keep working
 
 
-def test_without_the_iwae_model_there_is_no_switch(monkeypatch):
+def test_without_the_iwae_model_there_is_no_switch():
     ladder = inf.load_ladder(inf.BUNDLED_DIR, "bundled")
     models, _ = inf.posterior_ladder(ladder, iwae_dir="/nonexistent/digits2d_iwae")
     assert models is not None and models.objectives == {}
-    demo = serve(ladder, monkeypatch, inf.POSTERIOR_DIR.parent / "digits2d_missing")
-    try:
-        client = Client(demo.local_url, verbose=False)
+    with serve(inf.POSTERIOR_DIR.parent / "digits2d_missing") as (url, config):
+        client = Client(url, verbose=False)
         assert _params(client, "/posterior") == ["image"]
-        config = demo.get_config_file()
         assert not [c for c in config["components"] if c["props"].get("elem_id") == "posterior-model"]
         assert "Switch the model" not in json.dumps(config)
         example = str(inf.POSTERIOR_DIR / "examples" / "digit-1.png")
         check_gaps(client.predict(handle_file(example), api_name="/posterior")[-1])
-    finally:
-        demo.close()
 
 
 def test_a_model_that_does_not_fit_is_not_offered(tmp_path):
@@ -194,7 +223,7 @@ def test_draw_a_digit_and_switch_the_model_in_chromium(switched, width):
 
     if CHROMIUM is None:
         pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
-    demo, _ = switched
+    url, *_ = switched
     ARTIFACTS.mkdir(exist_ok=True)
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(
@@ -202,7 +231,7 @@ def test_draw_a_digit_and_switch_the_model_in_chromium(switched, width):
         )
         page = browser.new_page(viewport={"width": width, "height": 900})
         page.set_default_timeout(120_000)
-        page.goto(demo.local_url)
+        page.goto(url)
         page.wait_for_selector("[role=tab]")
         open_tab(page, "Posterior")
         page.wait_for_function(
