@@ -197,7 +197,7 @@ def layout(page: Page) -> Tab | None:
             button = gr.Button("Explore the posterior", variant="primary")
         with gr.Column(scale=1, min_width=200):
             sketch = gr.Sketchpad(
-                label="or draw a digit: pick the brush ✎, draw, press the button below",
+                label="or draw a digit (brush ✎)",
                 type="numpy",
                 image_mode="RGB",
                 canvas_size=(280, 280),
