@@ -241,6 +241,7 @@ def layout(page: Page) -> Tab | None:
         h.decode_click_model if switch is not None else h.decode_click,
         inputs=chooser or None,
         outputs=[decoded, decoded_caption],
+        api_name="decode_click",
         api_visibility="private",
         **page.model_events,
     )
