@@ -136,3 +136,57 @@ def annotated_grid(
             (left + c * (tile + gap) + tile // 2, body.height + bottom // 2), text, anchor="mm", **style
         )
     return canvas
+
+
+# ---- a drawn digit ------------------------------------------------------------------------------
+INK = 0.1  # a pixel with less ink than this (of 1) is paper: it does not count towards the bounding box
+
+
+def sketch_to_image(sketch, size: int = 28, box: int = 20) -> Image.Image:
+    """A drawing → a grey `size`² image preprocessed as MNIST was made (LeCun et al. 1998): white ink on
+    black, the drawing's bounding box scaled to fit a `box`² square keeping its aspect ratio
+    (antialiased), then placed so that its centre of mass is the image's centre.
+
+    sketch: what gr.Sketchpad passes (a dict whose "composite" is the drawing flattened on white, an
+    (H, W[, C]) uint8 array or a PIL image), or such an array / image itself. Dark strokes on light paper
+    and light strokes on dark paper both work (the paper is told by the border). Raises InputError for
+    an empty drawing or something that is not one.
+    """
+    composite = sketch.get("composite") if isinstance(sketch, dict) else sketch
+    if composite is None:
+        raise InputError("the sketch is empty: draw a digit on the canvas, then press “Explore the drawing”")
+    if isinstance(composite, str | os.PathLike):  # a file (an API client's upload)
+        composite = open_image(composite)
+    if isinstance(composite, Image.Image):  # flattened on white, as the Sketchpad flattens its drawing
+        rgba = composite.convert("RGBA")
+        composite = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert(
+            "L"
+        )
+    pixels = np.asarray(composite)
+    if pixels.ndim == 3:  # RGB(A) flattened on white: the luminance
+        pixels = pixels[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    if pixels.ndim != 2 or min(pixels.shape) < 2:
+        raise InputError(f"the sketch must be an image, got an array of shape {pixels.shape}")
+    lum = pixels.astype(np.float64) / 255.0
+    border = np.concatenate([lum[0], lum[-1], lum[:, 0], lum[:, -1]])
+    ink = 1.0 - lum if np.median(border) >= 0.5 else lum
+    rows, cols = np.nonzero(ink > INK)
+    if rows.size == 0:
+        raise InputError("the sketch is empty: draw a digit on the canvas, then press “Explore the drawing”")
+    crop = ink[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    h, w = crop.shape
+    scale = box / max(h, w)
+    new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
+    patch = Image.fromarray(np.uint8(np.round(crop * 255))).resize((new_w, new_h), Image.Resampling.LANCZOS)
+    patch = np.asarray(patch, dtype=np.float64)
+    mass = patch.sum()
+    ys, xs = np.indices(patch.shape)
+    # The centre of mass goes to pixel (size/2, size/2) in index coordinates: where MNIST's digits have it
+    # (their mean centre of mass is (14.0, 14.0) within a quarter pixel in 28×28).
+    centre = size / 2
+    top = round(centre - (ys * patch).sum() / mass) if mass > 0 else (size - new_h) // 2
+    left = round(centre - (xs * patch).sum() / mass) if mass > 0 else (size - new_w) // 2
+    top, left = min(max(top, 0), size - new_h), min(max(left, 0), size - new_w)
+    out = np.zeros((size, size), dtype=np.uint8)
+    out[top : top + new_h, left : left + new_w] = np.uint8(np.clip(np.round(patch), 0, 255))
+    return Image.fromarray(out, mode="L")

@@ -29,12 +29,12 @@ import torch
 
 from vae_triton.latent import INTERPOLATION_MODES, interpolate, traverse
 from vae_triton.metrics import (
+    gap_decomposition,
     importance_weighted,
     is_binary,
     iw_bounds_by_k,
     kl_per_dim,
     log_importance_weights,
-    posterior_on_grid,
 )
 from vae_triton.model import CONFIG_NAME, VAE, WEIGHTS_NAME, VAEConfig
 
@@ -101,6 +101,9 @@ class Ladder:
     origin: str  # "checkpoint" | "hub" | "bundled" | "untrained"
     location: str
     notices: list[str] = field(default_factory=list)
+    # Models of the same data trained with another objective that the Posterior tab can switch to, by
+    # label (the bundled ELBO- and IWAE-trained digits models); empty: no switch.
+    objectives: dict[str, Rung] = field(default_factory=dict)
 
     def __post_init__(self):
         if not self.rungs:
@@ -519,35 +522,90 @@ def traverse_image(rung: Rung, x: torch.Tensor, num_dims: int, span: float, step
 
 # ---- the Posterior tab: 2-latent models only --------------------------------------------------------
 POSTERIOR_DIR = Path(__file__).resolve().parent / "models" / "digits2d"
+# The same data, network and budget trained on the IWAE bound; the tab offers a switch when it is there.
+POSTERIOR_IWAE_DIR = Path(__file__).resolve().parent / "models" / "digits2d_iwae"
 IW_KS = (1, 10, 100, 1000)  # the IW bounds the tab shows
-# Log weights drawn per image: K = 1000 gets 4 disjoint groups (a standard error), K = 1 gets 4000.
-IW_WEIGHTS = 4000
-# The posterior grid: 24² coarse points per zoom level, then 64² (metrics.posterior_on_grid).
+IW_DRAWS = 10  # independent draws of each bound shown, so one draw's luck is visible as spread
+# Log weights drawn per image: IW_DRAWS disjoint groups of the largest K (K = 1 gets 10,000 draws).
+IW_WEIGHTS = IW_DRAWS * max(IW_KS)
+# The posterior grid: 24² coarse points per zoom level, then 64² (vae_triton.posterior).
 GRID_OPTIONS = {"n": 64, "coarse": 24}
 MAP_TILES, MAP_EXTENT = 15, 3.0  # the latent map decodes 15 × 15 codes over [−3, 3]²
 WINDOW_TILES = 8  # the decoded map behind the posterior window
 
 
-def posterior_ladder(ladder: Ladder, bundled_dir: str | os.PathLike | None = POSTERIOR_DIR):
+def objective_label(rung: Rung) -> str:
+    """ "ELBO-trained" or "IWAE-trained (K = k)", from the model's metadata (`objective`, `iw_k`), else
+    from its folder's name."""
+    meta = rung.metadata
+    objective = str(meta.get("objective") or "").lower()
+    if "iwae" not in objective and (objective or "iwae" not in Path(rung.source).name.lower()):
+        return "ELBO-trained"
+    k = next((meta[f] for f in ("iw_k", "iwae_k", "k") if isinstance(meta.get(f), int)), None)
+    return "IWAE-trained" + (f" (K = {k})" if k else "")
+
+
+def posterior_ladder(
+    ladder: Ladder,
+    bundled_dir: str | os.PathLike | None = POSTERIOR_DIR,
+    iwae_dir: str | os.PathLike | None = None,
+):
     """The models the Posterior tab explores, or (None, why not).
 
     The served ladder when its latent space is 2-D (β then picks the model as on every tab); with the
-    bundled dSprites ladder (10-D), the bundled 2-latent digits model; otherwise None and a message saying
-    how to get a 2-latent model.
+    bundled dSprites ladder (10-D), the bundled 2-latent digits model, and when `iwae_dir` (default
+    POSTERIOR_IWAE_DIR, read when called) holds a model of the same data and shape, both by training
+    objective (`Ladder.objectives`); otherwise None and a message saying how to get a 2-latent model.
     """
     dim = ladder.config.latent_dim
     if dim == 2:
         return ladder, ""
     if ladder.origin in ("bundled", "untrained") and bundled_dir is not None:
         try:
-            return load_ladder(bundled_dir, "bundled"), ""
+            digits = load_ladder(bundled_dir, "bundled")
         except ValueError as e:
             log.warning("no bundled 2-latent model for the Posterior tab: %s", e)
+        else:
+            digits.objectives = _objectives(digits, POSTERIOR_IWAE_DIR if iwae_dir is None else iwae_dir)
+            return digits, ""
     return None, (
         f"The Posterior tab computes the exact posterior on a 2-D grid, so it needs a model with 2 latent "
         f"dimensions; this one has {dim}. Train one with `python -m train ... --latent-dim 2` and start the "
         "app with `--checkpoint` pointing at it."
     )
+
+
+def _objectives(digits: Ladder, iwae_dir) -> dict[str, Rung]:
+    """{label: rung} for the switch: the bundled model and the IWAE-trained one, or {} when that one is
+    missing or does not fit (another image shape, data or latent size: said in the log)."""
+    if not Path(iwae_dir).is_dir():
+        return {}
+    try:
+        other = load_ladder(iwae_dir, "bundled").rungs[0]
+    except ValueError as e:
+        log.warning("the IWAE-trained digits model is not offered: %s", e)
+        return {}
+    first, cfg = digits.rungs[0], digits.config
+    mismatch = [
+        name
+        for name, a, b in (
+            ("latent_dim", other.model.config.latent_dim, 2),
+            (
+                "image shape",
+                (other.model.config.image_channels, other.model.config.image_size),
+                (cfg.image_channels, cfg.image_size),
+            ),
+            ("dataset", other.dataset, first.dataset),
+        )
+        if a != b
+    ]
+    if mismatch:
+        log.warning("the IWAE-trained digits model in %s is not offered: its %s differ", iwae_dir, mismatch)
+        return {}
+    labels = [objective_label(first), objective_label(other)]
+    if labels[0] == labels[1]:
+        labels = [f"{labels[0]} ({Path(r.source).name})" for r in (first, other)]
+    return dict(zip(labels, (first, other), strict=True))
 
 
 def _cell_centres(lo: float, hi: float, n: int) -> torch.Tensor:
@@ -593,19 +651,35 @@ def decode_code(rung: Rung, z1, z2) -> torch.Tensor:
     return model.output_to_image(model.decode(z.to(next(model.parameters()).device))).cpu()
 
 
+def _log_normal_grid(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """log N(z; μ, diag e^logvar) on a (n, n, 2) grid: (n, n) nats."""
+    return (-0.5 * (z - mu) ** 2 / logvar.exp() - 0.5 * logvar - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+def iw_draws(log_w: torch.Tensor, k: int, draws: int = IW_DRAWS) -> list[float]:
+    """The first `draws` independent K-sample bounds log (1/K) Σ w from disjoint groups of (S,) weights."""
+    groups = min(draws, log_w.shape[0] // k)
+    return (torch.logsumexp(log_w[: groups * k].view(groups, k), dim=1) - math.log(k)).tolist()
+
+
 @torch.no_grad()
 def explore_posterior(rung: Rung, x: torch.Tensor, seed: int = 0) -> dict:
-    """Everything the Posterior tab shows for one image: the grid posterior, q, the IW bounds by K.
+    """Everything the Posterior tab shows for one image: the grid posterior, q, q*, both gaps, the IW
+    bounds by K.
 
     Returns a dict of tensors/numbers (nats): the `PosteriorGrid` fields of image 0, mu/std of q, the
-    decoded map of the grid's window, and iw_means / iw_sems for IW_KS from IW_WEIGHTS log weights.
+    best diagonal Gaussian q* (mu_star, std_star, log_q_star on the grid) with the approximation and
+    amortisation gaps (`vae_triton.metrics.gap_decomposition`), the decoded map of the grid's window, and
+    iw_means / iw_sems for IW_KS from IW_WEIGHTS log weights with IW_DRAWS single draws of each.
     """
     model = rung.model
     x = _check_image(x, model)
-    grid = posterior_on_grid(model, x, **GRID_OPTIONS)
+    gaps = gap_decomposition(model, x, **GRID_OPTIONS)
+    grid = gaps.grid
     mu, logvar = model.encode(x)
     generator = _generator(seed) if x.device.type == "cpu" else torch.Generator(x.device).manual_seed(seed)
-    bounds = iw_bounds_by_k(log_importance_weights(model, x, IW_WEIGHTS, generator=generator), IW_KS)
+    log_w = log_importance_weights(model, x, IW_WEIGHTS, generator=generator)
+    bounds = iw_bounds_by_k(log_w, IW_KS)
     z = grid.z[0].float()
     window = _decode_map(
         model,
@@ -616,16 +690,23 @@ def explore_posterior(rung: Rung, x: torch.Tensor, seed: int = 0) -> dict:
         "log_px": grid.log_px.item(),
         "elbo": grid.elbo.item(),
         "kl_to_posterior": grid.kl_to_posterior.item(),
+        "best_elbo": gaps.best_elbo.item(),
+        "approximation_gap": gaps.approximation_gap.item(),
+        "amortisation_gap": gaps.amortisation_gap.item(),
         "q_mass": grid.q_mass.item(),
         "z": grid.z[0].cpu().numpy(),
         "log_posterior": grid.log_posterior[0].cpu().numpy(),
         "log_q": grid.log_q[0].cpu().numpy(),
+        "log_q_star": _log_normal_grid(grid.z[0], gaps.best_mu[0], gaps.best_logvar[0]).cpu().numpy(),
         "mu": mu[0].double().cpu().numpy(),
         "std": (0.5 * logvar[0].double().clamp(*model.config.logvar_clamp)).exp().cpu().numpy(),
+        "mu_star": gaps.best_mu[0].cpu().numpy(),
+        "std_star": (0.5 * gaps.best_logvar[0]).exp().cpu().numpy(),
         "window_map": window.numpy(),
         "iw_ks": list(IW_KS),
         "iw_means": bounds.mean[:, 0].tolist(),
         "iw_sems": bounds.sem[:, 0].tolist(),
+        "iw_draws": [iw_draws(log_w[:, 0], k) for k in IW_KS],
     }
 
 

@@ -16,6 +16,11 @@ from matplotlib.patches import Rectangle
 MASS_LEVELS = (0.5, 0.9, 0.99)  # contours enclose these fractions of the probability mass
 POSTERIOR_COLOR = "#c2410c"  # orange: the true posterior
 Q_COLOR = "#1d4ed8"  # blue: the encoder's q(z|x)
+Q_STAR_COLOR = "#15803d"  # green: q*, the best diagonal Gaussian for this one image
+ABOVE_COLOR = "#b91c1c"  # red: an IW draw that landed above log p(x)
+# The rate–distortion plane spans at least this many nats per axis: one rung (or rungs close together)
+# would otherwise be framed ± a fraction of a nat, and every wiggle would look like a cliff.
+MIN_PLANE_SPAN = 20.0
 
 
 def mass_contour_levels(density: np.ndarray, masses=MASS_LEVELS) -> list[float]:
@@ -42,13 +47,15 @@ def posterior_figure(
     log_posterior: np.ndarray,
     log_q: np.ndarray,
     mu: np.ndarray,
+    log_q_star: np.ndarray | None = None,
 ) -> Figure:
     """Two panels. Left: the decoded latent map over [−L, L]² with q's mean μ(x) and the window the
-    posterior is computed on. Right: that window, its decoded map faded, the true posterior p(z|x) filled
-    and q(z|x) dashed, each at the 50/90/99 % mass contours.
+    posterior is computed on. Right: that window, its decoded map faded, the true posterior p(z|x) filled,
+    q(z|x) dashed and (given `log_q_star`) the best diagonal Gaussian q* dotted, each at the 50/90/99 %
+    mass contours.
 
     latent_map, window_map: (H, W) or (H, W, 3) images in [0, 1], top row = largest z₂.
-    z: (n, n, 2) grid with z[i, j] = (z1_i, z2_j); log_posterior, log_q: (n, n) nats.
+    z: (n, n, 2) grid with z[i, j] = (z1_i, z2_j); log_posterior, log_q, log_q_star: (n, n) nats.
     """
     fig = Figure(figsize=(9.6, 4.6), layout="constrained")
     left, right = fig.subplots(1, 2)
@@ -76,14 +83,21 @@ def posterior_figure(
     right.contour(z1, z2, post, levels=post_levels, colors=POSTERIOR_COLOR, linewidths=1.2)
     right.contour(z1, z2, q, levels=mass_contour_levels(q), colors=Q_COLOR, linestyles="--", linewidths=1.4)
     right.plot(*mu, marker="+", color=Q_COLOR, ms=10, mew=2)
+    handles = [
+        Line2D([], [], color=POSTERIOR_COLOR, lw=1.5, label="true posterior p(z|x)"),
+        Line2D([], [], color=Q_COLOR, lw=1.5, ls="--", label="encoder q(z|x)"),
+    ]
+    if log_q_star is not None:
+        q_star = np.exp(log_q_star - log_q_star.max()).T
+        if q_star.sum() > 0 and np.isfinite(q_star).all():
+            levels = mass_contour_levels(q_star)
+            right.contour(z1, z2, q_star, levels=levels, colors=Q_STAR_COLOR, linestyles=":", linewidths=1.6)
+            handles.append(Line2D([], [], color=Q_STAR_COLOR, lw=1.6, ls=":", label="best Gaussian q* for x"))
     right.set_xlim(box[0], box[1])
     right.set_ylim(box[2], box[3])
     _latent_axes(right, "posterior window: 50 / 90 / 99 % mass")
     right.legend(
-        handles=[
-            Line2D([], [], color=POSTERIOR_COLOR, lw=1.5, label="true posterior p(z|x)"),
-            Line2D([], [], color=Q_COLOR, lw=1.5, ls="--", label="encoder q(z|x)"),
-        ],
+        handles=handles,
         loc="upper right",
         fontsize=8,
         framealpha=0.85,
@@ -91,21 +105,44 @@ def posterior_figure(
     return fig
 
 
-def iw_figure(ks, means, sems, *, log_px: float, elbo: float) -> Figure:
-    """The IW bound for each K (error bars: ± 2 standard errors) with log p(x) and the ELBO as lines."""
+def iw_figure(ks, means, sems, *, log_px: float, elbo: float, draws=None) -> Figure:
+    """The IW bound for each K: the mean over disjoint groups (error bars: ± 2 standard errors) and, given
+    `draws` (one list of single K-sample bounds per K), each draw as a dot; draws above log p(x) are red.
+    log p(x) and the ELBO are lines."""
     fig = Figure(figsize=(5.6, 3.6), layout="constrained")
     ax = fig.subplots()
     ks = np.asarray(ks, dtype=float)
     errors = np.nan_to_num(2 * np.asarray(sems, dtype=float))
     ax.axhline(log_px, color=POSTERIOR_COLOR, lw=1.5, label="log p(x) (quadrature)")
     ax.axhline(elbo, color="0.5", lw=1.0, ls=":", label="ELBO")
-    ax.errorbar(ks, means, yerr=errors, marker="o", color=Q_COLOR, capsize=3, label="IW bound, K samples")
+    if draws is not None:
+        offsets = np.exp(np.linspace(-0.12, 0.12, max(len(d) for d in draws)))  # spread the dots sideways
+        below = [
+            (k * offsets[i], v)
+            for k, d in zip(ks, draws, strict=True)
+            for i, v in enumerate(d)
+            if v <= log_px
+        ]
+        above = [
+            (k * offsets[i], v) for k, d in zip(ks, draws, strict=True) for i, v in enumerate(d) if v > log_px
+        ]
+        for points, color, label in (
+            (below, "0.55", "single draws"),
+            (above, ABOVE_COLOR, "draws above log p(x)"),
+        ):
+            if points:
+                ax.plot(
+                    *zip(*points, strict=True), "o", ms=3.5, color=color, alpha=0.8, label=label, zorder=2
+                )
+    ax.errorbar(
+        ks, means, yerr=errors, marker="o", color=Q_COLOR, capsize=3, label="IW bound (mean)", zorder=3
+    )
     ax.set_xscale("log")
     ax.set_xticks(ks, [f"{int(k):,}" for k in ks])
     ax.set_xlabel("K (importance samples)")
     ax.set_ylabel("nats")
     ax.set_title("log (1/K) Σ w_k climbs to log p(x)", fontsize=10)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="lower right", fontsize=7)
     return fig
 
 
@@ -121,8 +158,10 @@ def rate_distortion_figure(
     dists = np.array([d for _, _, d in pts])
     # The plane is framed on the ladder; an image far off it (an upload unlike the training data) is
     # pinned to the border with its numbers, so one outlier does not squash the curve.
-    pad_x, pad_y = 0.2 * (np.ptp(rates) + 1.0), 0.2 * (np.ptp(dists) + 1.0)
+    pad_x = 0.2 * np.ptp(rates) + max(0.0, MIN_PLANE_SPAN - 1.4 * np.ptp(rates)) / 2
+    pad_y = 0.2 * np.ptp(dists) + max(0.0, MIN_PLANE_SPAN - 1.4 * np.ptp(dists)) / 2
     x0, x1 = max(0.0, rates.min() - pad_x), rates.max() + pad_x
+    x1 = max(x1, x0 + MIN_PLANE_SPAN)  # the rate axis stops at 0: the span goes to the right instead
     y0, y1 = dists.min() - pad_y, dists.max() + pad_y
     if image:  # an image near the ladder widens the frame to hold it, with a margin for its marker
         r, d = image

@@ -161,35 +161,61 @@ JENSEN = (
 
 def posterior_intro(rung: Rung, ladder: Ladder) -> str:
     cfg = rung.model.config
-    return (
+    text = (
         f"With a 2-D latent space the true posterior p(z|x) = p(x|z) p(z) / p(x) can be computed on a grid, "
         f"and so can log p(x) itself. The model here: {data_name(rung)}, "
         f"{cfg.image_channels}×{cfg.image_size}² images, {cfg.likelihood} decoder, latent 2 "
-        f"(β = {fmt_beta(rung.beta)}). Pick an example or upload an image; click the latent map to decode "
-        "any z."
+        f"(β = {fmt_beta(rung.beta)}). Pick an example, upload an image or draw one; click the latent map to "
+        "decode any z. The gap KL[q ‖ p(z|x)] splits in two (Cremer, Li & Duvenaud 2018): the "
+        "**approximation gap**, log p(x) − ELBO(q*), what the best diagonal Gaussian q* for this one image "
+        "still misses, the cost of the Gaussian family; and the **amortisation gap**, ELBO(q*) − ELBO(q), "
+        "the cost of one encoder guessing q for every image."
     )
+    if len(ladder.objectives) > 1:
+        text += (
+            " **Switch the model** between the one trained on the ELBO and the one trained on the tighter "
+            "importance-weighted bound (IWAE: same data, network and budget). Trained on the IWAE bound, "
+            "q(z|x) broadens relative to p(z|x) (it is a proposal for K samples, no longer the ELBO's "
+            "tight guess), log p(x) rises, and KL[q ‖ p(z|x)] changes with it: the ELBO is no longer what "
+            "training maximises. Compare the dashed blue contours, the table and the chart."
+        )
+    return text
 
 
 def posterior_numbers(result: dict, rung: Rung) -> dict:
-    """The tab's numbers as JSON (nats): the identity's terms, its residual, q, the IW bounds."""
+    """The tab's numbers as JSON (nats): the identity's terms, its residual, both gaps, q and q*, the IW
+    bounds with their single draws and how many of them lie above log p(x)."""
     z = result["z"]
+    draws = result.get("iw_draws") or [[] for _ in result["iw_ks"]]
     return {
         "beta": rung.beta,
+        "model": Path(rung.source).name,
         "log_px": result["log_px"],
         "elbo": result["elbo"],
         "kl_to_posterior": result["kl_to_posterior"],
         "identity_residual": result["log_px"] - result["elbo"] - result["kl_to_posterior"],
+        "best_elbo": result["best_elbo"],
+        "approximation_gap": result["approximation_gap"],
+        "amortisation_gap": result["amortisation_gap"],
         "q_mass_on_grid": result["q_mass"],
         "q_mean": [float(v) for v in result["mu"]],
         "q_std": [float(v) for v in result["std"]],
+        "q_star_mean": [float(v) for v in result["mu_star"]],
+        "q_star_std": [float(v) for v in result["std_star"]],
         "grid": {
             "points": int(z.shape[0]),
             "z1": [float(z[0, 0, 0]), float(z[-1, 0, 0])],
             "z2": [float(z[0, 0, 1]), float(z[0, -1, 1])],
         },
         "iw_bounds": [
-            {"K": k, "bound": m, "sem": None if s != s else s}  # NaN (one group) → null in JSON
-            for k, m, s in zip(result["iw_ks"], result["iw_means"], result["iw_sems"], strict=True)
+            {
+                "K": k,
+                "bound": m,
+                "sem": None if s != s else s,  # NaN (one group) → null in JSON
+                "draws": list(d),
+                "draws_above_log_px": sum(v > result["log_px"] for v in d),
+            }
+            for k, m, s, d in zip(result["iw_ks"], result["iw_means"], result["iw_sems"], draws, strict=True)
         ],
     }
 
@@ -203,9 +229,15 @@ def posterior_identity(numbers: dict) -> str:
         f"| ELBO | {nats(n['elbo'])} | E_q[log p(x\\|z)] on the same grid − KL[q(z\\|x) ‖ p(z)] "
         "in closed form |\n"
         f"| KL[q(z\\|x) ‖ p(z\\|x)] | {nats(n['kl_to_posterior'])} | ∫ q (log q − log p(z\\|x)) dz on the "
-        "grid: how far the encoder's guess is from the true posterior |\n\n"
+        "grid: how far the encoder's guess is from the true posterior |\n"
+        f"| ↳ approximation gap | {nats(n['approximation_gap'])} | log p(x) − ELBO(q*), q* the best "
+        "diagonal Gaussian for this image (ELBO maximised over its μ, σ on the grid): the Gaussian family's "
+        "cost |\n"
+        f"| ↳ amortisation gap | {nats(n['amortisation_gap'])} | ELBO(q*) − ELBO(q): the cost of one "
+        "encoder for all images |\n\n"
         f"**log p(x) = ELBO + KL[q(z|x) ‖ p(z|x)]:**  {nats(n['log_px'])} = {nats(n['elbo'])} + "
-        f"{nats(n['kl_to_posterior'])}  (residual {n['identity_residual']:.1e} nats)"
+        f"{nats(n['kl_to_posterior'])}  (residual {n['identity_residual']:.1e} nats); "
+        f"KL = {nats(n['approximation_gap'])} + {nats(n['amortisation_gap'])}"
     )
 
 
@@ -214,7 +246,31 @@ def iw_caption(numbers: dict) -> str:
         f"K = {b['K']:,}: {nats(b['bound'])}" + (f" ± {b['sem']:.2f}" if b["sem"] is not None else "")
         for b in numbers["iw_bounds"]
     )
-    return f"{rows} (log p(x) = {nats(numbers['log_px'])}; ± one standard error)\n\n{JENSEN}"
+    text = (
+        f"{rows} (log p(x) = {nats(numbers['log_px'])}; mean of the draws ± one standard error)\n\n{JENSEN}"
+    )
+    largest = numbers["iw_bounds"][-1]
+    spread = largest.get("draws") or []
+    if len(spread) > 1:
+        text += (
+            f"\n\nThe dots are single draws: {len(spread)} independent K = {largest['K']:,} bounds range "
+            f"from {nats(min(spread))} to {nats(max(spread))}."
+        )
+    above = [
+        (b["K"], b["draws_above_log_px"], len(b["draws"])) for b in numbers["iw_bounds"] if b.get("draws")
+    ]
+    above = [(k, a, n) for k, a, n in above if a]
+    if above:
+        which = ", ".join(f"{a} of {n} at K = {k:,}" for k, a, n in above)
+        text += (
+            f" **{which} lie above log p(x)** (red). That does not break the bound: it holds in expectation, "
+            "E[log (1/K) Σ w] ≤ log p(x), not draw by draw. When q(z|x) is narrower than p(z|x), the rare z "
+            "in p's tails get huge weights p(x, z)/q(z|x): most draws miss them and fall short, and a draw "
+            "that catches one jumps above log p(x); the average stays below."
+        )
+    else:
+        text += " None lies above log p(x) here; a single draw can (the bound holds in expectation)."
+    return text
 
 
 def decoded_caption(z1: float, z2: float) -> str:

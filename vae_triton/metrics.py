@@ -8,6 +8,8 @@ Every per-image number is in nats, shape (B,).
 - `iw_log_likelihood`: the importance-weighted bound (Burda et al. 2016)
       log (1/K) Σ_k p(x|z_k) p(z_k) / q(z_k|x),  z_k ~ q(z|x),
   which rises to log p(x) as K grows; `iw − elbo` estimates KL[q(z|x) ‖ p(z|x)].
+- `posterior_on_grid`, `gap_decomposition` (from `vae_triton.posterior`): for 2-latent models, every term
+  of the identity by quadrature, and the gap split into its approximation and amortisation parts.
 - `bits_per_dim`, `mse`, `psnr`, `kl_per_dim`, `active_units`, `mig`, and `evaluate_model`, which runs
   all of them over a dataset in batches.
 """
@@ -25,6 +27,7 @@ from tqdm.auto import tqdm
 
 from . import ops
 from .likelihoods import DEQUANTIZED, DISCRETE_BINARY, BpdConvention, Gaussian, Likelihood, likelihood_for
+from .posterior import GapDecomposition, PosteriorGrid, gap_decomposition, posterior_on_grid  # noqa: F401
 from .reference import DEFAULT_LOGVAR_CLAMP, HALF_LOG_2PI
 
 # One decoder pass of the IW bound decodes about this many (image, sample) pairs when chunk=None.
@@ -236,188 +239,6 @@ def iw_log_likelihood(
     any K, when q(z|x) is the exact posterior. See `importance_weighted` for chunking and the noise.
     """
     return importance_weighted(model, x, num_samples, chunk, generator=generator).log_likelihood
-
-
-# --------------------------------------------------------------------- exact posterior on a 2-D grid
-
-
-class PosteriorGrid(NamedTuple):
-    """Quadrature of a 2-latent model's posterior, per image (`posterior_on_grid`). All in nats.
-
-    log_px (B,): log p(x) = log ∫ p(x|z) p(z) dz by the rectangle rule on the grid.
-    elbo (B,): E_q[log p(x|z)] (quadrature on q's own grid, μ ± 6σ) − KL[q(z|x) ‖ p(z)] (closed form).
-    kl_to_posterior (B,): KL[q(z|x) ‖ p(z|x)] = ∫ q (log q − log p(x, z)) dz + log p(x), the integral on
-        q's grid.
-    log_posterior (B, n, n): log p(z|x) at the grid points, a log density (nats, per unit area of z).
-    log_q (B, n, n): log q(z|x) at the same points.
-    z (B, n, n, 2): the grid of each image, z[b, i, j] = (z1_i, z2_j); each image gets its own window
-        (posteriors of image models are narrow and lie in different places). For B = 1, z[0] is (n, n, 2).
-    q_mass (B,): ∫ q over the posterior's window, ≈ 1 when it holds q (what `log_q` shows of q).
-    log_px − (elbo + kl_to_posterior) is the quadrature error of ∫ q (a 64² grid over μ ± 6σ: ~1e-8) and
-    of KL[q ‖ p(z)]: the identity log p(x) = ELBO + KL[q ‖ p(z|x)] holds to quadrature accuracy.
-    """
-
-    log_px: torch.Tensor
-    elbo: torch.Tensor
-    kl_to_posterior: torch.Tensor
-    log_posterior: torch.Tensor
-    log_q: torch.Tensor
-    z: torch.Tensor
-    q_mass: torch.Tensor
-
-
-def _axis_points(lo: torch.Tensor, hi: torch.Tensor, n: int) -> torch.Tensor:
-    """n cell centres per axis of the window [lo, hi] (2,): (2, n)."""
-    frac = (torch.arange(n, dtype=lo.dtype, device=lo.device) + 0.5) / n
-    return lo[:, None] + (hi - lo)[:, None] * frac
-
-
-def _log_normal_2d(
-    z: torch.Tensor, mu: torch.Tensor, std: torch.Tensor, logvar: torch.Tensor
-) -> torch.Tensor:
-    """log N(z; μ, diag σ²) at the points z (..., 2)."""
-    return (-0.5 * ((z - mu) / std) ** 2 - 0.5 * logvar - HALF_LOG_2PI).sum(dim=-1)
-
-
-def _mesh(axes: torch.Tensor) -> torch.Tensor:
-    """(2, n) axis points → (n, n, 2) grid with [i, j] = (axes[0, i], axes[1, j])."""
-    return torch.stack(torch.meshgrid(axes[0], axes[1], indexing="ij"), dim=-1)
-
-
-def _log_joint_on(model, x1: torch.Tensor, zs: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """log p(x, z) and −log p(x|z) of one image x1 (1, C, H, W) at the points zs (m, 2): fp64 (m,) each."""
-    recon = []
-    param = next(iter(model.parameters()))
-    for start in range(0, zs.shape[0], chunk):
-        z = zs[start : start + chunk]
-        out = model.decode(z.to(param.dtype))
-        recon.append(model.recon_nll(out, _repeat_rows(x1, z.shape[0])).double())
-    recon_nll = torch.cat(recon)
-    log_pz = -0.5 * (zs * zs).sum(dim=1) - 2 * HALF_LOG_2PI
-    return log_pz - recon_nll, recon_nll
-
-
-def _mass_window(model, x1, q_lo, q_hi, *, span, coarse, threshold, max_levels, chunk):
-    """Zoom from the prior's box to the box holding the posterior's mass: (lo, hi) (2,) fp64.
-
-    Each level evaluates log p(x, z) on a coarse² grid and keeps the cells within `threshold` nats of the
-    best one, plus one cell around them. Mass at the window's edge widens the window; a box that no
-    longer shrinks by half ends the zoom. q's box (μ ± 6σ) is always included, for KL[q ‖ p(z|x)].
-    """
-    lo = torch.minimum(torch.full_like(q_lo, -span), q_lo)
-    hi = torch.maximum(torch.full_like(q_hi, span), q_hi)
-    for _ in range(max_levels):
-        axes = _axis_points(lo, hi, coarse)
-        log_joint = _log_joint_on(model, x1, _mesh(axes).reshape(-1, 2), chunk)[0].view(coarse, coarse)
-        keep = log_joint > log_joint.max() - threshold
-        step = (hi - lo) / coarse
-        rows = keep.any(dim=1).nonzero().flatten()
-        cols = keep.any(dim=0).nonzero().flatten()
-        first = torch.stack([rows.min(), cols.min()])
-        last = torch.stack([rows.max(), cols.max()])
-        at_edge = (first == 0) | (last == coarse - 1)
-        if at_edge.any():  # mass runs off the window: widen it on that side and look again
-            width = hi - lo
-            lo = torch.where(first == 0, lo - width / 2, lo)
-            hi = torch.where(last == coarse - 1, hi + width / 2, hi)
-            continue
-        new_lo = torch.minimum(axes[torch.arange(2), first] - 1.5 * step, q_lo)
-        new_hi = torch.maximum(axes[torch.arange(2), last] + 1.5 * step, q_hi)
-        done = bool(((new_hi - new_lo) > 0.5 * (hi - lo)).all())
-        lo, hi = new_lo, new_hi
-        if done:
-            break
-    return lo, hi
-
-
-@torch.no_grad()
-def posterior_on_grid(
-    model,
-    x: torch.Tensor,
-    *,
-    n: int = 64,
-    coarse: int = 24,
-    span: float = 5.0,
-    threshold: float = 30.0,
-    max_levels: int = 8,
-    chunk: int = ROWS_PER_PASS,
-) -> PosteriorGrid:
-    """The exact posterior p(z|x) ∝ p(x|z) N(z; 0, I) of a model with 2 latents, by quadrature on a grid.
-
-    x: (B, C, H, W) images as the model takes them. Returns a `PosteriorGrid` (shapes and units there).
-    The grid adapts to where the mass is: a coarse grid (coarse², over [−span, span]² and q's box
-    μ ± 6σ) finds the cells within `threshold` nats of the best, and zooms onto them until the box stops
-    shrinking; the final n × n grid covers that box and q's; expectations under q use a second n × n grid
-    over q's μ ± 6σ, so a q much narrower than the posterior is still resolved. With threshold = 30 nats
-    the mass left outside is below e⁻³⁰ per cell; the rectangle rule converges geometrically for smooth,
-    decaying integrands, so a posterior several cells wide is integrated to ~1e-6 nats. A second mode more
-    than `threshold` nats below the first, or narrower than a coarse cell, can be missed.
-    Cost: about (levels·coarse² + 2n²)·B decoder passes, `chunk` at a time.
-
-    Raises ValueError for an empty batch `x`, a model whose latent space is not 2-D (the grid is 2-D), or
-    bad options.
-    Formulas: log p(x) = log Σ_ij p(x, z_ij) ΔA; log p(z|x) = log p(x, z) − log p(x);
-    KL[q ‖ p(z|x)] = Σ_ij q_ij ΔA_q (log q_ij − log p(x, z_ij)) + log p(x) on q's grid; the ELBO's KL to
-    N(0, I) is the closed form.
-    """
-    if not isinstance(x, torch.Tensor) or x.dim() < 1 or x.shape[0] < 1:
-        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"`x` must be a batch of at least one image, got {shape}")
-    mu, logvar = model.encode(x)
-    if mu.dim() != 2 or mu.shape[1] != 2:
-        raise ValueError(
-            f"posterior_on_grid needs a model with 2 latent dimensions (a 2-D grid), got latent_dim "
-            f"{mu.shape[-1]}: train one with --latent-dim 2"
-        )
-    for name, value, low in (("n", n, 2), ("coarse", coarse, 4), ("max_levels", max_levels, 1)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-            raise ValueError(f"`{name}` must be an integer ≥ {low}, got {value!r}")
-    chunk = _check_count("chunk", chunk, "grid points decoded per pass")
-    for name, value in (("span", span), ("threshold", threshold)):
-        if not (isinstance(value, numbers.Real) and math.isfinite(value) and value > 0):
-            raise ValueError(f"`{name}` must be a positive number, got {value!r}")
-    clamp = _logvar_clamp(model)
-    mu, logvar = mu.double(), logvar.double().clamp(*clamp)
-    std = (0.5 * logvar).exp()
-    results = []
-    for b in range(x.shape[0]):
-        x1 = x[b : b + 1]
-        lo, hi = _mass_window(
-            model,
-            x1,
-            mu[b] - 6 * std[b],
-            mu[b] + 6 * std[b],
-            span=span,
-            coarse=coarse,
-            threshold=threshold,
-            max_levels=max_levels,
-            chunk=chunk,
-        )
-        grid = _mesh(_axis_points(lo, hi, n))
-        log_joint = _log_joint_on(model, x1, grid.reshape(-1, 2), chunk)[0].view(n, n)
-        log_area = torch.log((hi - lo).prod() / n**2)
-        log_px = torch.logsumexp(log_joint.flatten(), 0) + log_area
-        log_q = _log_normal_2d(grid, mu[b], std[b], logvar[b])
-        # Expectations under q on q's own grid (μ ± 6σ, n² points): resolved however narrow q is next to
-        # the posterior's window, so the ELBO and KL[q ‖ p(z|x)] do not inherit the window's spacing.
-        q_lo, q_hi = mu[b] - 6 * std[b], mu[b] + 6 * std[b]
-        q_grid = _mesh(_axis_points(q_lo, q_hi, n))
-        q_joint, q_recon = (t.view(n, n) for t in _log_joint_on(model, x1, q_grid.reshape(-1, 2), chunk))
-        q_log = _log_normal_2d(q_grid, mu[b], std[b], logvar[b])
-        q_w = (q_log + torch.log((q_hi - q_lo).prod() / n**2)).exp()
-        kl_prior = kl_to_prior(mu[b], logvar[b], clamp).sum()
-        results.append(
-            (
-                log_px,
-                -(q_w * q_recon).sum() - kl_prior,
-                (q_w * (q_log - (q_joint - log_px))).sum(),
-                log_joint - log_px,
-                log_q,
-                grid,
-                (log_q + log_area).exp().sum(),
-            )
-        )
-    return PosteriorGrid(*(torch.stack(column) for column in zip(*results, strict=True)))
 
 
 # ------------------------------------------------------------------------ per-image and latent stats
