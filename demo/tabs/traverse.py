@@ -32,7 +32,7 @@ def handlers(models: Models) -> dict[str, Callable]:
         # ASCII signs (not every font has U+2212); two decimals at most: 9 steps over ±3 hit ±0.75.
         col_labels = [f"{v:+.2f}".rstrip("0").rstrip(".") if v else "0" for v in values]
         picture = im.annotated_grid(body, row_labels, col_labels, tile=cfg.image_size * scale, gap=gap)
-        return outputs.png_file(picture), text.traverse_caption(ranked, values)
+        return outputs.png_file(picture), text.traverse_caption(ranked, values, ladder.dataset)
 
     return {"traverse": traverse}
 
