@@ -160,7 +160,12 @@ def layout(page: Page) -> Tab:
 def reruns(tab: Tab, page: Page) -> tuple[dict, dict]:
     """The tab's event re-run from its controls (private), and what clears its outputs after a failure
     (the toast has said why; nothing stale stays)."""
-    rerun = dict(fn=tab.fn, inputs=tab.inputs, outputs=tab.outputs, api_visibility="private")
+
+    def again(*args):  # its own name: Gradio names private events too, and the button's must stay /<api_name>
+        return tab.fn(*args)
+
+    again.__name__ = f"{tab.api_name}_again"
+    rerun = dict(fn=again, inputs=tab.inputs, outputs=tab.outputs, api_visibility="private")
     none = [None] * len(tab.outputs)
     cleared = dict(fn=lambda: none, inputs=None, outputs=tab.outputs, api_visibility="private")
     return {**rerun, **page.model_events}, {**cleared, **page.model_events}
