@@ -172,6 +172,19 @@ def elbo_panel(stats: dict) -> str:
     return "\n".join(lines) + "\n" + identity + note
 
 
+def traverse_intro(betas: list[float]) -> str:
+    """The Traverse tab's opening line; it points at β only when the ladder has more than one."""
+    beta = (
+        "This is where β shows: compare the grid at the smallest and the largest β."
+        if len(betas) > 1
+        else f"One model (β = {fmt_beta(betas[0])}) is served; a ladder of runs trained with different "
+        "`--beta` would show how β changes the grid."
+    )
+    return (
+        f"Encode an image, then sweep one latent dimension at a time while holding the others at μ(x). {beta}"
+    )
+
+
 def traverse_caption(ranked: list[tuple[int, float]], values: list[float], dataset: str | None = None) -> str:
     """`dataset`: the model's metadata name; the factors are named only where the data is known."""
     factors = " (in dSprites: position, scale, rotation, shape)" if dataset == "dsprites" else " of variation"

@@ -39,11 +39,7 @@ def handlers(models: Models) -> dict[str, Callable]:
 
 def layout(page: Page) -> Tab:
     latent_dim = page.models.ladder.config.latent_dim
-    gr.Markdown(
-        "Encode an image, then sweep one latent dimension at a time while holding the others at "
-        "μ(x). This is where β shows: compare the grid at the smallest and the largest β.",
-        elem_classes=["caption"],
-    )
+    gr.Markdown(text.traverse_intro(page.models.ladder.betas), elem_classes=["caption"])
     with gr.Row():
         with gr.Column(scale=1):
             image = image_input("image", page.first, 200)
