@@ -106,7 +106,7 @@ def mixture_sliders(name: str, values: tuple, prefix: str = "div") -> list[gr.Sl
                         hi,
                         value=values[len(sliders)],
                         step=step,
-                        label=f"{name}: {LABELS[key]}{'₁₂'[k - 1]}",
+                        label=f"{LABELS[key]}{'₁₂'[k - 1]}",
                         min_width=120,
                         elem_id=f"{prefix}-{name}-{key}{k}",
                     )
@@ -118,20 +118,22 @@ def layout(page: Page) -> Tab:
     p_values, q_values = PRESETS[DEFAULT_PRESET]
     with gr.Row(equal_height=False):
         preset = gr.Dropdown(list(PRESETS), value=DEFAULT_PRESET, label="preset", elem_id="div-preset")
-        samples = gr.Slider(*SAMPLE_RANGE, value=1000, step=10, label="N samples of p (Monte Carlo)")
+        samples = gr.Slider(*SAMPLE_RANGE, value=1000, step=10, label="N samples of p")
         seed = gr.Number(value=0, precision=0, label="seed (integer ≥ 0)", elem_id="div-seed")
         button = gr.Button("Compute", variant="primary", elem_id="div-button")
     with gr.Row(equal_height=False):
         with gr.Column(min_width=300):
-            gr.Markdown("**p** (orange): the distribution we sample from", elem_classes=["caption"])
+            gr.Markdown("**p** (orange): the distribution we sample from")
             p_sliders = mixture_sliders("p", p_values)
         with gr.Column(min_width=300):
-            gr.Markdown("**q** (blue, dashed): the model of p", elem_classes=["caption"])
+            gr.Markdown("**q** (blue, dashed): the model of p")
             q_sliders = mixture_sliders("q", q_values)
     numbers_md = gr.Markdown(elem_id="div-numbers")
-    with gr.Row(equal_height=False):
-        densities = gr.Plot(label="p, q and p·log(p/q)", show_label=False, elem_id="div-densities")
-        jensen = gr.Plot(label="Jensen's inequality", show_label=False, elem_id="div-jensen")
+    with gr.Row(equal_height=False):  # side by side on a desktop, one under the other on a phone
+        with gr.Column(min_width=420):
+            densities = gr.Plot(label="p, q and p·log(p/q)", show_label=False, elem_id="div-densities")
+        with gr.Column(min_width=420):
+            jensen = gr.Plot(label="Jensen's inequality", show_label=False, elem_id="div-jensen")
     gr.Markdown(text.PROPOSITIONS, latex_delimiters=text.LATEX, elem_classes=["caption"], elem_id="div-props")
     with gr.Accordion("The numbers as JSON", open=False):
         numbers = gr.JSON(label="nats")

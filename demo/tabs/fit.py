@@ -123,9 +123,10 @@ def learning_curves(models: Models):
 def layout(page: Page) -> Tab:
     with gr.Row(equal_height=False):
         preset = gr.Dropdown(list(PRESETS), value=DEFAULT_PRESET, label="preset", elem_id="fit-preset")
-        samples = gr.Slider(*SAMPLE_RANGE, value=200, step=10, label="N samples of p (the 'data set')")
+        samples = gr.Slider(*SAMPLE_RANGE, value=200, step=10, label="N samples of p (the data)")
         seed = gr.Number(value=0, precision=0, label="seed (integer ≥ 0)", elem_id="fit-seed")
         button = gr.Button("Fit", variant="primary", elem_id="fit-button")
+    gr.Markdown("**p** (orange): the mixture the N samples come from, the 'data distribution'")
     sliders = mixture_sliders("p", PRESETS[DEFAULT_PRESET], prefix="fit")
     figure = gr.Plot(label="the two fits", show_label=False, elem_id="fit-plot")
     table = gr.Markdown(elem_id="fit-numbers")

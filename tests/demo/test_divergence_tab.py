@@ -13,6 +13,7 @@ import gradio as gr
 import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
+from PIL import Image
 from test_app_client import serve_app
 
 from demo import inference as inf
@@ -169,3 +170,77 @@ def test_every_tab_opens_with_its_formula_in_the_notes_order():
     for module in ui.TABS:
         formula = text.TAB_FORMULAS[module.__name__.rsplit(".", 1)[-1]]
         assert formula.startswith("$$") and formula.endswith("$$")
+
+
+# ---- in Chromium ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def browser_page():
+    from test_app_browser import CHROMIUM, TIMEOUT_MS
+
+    playwright = pytest.importorskip("playwright.sync_api")
+    if CHROMIUM is None:
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    with serve_app() as (url, log), playwright.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(url)
+        yield page
+        browser.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("width", [1280, 400])
+def test_the_divergence_and_fit_tabs_in_chromium(browser_page, width):
+    from test_app_browser import ARTIFACTS, open_tab, settle
+
+    page = browser_page
+    page.set_viewport_size({"width": width, "height": 900})
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.wait_for_selector("[role=tab]")
+    open_tab(page, "Divergence")  # the first tab: the page opens on it
+    page.wait_for_selector("#div-numbers table")
+    page.wait_for_selector("#div-densities [data-testid=matplotlib] img")
+    page.wait_for_selector("#div-jensen [data-testid=matplotlib] img")
+    assert page.locator(".formula .katex").count() >= 1  # the tab's formula, typeset by KaTeX
+    assert page.locator("#div-props .katex").count() >= 3
+    # a preset moves the sliders and recomputes: p = q collapses Jensen's picture onto t = 1
+    page.locator("#div-preset input").click()
+    page.get_by_role("option", name="p = q", exact=True).click()
+    page.wait_for_function("document.querySelector('#div-numbers').innerText.includes('p = q:')")
+    settle(page)
+    page.screenshot(path=str(ARTIFACTS / f"demo-divergence-{width}px.png"), full_page=True)
+    # a scale of 0: one message, this tab's outputs cleared; the other tabs keep working
+    scale = page.locator("#div-p-s1 input[type=number]")
+    scale.fill("0")
+    scale.blur()  # the value is committed: the tab recomputes
+    page.wait_for_function("document.body.innerText.includes('scale s₁ must be > 0')")
+    settle(page)
+    messages = page.evaluate(
+        "Array.from(document.querySelectorAll('*')).filter(e => e.children.length === 0 && "
+        "e.textContent.includes('scale s₁ must be > 0')).length"
+    )
+    assert messages == 1
+    assert "KL[p ‖ q]" not in page.locator("#div-numbers").inner_text()
+    page.screenshot(path=str(ARTIFACTS / f"demo-divergence-bad-{width}px.png"), full_page=True)
+    scale.fill("0.7")
+    scale.blur()
+    page.wait_for_selector("#div-numbers table")
+    close = page.locator("button[aria-label='Close']")  # the toast, so it does not cover the next shots
+    for i in range(close.count()):
+        close.nth(i).click()
+
+    open_tab(page, "Fit")
+    page.wait_for_selector("#fit-plot [data-testid=matplotlib] img")
+    page.wait_for_function("document.querySelector('#fit-numbers').innerText.includes('E_p[log p]')")
+    assert "metrics.jsonl" in page.locator("#fit-curves-caption").inner_text()
+    settle(page)
+    page.screenshot(path=str(ARTIFACTS / f"demo-fit-{width}px.png"), full_page=True)
+    open_tab(page, "Sample")
+    page.wait_for_selector("#samples img")
+    with Image.open(ARTIFACTS / f"demo-fit-{width}px.png") as shot:
+        assert shot.width == width
