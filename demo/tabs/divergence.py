@@ -153,9 +153,9 @@ def layout(page: Page) -> Tab:
         api_name="divergence_preset",
         **page.model_events,
     ).then(**rerun)
-    for control in controls:  # a slider let go, or the seed typed: recompute
-        trigger = control.release if isinstance(control, gr.Slider) else control.submit
-        trigger(**rerun).failure(**cleared)
+    # a slider let go or the seed entered: recompute (one event for all of them, so one queue entry)
+    triggers = [c.release if isinstance(c, gr.Slider) else c.submit for c in controls]
+    gr.on(triggers, **rerun).failure(**cleared)
     return tab
 
 

@@ -143,7 +143,7 @@ def layout(page: Page) -> Tab:
     preset.change(
         page.handlers.fit_preset, inputs=[preset], outputs=sliders, api_name="fit_preset", **page.model_events
     ).then(**rerun)
-    for control in controls:
-        trigger = control.release if isinstance(control, gr.Slider) else control.submit
-        trigger(**rerun).failure(**cleared)
+    # a slider let go or the seed entered: recompute (one event for all of them, so one queue entry)
+    triggers = [c.release if isinstance(c, gr.Slider) else c.submit for c in controls]
+    gr.on(triggers, **rerun).failure(**cleared)
     return tab
