@@ -126,6 +126,7 @@ def main(argv=None) -> None:
     run("sample handler (16)", lambda: handlers.sample(rung.beta, 16, 1.0, 0))
     run("traverse handler (10 x 9)", lambda: handlers.traverse(examples[0], rung.beta, 10, 3.0, 9))
     posterior_ok = posterior_rows(ladder, run, max(3, r // 6))
+    lecture_ok = lecture_rows(handlers, run, max(5, r // 3))
 
     verdict = {
         "encode+decode <= 10 ms": rows["encode+decode (1 image)"]["median_ms"] <= 10.0,
@@ -136,6 +137,7 @@ def main(argv=None) -> None:
     }
     if posterior_ok is not None:
         verdict[f"posterior tab <= {POSTERIOR_TARGET_MS / 1000:g} s"] = posterior_ok
+    verdict[f"divergence and fit handlers <= {LECTURE_TARGET_MS / 1000:g} s"] = lecture_ok
     print("\n" + "\n".join(f"{k}: {'yes' if v else 'NO'}" for k, v in verdict.items()))
     if args.out:
         doc = {
@@ -217,6 +219,48 @@ def sketch_rows(handlers, example: str, plot, run, repeats: int) -> None:
                 plot.postprocess(value)
 
     run(SKETCH_ROW, whole_sketch, repeats)
+
+
+LECTURE_TARGET_MS = 1000.0  # each Divergence / Fit handler answers in ≤ 1 s on a 2-core CPU
+
+
+def lecture_rows(handlers, run, repeats: int) -> bool:
+    """The Divergence and Fit tabs' handlers with their figures rendered as gr.Plot sends them: the
+    defaults, and the hardest inputs the sliders allow (the narrowest scale beside the widest, far
+    apart: the densest quadrature grid; the most samples)."""
+    import gradio as gr
+
+    from demo.tabs import divergence, fit
+
+    plot = gr.Plot()
+
+    def rendered(fn, *args):
+        def call():
+            for value in fn(*args):
+                if hasattr(value, "savefig"):
+                    plot.postprocess(value)
+
+        return call
+
+    hardest = (0.5, -5.0, 0.05, 0.5, 5.0, 3.0)
+    n_max = divergence.SAMPLE_RANGE[1]
+    print()
+    cases = {
+        "divergence handler (default, N=1000)": rendered(handlers.divergence),
+        "divergence handler (p = q)": rendered(
+            handlers.divergence, *handlers.divergence_preset("p = q"), 1000, 0
+        ),
+        f"divergence handler (hardest, N={n_max})": rendered(
+            handlers.divergence, *hardest, *reversed(hardest), n_max, 0
+        ),
+        "divergence preset": lambda: handlers.divergence_preset("p = q"),
+        "fit handler (default, N=200)": rendered(handlers.fit),
+        f"fit handler (hardest, N={n_max})": rendered(handlers.fit, *hardest, n_max, 0),
+        "fit preset": lambda: handlers.fit_preset(fit.DEFAULT_PRESET),
+    }
+    for name, fn in cases.items():
+        run(name, fn, repeats)
+    return max(rows_median(name) for name in cases) <= LECTURE_TARGET_MS
 
 
 if __name__ == "__main__":

@@ -10,12 +10,46 @@ from vae_triton.metrics import ACTIVE_UNIT_THRESHOLD
 
 from .inference import ACTIVE_KL, Ladder, Rung
 
-INTRO = """\
-# vae-triton · a β-VAE you can poke at
-Every number here is a **per-image sum in nats**. β weights the KL term of the training loss
-(recon NLL + β·KL): move the β slider to switch between models trained with different β — larger β
-buys a simpler, more disentangled code at the price of blurrier reconstructions. Every tab follows it.
-"""
+LATEX = [  # Gradio's KaTeX: display formulas between $$, inline ones between $
+    {"left": "$$", "right": "$$", "display": True},
+    {"left": "$", "right": "$", "display": False},
+]
+# The one formula each tab makes visible, by the tab's module name; the tabs follow the note's order.
+TAB_FORMULAS = {
+    "divergence": r"$$\mathrm{KL}[p\,\|\,q] = \mathbb{E}_{p}\Big[\log \frac{p(x)}{q(x)}\Big]"
+    r" \;\ge\; 0, \quad = 0 \iff p = q$$",
+    "fit": r"$$\arg\min_\theta \mathrm{KL}[p_{\text{data}}\,\|\,p_\theta] = \arg\max_\theta"
+    r" \mathbb{E}_{p_{\text{data}}}[\log p_\theta(x)] \approx \arg\max_\theta \frac{1}{N}\sum_{n=1}^{N}"
+    r" \log p_\theta(x_n)$$",
+    "posterior": r"$$\log p(x) = \mathrm{ELBO}(x) + \mathrm{KL}[q(z\mid x)\,\|\,p(z\mid x)]$$",
+    "reconstruct": r"$$\mathrm{ELBO}(x) = \mathbb{E}_{q_\phi(z\mid x)}[\log p_\theta(x\mid z)]"
+    r" - \mathrm{KL}[q_\phi(z\mid x)\,\|\,p(z)]$$",
+    "sample": r"$$z \sim \mathcal{N}(0, T^2 I), \qquad x \sim p_\theta(x\mid z)$$",
+    "interpolate": r"$$z_t = (1-t)\,\mu_\phi(x_a) + t\,\mu_\phi(x_b), \quad t \in [0, 1]"
+    r" \quad\text{(or along the great circle)}$$",
+    "traverse": r"$$\mathcal{L}_\beta(x) = \mathbb{E}_{q_\phi(z\mid x)}[\log p_\theta(x\mid z)]"
+    r" - \beta\,\mathrm{KL}[q_\phi(z\mid x)\,\|\,p(z)], \qquad z = \mu_\phi(x) + v\,e_d$$",
+}
+
+
+def intro(ladder: Ladder) -> str:
+    """The page's opening lines: what the numbers are, the note's order of the tabs, and β (the slider
+    only when the ladder has more than one trained β)."""
+    one = len(ladder.betas) == 1
+    beta = (
+        f"This model was trained with β = {fmt_beta(ladder.betas[0])} (the KL weight of the training loss, "
+        "recon NLL + β·KL); it is the only one served, so there is no β to choose."
+        if one
+        else "β weights the KL term of the training loss (recon NLL + β·KL): move the β slider to switch "
+        "between models trained with different β — larger β buys a simpler, more disentangled code at the "
+        "price of blurrier reconstructions. The model tabs follow it."
+    )
+    return (
+        "# vae-triton · a β-VAE you can poke at\n"
+        "Every number here is in **nats** (per image for the models). The tabs follow the lecture note: "
+        "a divergence and why it is ≥ 0, maximum likelihood as minimum KL, the posterior and the ELBO, "
+        f"then the VAE's encoder and decoder at work. {beta}\n"
+    )
 
 
 def data_name(rung: Rung) -> str:
@@ -65,7 +99,7 @@ def model_card(rung: Rung, ladder: Ladder) -> str:
     rows = [
         (
             "data",
-            f"{pixel_spec(rung.dataset).title}, {cfg.image_channels}×{cfg.image_size}² images",
+            f"{data_name(rung)}, {cfg.image_channels}×{cfg.image_size}² images",
         ),
         ("model", f"latent {cfg.latent_dim}, {decoder} decoder, {rung.model.num_parameters():,} parameters"),
     ]
@@ -133,20 +167,34 @@ def elbo_panel(stats: dict) -> str:
         note = (
             f"\n\n*This image has grey pixels; the decoder is {likelihood.name.capitalize()} "
             "(a likelihood of black/white pixels), so the NLL is a cross-entropy rather than a normalised "
-            "likelihood. The examples are exact.*"
+            "likelihood. On an image of pixels 0 and 1 it is exact.*"
         )
     return "\n".join(lines) + "\n" + identity + note
 
 
-def traverse_caption(ranked: list[tuple[int, float]], values: list[float]) -> str:
+def traverse_intro(betas: list[float]) -> str:
+    """The Traverse tab's opening line; it points at β only when the ladder has more than one."""
+    beta = (
+        "This is where β shows: compare the grid at the smallest and the largest β."
+        if len(betas) > 1
+        else f"One model (β = {fmt_beta(betas[0])}) is served; a ladder of runs trained with different "
+        "`--beta` would show how β changes the grid."
+    )
+    return (
+        f"Encode an image, then sweep one latent dimension at a time while holding the others at μ(x). {beta}"
+    )
+
+
+def traverse_caption(ranked: list[tuple[int, float]], values: list[float], dataset: str | None = None) -> str:
+    """`dataset`: the model's metadata name; the factors are named only where the data is known."""
+    factors = " (in dSprites: position, scale, rotation, shape)" if dataset == "dsprites" else " of variation"
     active = sum(kl >= ACTIVE_KL for _, kl in ranked)
     return (
         f"Rows: latent dimensions of this image ranked by their KL (most informative first); {active} of the "
         f"{len(ranked)} shown carry ≥ {ACTIVE_KL} nats. Columns: that dimension set to "
         f"{values[0]:+.1f} … {values[-1]:+.1f} (prior standard deviations), every other dimension "
         "kept at μ(x). "
-        "With larger β, fewer dimensions stay active and each tends to control one factor "
-        "(position, scale, rotation, shape)."
+        f"With larger β, fewer dimensions stay active and each tends to control one factor{factors}."
     )
 
 
@@ -275,3 +323,91 @@ def iw_caption(numbers: dict) -> str:
 
 def decoded_caption(z1: float, z2: float) -> str:
     return f"z = ({z1:+.2f}, {z2:+.2f}), decoded to its mean image".replace("-", "−")
+
+
+# ---- the Divergence and Fit tabs --------------------------------------------------------------------
+PROPOSITIONS = r"""**Why KL ≥ 0, in three steps.**
+
+- **Proposition 1 (Jensen):** for a convex $f$, $\mathbb{E}[f(X)] \ge f(\mathbb{E}[X])$: the mean of points
+on a convex curve lies on or above it (the red dot above the black square).
+- **Proposition 2 (LOTUS):** $\mathbb{E}_p[g(X)] = \int g(x)\,p(x)\,dx$ without the distribution of $g(X)$, so
+$\mathbb{E}_p[q/p] = \int q(x)\,dx = 1$: the points' mean sits at $t = 1$.
+- **Proposition 3 (generalised Jensen):** $\mathbb{E}_p[f(g(X))] \ge f(\mathbb{E}_p[g(X)])$ for any $g$; with
+$f = -\log$ and $g = q/p$ it reads $\mathrm{KL}[p\,\|\,q] \ge -\log 1 = 0$, with equality only when $q/p$ is
+constant, i.e. $p = q$ — then every point collapses onto $t = 1$."""
+
+POSTERIOR_TIE = (
+    "The VAE's encoder minimises the reverse direction, KL[q(z|x) ‖ p(z|x)] (the gap between log p(x) and "
+    "the ELBO): like the blue dashed fit here, q(z|x) is mode-seeking and sits inside the true posterior "
+    "on the Posterior tab rather than covering it."
+)
+
+
+def _kl(value: float) -> str:
+    return f"{value:.3f}".replace("-", "−")
+
+
+def divergence_table(n: dict) -> str:
+    """The Divergence tab's numbers (nats, three decimals: the quadrature is exact to far better)."""
+    z = (n["mc_kl_pq"] - n["kl_pq"]) / n["mc_sem"] if n["mc_sem"] > 0 else 0.0
+    rows = [
+        "| quantity | nats | how |",
+        "|---|---:|---|",
+        f"| **KL[p ‖ q]** | **{_kl(n['kl_pq'])}** | ∫ p log(p/q) dx by Simpson's rule on a fine grid |",
+        f"| KL[q ‖ p] | {_kl(n['kl_qp'])} | the other direction: KL is not symmetric |",
+        f"| Monte Carlo KL[p ‖ q] | {_kl(n['mc_kl_pq'])} ± {n['mc_sem']:.3f} | mean of log p(xᵢ)/q(xᵢ) over "
+        f"N = {n['mc_samples']:,} samples xᵢ ~ p, ± one standard error ({z:+.1f} s.e. from the quadrature) |",
+        f"| E_p[q/p] ≈ (1/N) Σ q(xᵢ)/p(xᵢ) | {n['mean_g']:.3f} | exactly 1 (Proposition 2): where "
+        "Jensen's picture puts the mean |",
+    ]
+    if n["closed_form_kl_pq"] is not None:
+        rows.append(
+            f"| closed form (two Gaussians) | {_kl(n['closed_form_kl_pq'])} / "
+            f"{_kl(n['closed_form_kl_qp'])} | "
+            "log(s_q/s_p) + (s_p² + (m_p − m_q)²)/(2 s_q²) − ½, both directions |"
+        )
+    if n["p_equals_q"]:
+        rows.append("\n**p = q:** both KLs are 0 and every sampled point of Jensen's picture is t = 1.")
+    return "\n".join(rows)
+
+
+def fit_table(n: dict) -> str:
+    """The Fit tab's numbers: both fits with both KLs, and the constant E_p[log p] (nats)."""
+    mle, moments, reverse = n["mle"], n["moments"], n["reverse"]
+
+    def row(name: str, f: dict) -> str:
+        return (
+            f"| {name} | {f['mean']:.3f} | {f['std']:.3f} | {_kl(f['forward_kl'])} | {_kl(f['reverse_kl'])} |"
+        ).replace("-", "−")
+
+    return "\n".join(
+        [
+            "| Gaussian q_θ = N(μ, σ²) | μ | σ | KL[p ‖ q_θ] | KL[q_θ ‖ p] |",
+            "|---|---:|---:|---:|---:|",
+            row(f"**maximum likelihood** on N = {n['samples']:,} samples (green)", mle),
+            row("argmin KL[p ‖ q_θ] (N → ∞: p's mean and std)", moments),
+            row("**argmin KL[q_θ ‖ p]** (blue, dashed)", reverse),
+            "",
+            f"**E_p[log p] = {_kl(n['neg_entropy'])} nats**, a constant: it does not depend on θ. "
+            f"KL[p ‖ q_θ] = E_p[log p] − E_p[log q_θ], so maximising E_p[log q_θ] minimises the KL; the "
+            f"average log-likelihood (1/N) Σ log q_θ(xₙ) = {_kl(n['avg_loglik'])} estimates "
+            f"E_p[log q_θ] = {_kl(n['expected_loglik'])} (quadrature), and "
+            f"{_kl(n['neg_entropy'])} − ({_kl(n['expected_loglik'])}) = {_kl(mle['forward_kl'])}. "
+            "Maximum likelihood covers both modes (forward KL punishes q ≈ 0 where p > 0); the reverse fit "
+            "picks one (reverse KL punishes q > 0 where p ≈ 0).",
+            "",
+            POSTERIOR_TIE,
+        ]
+    )
+
+
+def curves_caption(found: list[str], missing: list[str]) -> str:
+    """Under the training curves: what they are, and which served models have none (and why)."""
+    said = (
+        "Part 3's objective on the served models: the held-out average ELBO, a lower bound on "
+        "(1/N) Σ log p_θ(xₙ), read from each model's metrics.jsonl (`--eval-every`), climbing as training "
+        "maximises the likelihood."
+    )
+    if missing:
+        said += " No held-out lines in: " + ", ".join(missing) + "."
+    return said

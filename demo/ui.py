@@ -1,6 +1,7 @@
 """The Gradio page: a β slider, the selected model's card and the rate–distortion plane, then the tabs of
-`TABS` (reconstruct, interpolate, sample, traverse, posterior), each in its own module under
-`demo/tabs/`, whose public events carry the tabs' API names.
+`TABS` (divergence, fit, posterior, reconstruct, sample, interpolate, traverse: the lecture note's
+order), each in its own module under `demo/tabs/` and opened by the one formula it shows, whose
+public events carry the tabs' API names.
 
 `make_handlers(ladder)` gives the plain functions behind the events (tested without a server);
 `build_demo(ladder)` lays out the page and wires every tab in one loop; `launch_kwargs()` holds what
@@ -22,10 +23,12 @@ import gradio as gr
 
 from . import inference as inf
 from . import outputs, plots, text
-from .tabs import interpolate, posterior, reconstruct, sample, traverse
+from .tabs import divergence, fit, interpolate, posterior, reconstruct, sample, traverse
 from .tabs.common import Models, Page, Tab, example_paths, user_error
 
-TABS = [reconstruct, interpolate, sample, traverse, posterior]  # page order
+# Page order = the lecture note's: divergence and Jensen (parts 1–2), maximum likelihood (3), the posterior
+# and the ELBO (4), then the VAE's encoder and decoder at work (5).
+TABS = [divergence, fit, posterior, reconstruct, sample, interpolate, traverse]
 
 MAX_FILE_SIZE = "10mb"  # uploads above this are refused by the server before any decoding
 CONCURRENCY_LIMIT = 2  # computations at once, over all events (they share one concurrency id)
@@ -59,9 +62,10 @@ def launch_kwargs() -> dict:
 
 
 class Handlers(types.SimpleNamespace):
-    """The functions behind the events: each tab's by its API name (`reconstruct`, ..., `posterior`,
-    `decode_click`), and the page shell's (`follow_beta`, `warn_outside`, `snap`, `rate_distortion`,
-    `plane`). Their parameter names are the API's."""
+    """The functions behind the events: each tab's by its API name (`divergence`, `divergence_preset`,
+    `fit`, `fit_preset`, `reconstruct`, ..., `posterior`, `decode_click`), and the page shell's
+    (`follow_beta`, `warn_outside`, `snap`, `rate_distortion`, `plane`). Their parameter names are the
+    API's."""
 
 
 def make_handlers(
@@ -187,7 +191,11 @@ def build_demo(ladder: inf.Ladder) -> gr.Blocks:
         tabs = []
         with gr.Tabs():
             for module in TABS:
-                with gr.Tab(module.LABEL, id=module.__name__.rsplit(".", 1)[-1]):
+                name = module.__name__.rsplit(".", 1)[-1]
+                with gr.Tab(module.LABEL, id=name):
+                    gr.Markdown(
+                        text.TAB_FORMULAS[name], latex_delimiters=text.LATEX, elem_classes=["formula"]
+                    )
                     tab = module.layout(page)
                 if tab is not None:
                     tabs.append(tab)
@@ -228,7 +236,7 @@ def _shell(ladder: inf.Ladder, h: Handlers):
     """The page above the tabs: intro, banner, β slider (and the hidden trained β the tabs read), the
     rate–distortion plane, the model card."""
     betas = ladder.betas
-    gr.Markdown(text.INTRO)
+    gr.Markdown(text.intro(ladder))
     banner = text.banner(ladder)
     gr.Markdown(
         banner, visible=bool(banner), elem_id="banner-untrained" if ladder.untrained else "banner-notice"
@@ -243,6 +251,7 @@ def _shell(ladder: inf.Ladder, h: Handlers):
                 label="β (KL weight in training)",
                 info="Snaps to the trained models: β ∈ {" + ", ".join(text.fmt_beta(b) for b in betas) + "}",
                 interactive=len(betas) > 1,
+                visible=len(betas) > 1,  # one trained model: nothing to slide (the card says its β)
                 elem_id="beta-slider",
             )
             # The β every tab uses: the trained β nearest the slider's. A plain number (no range for

@@ -190,6 +190,6 @@ def example_paths(ladder: inf.Ladder) -> tuple[list[str], str]:
         paths.append(str(path))
     return (
         paths,
-        f"samples of the β={text.fmt_beta(ladder.betas[0])} model "
-        f"(no {ladder.dataset} images ship with the app)",
+        f"samples of the β={text.fmt_beta(ladder.betas[0])} model: no images of its training data "
+        f"({text.data_name(ladder.rungs[0])}) ship with the app",
     )

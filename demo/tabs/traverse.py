@@ -32,18 +32,14 @@ def handlers(models: Models) -> dict[str, Callable]:
         # ASCII signs (not every font has U+2212); two decimals at most: 9 steps over ±3 hit ±0.75.
         col_labels = [f"{v:+.2f}".rstrip("0").rstrip(".") if v else "0" for v in values]
         picture = im.annotated_grid(body, row_labels, col_labels, tile=cfg.image_size * scale, gap=gap)
-        return outputs.png_file(picture), text.traverse_caption(ranked, values)
+        return outputs.png_file(picture), text.traverse_caption(ranked, values, ladder.dataset)
 
     return {"traverse": traverse}
 
 
 def layout(page: Page) -> Tab:
     latent_dim = page.models.ladder.config.latent_dim
-    gr.Markdown(
-        "Encode an image, then sweep one latent dimension at a time while holding the others at "
-        "μ(x). This is where β shows: compare the grid at the smallest and the largest β.",
-        elem_classes=["caption"],
-    )
+    gr.Markdown(text.traverse_intro(page.models.ladder.betas), elem_classes=["caption"])
     with gr.Row():
         with gr.Column(scale=1):
             image = image_input("image", page.first, 200)

@@ -87,7 +87,10 @@ def image_src(page, elem_id: str) -> str:
 
 def test_upload_reconstruct_and_follow_beta(page, betas, tmp_path):
     ARTIFACTS.mkdir(exist_ok=True)
-    # The page opens on an example, already reconstructed.
+    # The page opens on the Divergence tab (the lecture note's order); Reconstruct shows an example,
+    # already reconstructed.
+    page.wait_for_selector("#div-numbers table")
+    open_tab(page, "Reconstruct")
     page.wait_for_selector("#reconstruction img")
     page.wait_for_function("document.querySelector('#elbo-panel').innerText.includes('ELBO')")
     before = image_src(page, "model-input")

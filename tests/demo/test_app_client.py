@@ -115,7 +115,8 @@ def test_the_app_says_what_it_serves_and_lists_the_four_endpoints(app, client):
     assert "serving checkpoint models" in app[1] and "β ∈ {1, 4}" in app[1]
     named = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     # A 10-latent ladder: no /posterior, and the tab says why instead.
-    assert set(named) == {"/reconstruct", "/interpolate", "/sample", "/traverse"}
+    lecture = {"/divergence", "/divergence_preset", "/fit", "/fit_preset"}
+    assert set(named) == {"/reconstruct", "/interpolate", "/sample", "/traverse", *lecture}
     config = httpx.get(f"{app[0]}/config", timeout=30).json()
     notes = [c["props"].get("value") or "" for c in config["components"] if c["type"] == "markdown"]
     assert any("needs a model with 2 latent dimensions; this one has 10" in n for n in notes)
@@ -139,7 +140,7 @@ def test_each_event_takes_only_its_own_tabs_inputs(app):
             assert dep["outputs"] == [samples], dep
     # Each public event, when it fails, is followed by one that clears its outputs.
     for dep in config["dependencies"]:
-        if dep["api_name"] in ("reconstruct", "interpolate", "sample", "traverse"):
+        if dep["api_name"] in ("divergence", "fit", "reconstruct", "interpolate", "sample", "traverse"):
             clear = [d for d in config["dependencies"] if d["trigger_after"] == dep["id"]]
             assert [d["trigger_only_on_failure"] for d in clear] == [True]
             assert clear[0]["outputs"] == dep["outputs"] and clear[0]["inputs"] == []

@@ -426,7 +426,7 @@ def test_non_dsprites_ladders_use_model_samples_as_examples(tmp_path):
     make_run(tmp_path / "faces", 1.0, preset="small", dataset="celeba")
     lad = inf.resolve_ladder(checkpoint=tmp_path)
     paths, label = ui.example_paths(lad)
-    assert len(paths) == 6 and "samples" in label and "celeba" in label
+    assert len(paths) == 6 and "samples" in label and "(CelebA)" in label
     for p in paths:
         with Image.open(p) as img:
             assert img.size == (32, 32) and img.mode == "RGB"
