@@ -120,7 +120,7 @@ class Console:
                 ("batch", f"{cfg.batch_size}, β = {cfg.beta:g}, lr {cfg.lr:g}"),
                 ("steps", f"{steps} ({epochs:.3g} epochs, {cfg.lr_schedule} learning rate)"),
                 *([("plan", plan)] if plan else []),
-                *([("kept model", selection)] if selection else []),
+                *([("kept", selection)] if selection else []),
                 ("output", str(Path(cfg.out).resolve())),
                 ("cache", cache),
             ],

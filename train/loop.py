@@ -555,7 +555,8 @@ def _plan_to_time_limit(run: RunState, deadline: float) -> None:
     run.optimizer.load_state_dict(moments)
     set_rng_state(noise, device)
     t0 = time.perf_counter()
-    x = run.tracker.x if run.tracker is not None and run.tracker.x is not None else run.batches.batch(0)
+    tracked = run.tracker is not None and run.tracker.x is not None
+    x = run.tracker.x if tracked else _fixed_images(run.ds, min(EVAL_IMAGES, cfg.eval_images), device)
     evaluate_fixed(run.model, x)
     evaluation = 2 * (time.perf_counter() - t0)  # the held-out numbers, then those on training images
     budget = plan.PLAN_TIME_SHARE * (deadline - time.perf_counter()) - plan.EVALS_PER_RUN * evaluation
@@ -782,6 +783,8 @@ def _finish(run: RunState) -> dict:
             extra.update(after_kept(records, extra["kept_step"]))
         if run.out_of_time:
             extra.update(time_limit_s=cfg.time_limit, planned_steps=run.planned_steps)
+        if run.length_plan:
+            extra["length_plan"] = run.length_plan
         final = final_report(
             run.model, cfg, run.model_cfg, run.step, run.img_per_s, run.device, run.command, out, extra=extra
         )
