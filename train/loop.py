@@ -234,7 +234,8 @@ def _prepare(cfg: RunConfig, info: distributed.DistInfo, argv) -> RunState:
     if planned:  # no --steps / --epochs: the length follows the data (and --time-limit, once timed)
         cfg.steps = plan.plan_steps(len(ds), cfg.batch_size)
     total = cfg.steps if cfg.steps is not None else math.ceil(cfg.epochs * batches.steps_per_epoch)
-    found = selection_split(cfg, limit=1)
+    # Rank 0 alone evaluates and keeps the model (the other ranks need not open the held-out splits).
+    found = selection_split(cfg, limit=1) if info.is_main else ("valid", None)
     if cfg.keep_best is None:  # pick the model where a validation split can pick it without bias
         cfg.keep_best = found is not None and found[0] == "valid"
     if cfg.keep_best and found is None:

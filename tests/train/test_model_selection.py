@@ -13,8 +13,9 @@ import torch
 from safetensors.torch import load_file
 from test_run_plan import common, digits_folder
 
-from train import heldout
+from train import heldout, loop
 from train.__main__ import main
+from train.config import parse_args
 from train.data import dataset_for_split
 from train.folder import split_files
 from train.heldout import evaluate_fixed
@@ -115,6 +116,52 @@ def test_a_later_decline_is_not_kept_and_is_reported(tmp_path, monkeypatch, caps
     card = (out / "README.md").read_text()
     assert "After it the held-out ELBO fell to -106.00 at step 30 (-3.9 % over 2 evaluations)" in card
     assert "after it -3.9 % by step 30" in capsys.readouterr().out
+
+
+def test_the_best_model_survives_a_stop_and_resume(tmp_path, monkeypatch):
+    """The best evaluation (step 10, by a falling ELBO) lies before the stop at step 25: the resumed run
+    keeps step 10's weights, from the checkpoint, exactly as the straight run does."""
+    real = heldout.evaluate_fixed
+
+    def falling(model, x, **kw):
+        r = real(model, x, **kw)
+        return {**r, "eval_elbo": -100.0 - 1e-3 * falling.step}
+
+    monkeypatch.setattr(heldout, "evaluate_fixed", falling)
+    evaluate = heldout.HeldOutTracker.evaluate
+
+    def at_step(self, step):
+        falling.step = step
+        return evaluate(self, step)
+
+    monkeypatch.setattr(heldout.HeldOutTracker, "evaluate", at_step)
+    data = digits_folder(tmp_path / "d", 200)
+    args = [
+        *common(data),
+        "--batch-size",
+        "10",
+        "--steps",
+        "40",
+        "--eval-every",
+        "10",
+        "--checkpoint-every",
+        "20",
+    ]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert main([*args, "--out", str(straight)]) == 0
+    assert loop.train(parse_args([*args, "--out", str(split)]), stop_at=25) == {"step": 25}
+    assert main([*args, "--out", str(split), "--resume"]) == 0
+    a, b = load_file(straight / "model.safetensors"), load_file(split / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    for out in (straight, split):
+        meta = VAE.from_pretrained(out).metadata
+        assert (
+            meta["kept_step"] == 10
+            and meta["heldout_evaluations"] == 4
+            and meta["after_kept_evaluations"] == 3
+        )
+    last = load_file(split / "checkpoints" / "step-00000040.safetensors")
+    assert any(not torch.equal(b[k], last[k]) for k in b)  # not the last step's weights
 
 
 def test_after_kept_measures_the_curve_after_the_kept_step():
