@@ -7,7 +7,6 @@ wraps it with data, checkpoints, metrics, grids and the model card.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import statistics
@@ -25,14 +24,12 @@ from vae_triton.io import write_json_atomic, write_text_atomic
 from vae_triton.likelihoods import likelihood_for
 from vae_triton.model import VAE, VAEConfig
 
-from . import config as plan
-from . import distributed
+from . import config, distributed, plan
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .command_line import explicit_fields, reproduce_command, resume_config
-from .config import RunConfig, default_kl_warmup_steps, default_preset
+from .config import RunConfig, default_preset
 from .console import Console, cache_summary
 from .data import DEFAULT_CACHE, BatchSource, ImageDataset, dataset_for_split
-from .folder import has_valid_dir, split_files, validation_size
 from .heldout import GRID, HeldOutTracker, evaluate_fixed, held_out_dataset, save_grids, selection_split
 from .paths import check_output_dir, lock_run_folder
 from .report import after_kept, failure_card, heldout_trend, read_metrics, write_model_card
@@ -205,10 +202,10 @@ def _prepare(cfg: RunConfig, info: distributed.DistInfo, argv) -> RunState:
             console.notice(line)
 
     if resume is None:
-        _resolve_validation_split(cfg, console)
+        plan.resolve_validation_split(cfg, console)
     ds = _load_dataset(cfg, info)
     if resume is None and cfg.batch_defaulted:
-        cfg.batch_size = plan.default_batch_size(cfg.device, len(ds))
+        cfg.batch_size = config.default_batch_size(cfg.device, len(ds))
     if cfg.resolution is None:  # a folder's own image size (train.folder)
         cfg.resolution = ds.image_shape[1]
     if cfg.preset is None:
@@ -232,7 +229,7 @@ def _prepare(cfg: RunConfig, info: distributed.DistInfo, argv) -> RunState:
     )
     planned = cfg.steps is None and cfg.epochs is None
     if planned:  # no --steps / --epochs: the length follows the data (and --time-limit, once timed)
-        cfg.steps = plan.plan_steps(len(ds), cfg.batch_size)
+        cfg.steps = config.plan_steps(len(ds), cfg.batch_size)
     total = cfg.steps if cfg.steps is not None else math.ceil(cfg.epochs * batches.steps_per_epoch)
     # Rank 0 alone evaluates and keeps the model (the other ranks need not open the held-out splits).
     found = selection_split(cfg, limit=1) if info.is_main else ("valid", None)
@@ -244,10 +241,10 @@ def _prepare(cfg: RunConfig, info: distributed.DistInfo, argv) -> RunState:
             "subfolder, pass --val-fraction 0.1, or drop --keep-best"
         )
     plan_by_time = (
-        planned and cfg.time_limit is not None and total > plan.PLAN_WARMUP_STEPS + plan.PLAN_TIMED_STEPS
+        planned and cfg.time_limit is not None and total > config.PLAN_WARMUP_STEPS + config.PLAN_TIMED_STEPS
     )
     if not plan_by_time:
-        _resolve_schedule(cfg, total, planned)
+        plan.resolve_schedule(cfg, total, planned)
     run = RunState(
         cfg,
         info,
@@ -266,7 +263,7 @@ def _prepare(cfg: RunConfig, info: distributed.DistInfo, argv) -> RunState:
     )
     run.command = _reproduce(cfg, run.length_plan)
     if planned:
-        run.plan = _plan_words(run)
+        run.plan = plan.plan_words(cfg, len(ds), plan_by_time)
     return run
 
 
@@ -283,63 +280,6 @@ def _reproduce(cfg: RunConfig, length_plan: str | None) -> str:
     """The command that trains this run again. A length fitted to --time-limit is in its --steps: the
     limit is left out, so that a slower machine trains the same steps instead of stopping earlier."""
     return reproduce_command(replace(cfg, time_limit=None) if length_plan == "time-limit" else cfg)
-
-
-def _resolve_validation_split(cfg: RunConfig, console: Console) -> None:
-    """A new run on a folder: check --val-fraction against the folder, or choose the default one (a
-    VAL_FRACTION share of the training files when that is at least MIN_VAL_IMAGES of them and leaves a
-    batch). From the file list alone: a refusal comes before any image is decoded or written."""
-    if cfg.dataset != "folder" or cfg.split != "train" or cfg.data_dir is None:
-        return
-    root = Path(cfg.data_dir)
-    if not root.is_dir() or has_valid_dir(root):
-        return  # a missing folder is the loader's error; a valid/ folder is the validation split
-    given = cfg.val_fraction is not None
-    fraction = cfg.val_fraction if given else plan.VAL_FRACTION
-    files = len(split_files(root, "train", cfg.test_fraction, cfg.split_seed)[0])
-    held, left = validation_size(files, fraction), files - validation_size(files, fraction)
-    if held >= plan.MIN_VAL_IMAGES and left >= cfg.batch_size:
-        cfg.val_fraction = fraction
-        return
-    why = (
-        f"holds out {held} of the {files} training files, fewer than the {plan.MIN_VAL_IMAGES} a validation "
-        "split needs"
-        if held < plan.MIN_VAL_IMAGES
-        else f"leaves {left} training files, fewer than --batch-size {cfg.batch_size}"
-    )
-    if given:
-        raise ValueError(f"--val-fraction {fraction:g} {why}: change --val-fraction or add images")
-    console.notice(
-        f"no validation split: --val-fraction {fraction:g} {why}; the model is the last step's "
-        "(add images to have the best one picked)"
-    )
-
-
-def _resolve_schedule(cfg: RunConfig, total: int, planned: bool) -> None:
-    """Fix the length and what follows it: a planned run's steps, the `auto` learning-rate schedule
-    (cosine for a planned run shorter than DEFAULT_STEPS), --eval-every and the KL warm-up."""
-    if planned:
-        cfg.steps = total
-    if cfg.lr_schedule == "auto":
-        cfg.lr_schedule = "cosine" if planned and total < plan.DEFAULT_STEPS else "constant"
-    if cfg.eval_every is None:
-        cfg.eval_every = plan.default_eval_every(total)
-    if cfg.kl_warmup_steps is None:
-        cfg.kl_warmup_steps = default_kl_warmup_steps(total)
-
-
-def _plan_words(run: RunState) -> str:
-    """The start block's words for a planned length."""
-    cfg, n = run.cfg, len(run.ds)
-    by_data = plan.plan_steps(n, cfg.batch_size)
-    words = (
-        f"planned from the data: {plan.PLAN_EPOCHS} passes over {n:,} images at batch {cfg.batch_size}"
-        if by_data < plan.DEFAULT_STEPS
-        else f"planned: {plan.DEFAULT_STEPS:,} steps, the most a planned run takes ({n:,} images)"
-    )
-    if run.plan_by_time:
-        words += f"; fitted to --time-limit {cfg.time_limit:g} s on the first steps"
-    return words
 
 
 def _already_finished(run: RunState) -> dict | None:
@@ -527,55 +467,18 @@ def _selection_words(run: RunState) -> str:
 
 
 def _plan_to_time_limit(run: RunState, deadline: float) -> None:
-    """Fit a planned length to --time-limit: time PLAN_TIMED_STEPS steps (after PLAN_WARMUP_STEPS) and one
-    evaluation, rewind the weights, optimizer and noise to where they were, and plan the steps that fill
-    PLAN_TIME_SHARE of the time left. The rewind makes the run the one `--steps N` trains (its reproduce
-    line); the only host syncs are the two around the timed steps."""
-    cfg, device, info = run.cfg, run.device, run.info
-    weights = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
-    moments, noise = copy.deepcopy(run.optimizer.state_dict()), rng_state(device)
-    step = make_train_step(
-        run.model,
-        run.optimizer,
-        cfg,
-        dist_info=info,
-        total_steps=run.total,
-        stats=StepStats(device),
-        note=lambda _: None,
-    )
-    warm, timed = plan.PLAN_WARMUP_STEPS, plan.PLAN_TIMED_STEPS
-    for i in range(warm + timed):
-        if i == warm:
-            _sync(device)
-            t0 = time.perf_counter()
-        step(run.batches.batch(i, out=getattr(step, "input", None)), i)
-    _sync(device)
-    per_step = (time.perf_counter() - t0) / timed
-    del step
-    run.model.load_state_dict(weights)
-    run.optimizer.load_state_dict(moments)
-    set_rng_state(noise, device)
-    t0 = time.perf_counter()
+    """Fit the planned length to --time-limit (`train.plan.fit_to_time_limit`) and write the plan."""
+    cfg, device = run.cfg, run.device
     tracked = run.tracker is not None and run.tracker.x is not None
     x = run.tracker.x if tracked else _fixed_images(run.ds, min(EVAL_IMAGES, cfg.eval_images), device)
-    evaluate_fixed(run.model, x)
-    evaluation = 2 * (time.perf_counter() - t0)  # the held-out numbers, then those on training images
-    budget = plan.PLAN_TIME_SHARE * (deadline - time.perf_counter()) - plan.EVALS_PER_RUN * evaluation
-    fit = torch.tensor(-float(max(1, int(budget / per_step))), device=device)
-    fit = -int(distributed.all_max(fit, info).item()) if info.enabled else -int(fit.item())
-    total = min(run.total, fit)
-    _resolve_schedule(cfg, total, planned=True)
-    run.total = total
-    run.plan = _plan_words(run) + f" ({1000 * per_step:.1f} ms/step → {total:,} steps)"
-    run.length_plan = "time-limit"
+    args = (run.model, run.optimizer, cfg, run.batches, run.total, x, run.info, deadline)
+    total, per_step = plan.fit_to_time_limit(*args)
+    plan.resolve_schedule(cfg, total, planned=True)
+    run.total, run.length_plan = total, "time-limit"
+    run.plan = plan.plan_words(cfg, len(run.ds), True) + f" ({1000 * per_step:.1f} ms/step → {total:,} steps)"
     run.command = _reproduce(cfg, run.length_plan)
-    if info.is_main:
+    if run.info.is_main:
         write_json_atomic(run.out / "run_config.json", _run_record(run), indent=2)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _train_step(run: RunState) -> bool:
