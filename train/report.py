@@ -159,7 +159,7 @@ def kept_note(run: dict, final: dict) -> str:
         share = 100 * change / abs(final["best_heldout_elbo"])
         text += (
             f" After it the held-out ELBO {'fell' if change < 0 else 'moved'} to "
-            f"{final['after_kept_last']:.2f} at step {final['after_kept_last_step']} ({share:+.1f} % over "
+            f"{final['after_kept_last']:.2f} at step {final['after_kept_last_step']} ({share:+.2f} % over "
             f"{final['after_kept_evaluations']} evaluations): the later weights were not better."
         )
     else:

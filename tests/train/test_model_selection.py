@@ -131,8 +131,8 @@ def test_a_later_decline_is_not_kept_and_is_reported(tmp_path, monkeypatch, caps
     assert all(torch.equal(written[k], state["best_model"][k]) for k in written)
     assert any(not torch.equal(written[k], last[k]) for k in written)
     card = (out / "README.md").read_text()
-    assert "After it the held-out ELBO fell to -106.00 at step 30 (-3.9 % over 2 evaluations)" in card
-    assert "after it -3.9 % by step 30" in capsys.readouterr().out
+    assert "After it the held-out ELBO fell to -106.00 at step 30 (-3.92 % over 2 evaluations)" in card
+    assert "after it -3.92 % by step 30" in capsys.readouterr().out
 
 
 def test_the_best_model_survives_a_stop_and_resume(tmp_path, monkeypatch):
