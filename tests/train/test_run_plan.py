@@ -156,3 +156,19 @@ def test_a_planned_run_stopped_and_resumed_equals_the_straight_run(tmp_path, mon
     meta_b = json.loads((split / "config.json").read_text())["metadata"]
     for key in ("steps", "kept_step", "kept_by", "best_heldout_elbo", "eval_elbo", "length_plan"):
         assert meta_a[key] == meta_b[key], key
+
+
+def test_a_gaussian_likelihood_on_a_bernoulli_preset_learns_its_sigma():
+    """The mlp preset's σ is a placeholder fixed at 1 (its own likelihood is Bernoulli): with --likelihood
+    gaussian the default is a learned scalar σ; a preset built for Gaussian data keeps its own."""
+    from vae_triton.model import VAEConfig
+
+    def sigma(**kw):
+        return config.RunConfig(dataset="folder", resolution=28, **kw).model_config(1).sigma
+
+    assert VAEConfig.preset("mlp").sigma == "fixed"
+    assert sigma(preset="mlp", likelihood="gaussian") == "scalar"
+    assert sigma(preset="mlp", likelihood="gaussian", sigma="fixed") == "fixed"
+    assert sigma(preset="mlp") == "fixed"  # Bernoulli: no σ to learn
+    own = config.RunConfig(dataset="folder", resolution=64, preset="celeba64", likelihood="gaussian")
+    assert own.model_config(3).sigma == VAEConfig.preset("celeba64").sigma
