@@ -376,9 +376,11 @@ class RunConfig:
     )
     num_threads: int | None = flag(
         None,
-        "torch CPU threads. Default: the cores not busy now, round(cores − 1-min load average), at least 1 "
-        "(measured on a shared 2-core machine: 2 threads are 1.3× faster than 1 when idle, 25–60× slower "
-        "when a neighbour keeps a core busy; train/threads.py)",
+        "torch CPU threads, fixed. Default: adaptive on a one-process CPU run: start at the cores not busy "
+        "now (round(cores − 1-min load average), at least 1), then time the steps and now and then try the "
+        "other count (≤ 5 %% of the time), switching when it is > 10 %% faster, so a process that starts or "
+        "stops on the same cores is followed; fixed where the count would change the model's gradient bits "
+        "(runs stay reproducible), and with --compile, DDP or CUDA (train/threads.py)",
         group=HARDWARE,
         resumable=True,
         **_COUNT,

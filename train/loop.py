@@ -36,11 +36,12 @@ from .report import after_kept, failure_card, heldout_trend, read_metrics, write
 from .step import (
     StepResult,
     StepStats,
+    autocast_dtype,
     make_optimizer,
     make_train_step,
 )
 from .stop import Interrupted, StopRequest, signal_name, stop_signals, stopped
-from .threads import set_num_threads
+from .threads import AdaptiveThreads, model_check, thread_controller
 
 EVAL_IMAGES = 512
 
@@ -112,7 +113,7 @@ class RunState:
     cfg: RunConfig
     info: distributed.DistInfo
     console: Console
-    num_threads: int
+    threads: AdaptiveThreads  # torch's CPU thread count: adaptive unless --num-threads (train.threads)
     resume: dict | None  # the checkpoint being continued (train.checkpoint.load_checkpoint), or None
     ds: ImageDataset
     model_cfg: VAEConfig
@@ -187,7 +188,6 @@ def train(cfg: RunConfig, *, argv: list[str] | None = None, stop_at: int | None 
 
 def _prepare(cfg: RunConfig, info: distributed.DistInfo, argv) -> RunState:
     """Settings (the checkpoint's on --resume), data, model, optimizer and the step count."""
-    num_threads = set_num_threads(cfg.num_threads)
     console = Console(quiet=cfg.quiet, is_main=info.is_main)
     if info.is_main:
         check_output_dir(Path(cfg.out))  # before any work: a bad --out fails now, not after training
@@ -200,6 +200,7 @@ def _prepare(cfg: RunConfig, info: distributed.DistInfo, argv) -> RunState:
         cfg, notices = resume_config(cfg, resume["run_config"], given)
         for line in notices:
             console.notice(line)
+    threads = thread_controller(cfg.num_threads, info.device, compiled=cfg.compile, world=info.world)
 
     if resume is None:
         plan.resolve_validation_split(cfg, console)
@@ -223,6 +224,15 @@ def _prepare(cfg: RunConfig, info: distributed.DistInfo, argv) -> RunState:
     model.check_inputs = False  # uint8 / 255 is in [0, 1] by construction; no host sync per step
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    # Adapt the CPU thread count only where it cannot change this model's gradients (train.threads).
+    threads.require_exact(
+        model_check(
+            model,
+            (cfg.batch_size, *ds.image_shape),
+            channels_last=cfg.channels_last,
+            amp=autocast_dtype(cfg, info.device),
+        )
+    )
     optimizer = make_optimizer(model, cfg)
     batches = BatchSource(
         ds, cfg.batch_size, info.device, seed=cfg.seed, hflip=cfg.hflip, rank=info.rank, world=info.world
@@ -250,7 +260,7 @@ def _prepare(cfg: RunConfig, info: distributed.DistInfo, argv) -> RunState:
         cfg,
         info,
         console,
-        num_threads,
+        threads,
         resume,
         ds,
         model_cfg,
@@ -425,7 +435,9 @@ def _loop(run: RunState, stop_at: int | None) -> dict | None:
             if deadline is not None and _past(deadline, run.info, run.device):
                 run.out_of_time = True
                 break
+            step_t0 = time.perf_counter()
             synced = _train_step(run)
+            run.threads.observe(time.perf_counter() - step_t0)  # may change the CPU thread count
             _between_steps(run)
             if run.progress is not None:
                 run.progress.update(1)
@@ -676,7 +688,7 @@ def _finish(run: RunState) -> dict:
     cfg, info, out = run.cfg, run.info, run.out
     final = {}
     if info.is_main:
-        extra = {"num_threads": run.num_threads}
+        extra = {"num_threads": run.threads.threads, "num_threads_adaptive": run.threads.adapt}
         if run.step > run.start:  # this process trained (not only finishing a stopped report)
             extra["train_seconds"] = round(run.loop_seconds, 2)
         if run.tracker is not None:

@@ -142,3 +142,13 @@ def test_evaluate_with_an_adaptive_count_that_switches_every_batch_reports_the_s
     assert fixed["metrics"] == adaptive["metrics"]
     assert (fixed["num_threads_adaptive"], adaptive["num_threads_adaptive"]) == (False, True)
     capsys.readouterr()
+def test_a_default_cpu_run_adapts_only_where_the_bits_allow(tmp_path):
+    base = "--dataset dsprites --limit 32 --batch-size 16 --steps 2 --latent-dim 4 --eval-images 16".split()
+    several = min(threads.TORCH_DEFAULT_THREADS, threads.available_cores()) > 1  # else nothing to switch
+    for preset, adaptive in (("mlp", several), ("small", False)):
+        assert main([*base, "--no-progress", "--preset", preset, "--out", str(tmp_path / preset)]) == 0
+        assert VAE.from_pretrained(tmp_path / preset).metadata["num_threads_adaptive"] is adaptive
+    fixed = tmp_path / "fixed"
+    assert main([*base, "--no-progress", "--preset", "mlp", "--num-threads", "1", "--out", str(fixed)]) == 0
+    meta = VAE.from_pretrained(fixed).metadata
+    assert (meta["num_threads"], meta["num_threads_adaptive"]) == (1, False)
