@@ -116,11 +116,16 @@ def test_the_bound_rises_with_k_and_stays_below_log_px():
     model = _model(latent_dim=2)
     x1 = _images(1)
     with torch.no_grad():
+        # q(z|x) moved off the posterior and a sharper decoder: a gap of several nats for K to close
+        model.to_params.bias[:2] += 1.5
+        model.to_params.bias[2:] -= 1.0
+        model.decoder.weight.mul_(4)
         log_px = posterior_on_grid(model, x1).log_px.item()
         x = x1.expand(400, -1, -1, -1)
         torch.manual_seed(5)
         bounds = [-objectives.iwae_forward(model, x, k).loss.item() for k in (1, 5, 50)]
-    assert bounds[0] < bounds[1] < bounds[2] <= log_px + 0.05, (bounds, log_px)
+    # measured: −53.4, −51.1, −49.2 ≤ −46.8; the Monte Carlo noise of each mean is ≈ 0.2 nats
+    assert bounds[0] + 1 < bounds[1] and bounds[1] + 1 < bounds[2] < log_px, (bounds, log_px)
 
 
 # ---- bad input: one line naming the flag, before any work -------------------------------------------
