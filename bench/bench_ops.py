@@ -4,6 +4,7 @@
     python -m bench.bench_ops --quick          # small sizes (the default on a machine without CUDA)
     python -m bench.bench_ops --logits         # the model's loss: Gaussian NLL of sigmoid(logits)
     python -m bench.bench_ops --host-overhead  # CPU: host µs of the op wrappers, kernel launches stubbed
+    python -m bench.bench_ops --iw 5 50        # reparameterize_iw, K = 5 and 50, latent 16 and 128
 
 The loss is the ELBO's kernel-shaped part, as a training step sees it: (mu, logvar) = params.chunk(2, 1),
 z, kl = reparameterize_kl(mu, logvar); loss = mean_b(gaussian_nll(mean, x, log σ) + kl), σ fixed (with
@@ -21,6 +22,12 @@ bandwidth measured in the same run, and peak memory of a full step (CUDA only). 
 the whole forward + backward captured in one CUDA graph and replayed (device time, no host cost), for all
 three implementations (compile: captured by hand; if that capture fails, mode="reduce-overhead", noted).
 Writes <out>/bench_ops.csv and <out>/bench_ops.json.
+
+--iw K...: the importance-weighted bound's latent step instead, z, log q − log p = reparameterize_iw(mu,
+logvar, K) on (mu, logvar) = params.chunk(2, 1), backward with a random ∂z and ∂log ratio; eager =
+torch.randn ε then `reference.reparameterize_iw`, compile = torch.compile of that, fused = the op (ε drawn
+in the kernel). Columns as above, with D and K; bytes from vae_triton/kernels/reparameterize_iw.py.
+Writes <out>/bench_iw.csv and <out>/bench_iw.json.
 
 --host-overhead (any machine, meaningful on a CPU): tiny tensors, the Triton kernels' launches replaced by
 no-ops (`kernel[grid](...)` returns at once), the Triton backend forced, so what is timed is exactly the
@@ -89,6 +96,7 @@ class Row:
     gb_per_s: float
     pct_of_copy: float
     peak_mem_mb: float | None
+    samples: int | None = None  # --iw: K, the samples per row of reparameterize_iw
 
 
 def fused_bytes(case: Case, phase: str) -> int:
@@ -134,6 +142,30 @@ def fused_logits_loss(params, logits, x, log_sigma=0.0):
     mu, logvar = params.chunk(2, dim=1)
     z, kl = ops.reparameterize_kl(mu, logvar)
     return (fused_logits_nll(logits, x, log_sigma) + kl).mean(), z
+
+
+def iw_bytes(batch: int, latent: int, k: int, dtype: str, phase: str) -> int:
+    """Bytes reparameterize_iw's kernels move (vae_triton/kernels/reparameterize_iw.py): forward
+    (K + 2)·B·D·s + 4·K·B (read mu, logvar, write z and the log ratios), backward (K + 4)·B·D·s + 4·K·B
+    (read ∂z, ∂log ratio, mu, logvar, write ∂mu, ∂logvar)."""
+    size = torch.empty((), dtype=getattr(torch, dtype)).element_size()
+    fwd = (k + 2) * batch * latent * size + 4 * k * batch
+    bwd = (k + 4) * batch * latent * size + 4 * k * batch
+    return {"forward": fwd, "backward": bwd, "full": fwd + bwd}[phase]
+
+
+def eager_iw(params, k: int):
+    """The IW bound's latent step in plain torch: ε drawn with torch.randn, then the reference."""
+    mu, logvar = params.chunk(2, dim=1)
+    eps = torch.randn((k, *mu.shape), device=mu.device, dtype=torch.float32)
+    z, log_ratio = reference.reparameterize_iw(mu, logvar, eps)
+    return log_ratio, z
+
+
+def fused_iw(params, k: int):
+    mu, logvar = params.chunk(2, dim=1)
+    z, log_ratio = ops.reparameterize_iw(mu, logvar, k)
+    return log_ratio, z
 
 
 class Timer:
@@ -245,6 +277,49 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def measure(impls: dict, inputs: tuple, leaves: tuple, grads: tuple, device, timer: Timer, notes: list):
+    """Times of each implementation fn(*inputs) -> (a, b), backward with ∂a, ∂b = `grads`: medians and
+    host µs per (impl, phase), and per impl the CUDA-graph µs and the peak MB of a full step (CUDA)."""
+    times: dict[tuple[str, str], float] = {}
+    hosts: dict[tuple[str, str], float] = {}
+    graphs: dict[str, float | None] = {}
+    peaks: dict[str, float | None] = {}
+    for name, fn in impls.items():
+
+        def forward(fn=fn):
+            return fn(*inputs)
+
+        def backward(out):
+            torch.autograd.backward([out[0], out[1]], list(grads))
+
+        def full(fn=fn):
+            a, b = fn(*inputs)
+            torch.autograd.backward([a, b], list(grads))
+
+        full()  # compile / warm up before any timing
+        times[name, "forward"] = timer(forward)
+        times[name, "backward"] = timer.after_setup(forward, backward, leaves)
+        times[name, "full"] = timer(full, leaves)
+        reps = timer.reps if device.type != "cuda" else 50
+        hosts[name, "forward"] = host_us(device, forward, reps)
+        hosts[name, "backward"] = host_us(device, backward, reps, setup=forward, grad_to_none=leaves)
+        hosts[name, "full"] = host_us(device, full, reps, grad_to_none=leaves)
+        peaks[name] = graphs[name] = None
+        if device.type == "cuda":
+            for t in leaves:
+                t.grad = None
+            sync(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
+            full()
+            sync(device)
+            peaks[name] = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+            graphs[name] = graph_column(
+                name, fn, impls["eager"], inputs, leaves, grads[1], grads[0], timer, notes
+            )
+    return times, hosts, graphs, peaks
+
+
 def bench_case(
     case: Case,
     device: torch.device,
@@ -267,58 +342,27 @@ def bench_case(
     leaves = (params, mean) if sigma == "fixed" else (params, mean, log_sigma)
     inputs = (params, mean, x, log_sigma)
 
-    times: dict[tuple[str, str], float] = {}
-    hosts: dict[tuple[str, str], float] = {}
-    graphs: dict[str, float | None] = {}
-    peaks: dict[str, float | None] = {}
-    for name, fn in impls.items():
+    measured = measure(impls, inputs, leaves, (one, grad_z), device, timer, notes)
+    label = dict(device=device.type, dtype=case.dtype, batch=case.batch, latent=LATENT)
+    label["image"] = f"{case.channels}x{case.size}x{case.size}"
+    return build_rows(impls, measured, lambda phase: fused_bytes(case, phase), copy_gbps, label)
 
-        def forward(fn=fn):
-            return fn(*inputs)
 
-        def backward(out):
-            torch.autograd.backward([out[0], out[1]], [one, grad_z])
-
-        def full(fn=fn):
-            loss, z = fn(*inputs)
-            torch.autograd.backward([loss, z], [one, grad_z])
-
-        full()  # compile / warm up before any timing
-        times[name, "forward"] = timer(forward)
-        times[name, "backward"] = timer.after_setup(forward, backward, leaves)
-        times[name, "full"] = timer(full, leaves)
-        reps = timer.reps if device.type != "cuda" else 50
-        hosts[name, "forward"] = host_us(device, forward, reps)
-        hosts[name, "backward"] = host_us(device, backward, reps, setup=forward, grad_to_none=leaves)
-        hosts[name, "full"] = host_us(device, full, reps, grad_to_none=leaves)
-        peaks[name] = graphs[name] = None
-        if device.type == "cuda":
-            for t in leaves:
-                t.grad = None
-            sync(device)
-            torch.cuda.reset_peak_memory_stats(device)
-            base = torch.cuda.memory_allocated(device)
-            full()
-            sync(device)
-            peaks[name] = (torch.cuda.max_memory_allocated(device) - base) / 2**20
-            graphs[name] = graph_column(name, fn, impls["eager"], inputs, leaves, grad_z, one, timer, notes)
-
+def build_rows(impls, measured, nbytes_of, copy_gbps: float, label: dict) -> list[Row]:
+    """One Row per (impl, phase) from `measure`'s results; `label` holds the case's fields."""
+    times, hosts, graphs, peaks = measured
     rows = []
     for name in impls:
         for phase in PHASES:
             us = times[name, phase]
-            nbytes = fused_bytes(case, phase)
+            nbytes = nbytes_of(phase)
             gbps = nbytes / (us * 1e-6) / 1e9
             vs_compile = times["compile", phase] / us if ("compile", phase) in times else None
             g_us = graphs[name] if phase == "full" else None
             g_eager = graphs.get("eager") if phase == "full" else None
             rows.append(
                 Row(
-                    device=device.type,
-                    dtype=case.dtype,
-                    batch=case.batch,
-                    image=f"{case.channels}x{case.size}x{case.size}",
-                    latent=LATENT,
+                    **label,
                     impl=name,
                     phase=phase,
                     median_us=round(us, 2),
@@ -339,6 +383,20 @@ def bench_case(
                 )
             )
     return rows
+
+
+def bench_iw_case(
+    batch: int, latent: int, k: int, dtype: str, device, timer: Timer, impls: dict, copy_gbps: float, notes
+) -> list[Row]:
+    """reparameterize_iw on params.chunk(2, 1) of a (B, 2D) encoder output, K samples; backward gets a
+    random ∂z (what the decoder of the K·B samples sends back) and a random ∂log ratio."""
+    params = torch.randn(batch, 2 * latent, device=device, dtype=getattr(torch, dtype), requires_grad=True)
+    grad_z = torch.randn(k, batch, latent, device=device, dtype=params.dtype)
+    grad_ratio = torch.randn(k, batch, device=device, dtype=torch.float32)
+    measured = measure(impls, (params, k), (params,), (grad_ratio, grad_z), device, timer, notes)
+    label = dict(device=device.type, dtype=dtype, batch=batch, image="-", latent=latent, samples=k)
+    nbytes_of = lambda phase: iw_bytes(batch, latent, k, dtype, phase)  # noqa: E731
+    return build_rows(impls, measured, nbytes_of, copy_gbps, label)
 
 
 def graph_column(name, fn, eager, inputs, leaves, grad_z, one, timer, notes) -> float | None:
@@ -369,10 +427,11 @@ def graph_column(name, fn, eager, inputs, leaves, grad_z, one, timer, notes) -> 
 
 
 def format_table(rows: list[Row]) -> str:
+    with_k = any(r.samples is not None for r in rows)
     header = (
         "dtype",
         "B",
-        "image",
+        *(("D", "K") if with_k else ("image",)),
         "impl",
         "phase",
         "µs",
@@ -396,7 +455,7 @@ def format_table(rows: list[Row]) -> str:
             (
                 r.dtype,
                 str(r.batch),
-                r.image,
+                *((str(r.latent), str(r.samples)) if with_k else (r.image,)),
                 r.impl,
                 r.phase,
                 f"{r.median_us:.1f}",
@@ -480,6 +539,11 @@ def host_overhead(reps: int, batch: int = 8, size: int = 8, latent: int = 16) ->
             params, images, x, log_sigma
         )[0],
         "reparameterize_kl": lambda: ops.reparameterize_kl(*params.chunk(2, dim=1))[1].sum(),
+        **(
+            {"reparameterize_iw, K=5": lambda: fused_iw(params, 5)[0].sum()}  # as reparameterize_kl's
+            if hasattr(ops, "reparameterize_iw")
+            else {}
+        ),
         "gaussian_nll, σ float": lambda: ops.gaussian_nll(images, x, 0.0).sum(),
         "gaussian_nll, σ per channel": lambda: ops.gaussian_nll(images, x, log_sigma).sum(),
         LOGITS_NAME: lambda: fused_logits_nll(images, x, 0.0).sum(),
@@ -596,6 +660,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--channels-last", action="store_true", help="images in channels_last (as training)")
     p.add_argument(
+        "--iw",
+        type=int,
+        nargs="+",
+        metavar="K",
+        help="bench reparameterize_iw (the IW bound's latent step) with these K instead of the ELBO loss",
+    )
+    p.add_argument("--latent", type=int, nargs="+", default=[16, 128], help="--iw: latent sizes D")
+    p.add_argument(
         "--host-overhead",
         action="store_true",
         help="time the ops' host work on tiny CPU tensors, kernel launches stubbed (see the docstring)",
@@ -653,6 +725,10 @@ def main(argv=None) -> list:
     sizes = args.size or ([32] if quick else [64, 128])
     dtypes = args.dtype or (["float32"] if device.type != "cuda" else ["float32", "bfloat16"])
     cases = [Case(b, 3, s, d) for d in dtypes for s in sizes for b in batches]
+    if args.iw:
+        if not hasattr(ops, "reparameterize_iw"):
+            raise SystemExit("--iw: this checkout's vae_triton.ops has no reparameterize_iw")
+        cases = [(b, lat, k, d) for d in dtypes for lat in args.latent for b in batches for k in args.iw]
 
     fused_backend = ops.backend_for(torch.empty(0, device=device))
     notes = [f"fused = vae_triton.ops with backend '{fused_backend}'"]
@@ -667,6 +743,9 @@ def main(argv=None) -> list:
             else "CPU: the fused column runs Triton's interpreter — correctness only, its times mean nothing"
         )
     eager, fused = (eager_logits_loss, fused_logits_loss) if args.logits else (eager_loss, fused_loss)
+    if args.iw:
+        eager, fused = eager_iw, fused_iw
+        notes.append("the IW bound's latent step: reparameterize_iw (z and log q − log p for K samples)")
     impls = {"eager": eager}
     if not args.no_compile:
         impls["compile"] = torch.compile(eager)
@@ -680,7 +759,10 @@ def main(argv=None) -> list:
     rows: list[Row] = []
     for case in tqdm(cases, desc="bench_ops", unit="case"):
         torch._dynamo.reset()  # each shape compiles on its own, not as a dynamic-shape graph
-        rows += bench_case(case, device, timer, impls, copy_gbps, notes, args.sigma, args.channels_last)
+        if args.iw:
+            rows += bench_iw_case(*case, device, timer, impls, copy_gbps, notes)
+        else:
+            rows += bench_case(case, device, timer, impls, copy_gbps, notes, args.sigma, args.channels_last)
     print(format_table(rows))
     for note in notes[1:]:
         print("note:", note)
@@ -691,14 +773,14 @@ def main(argv=None) -> list:
         "copy_ceiling_gbps": round(copy_gbps, 2),
         "notes": notes,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "latent": LATENT,
-        "loss": "logits" if args.logits else "mean",
+        "latent": args.latent if args.iw else LATENT,
+        "loss": "iw" if args.iw else "logits" if args.logits else "mean",
         "sigma": args.sigma,
         "channels_last": args.channels_last,
         "timer": "triton.testing.do_bench median" if device.type == "cuda" else f"median of {args.reps} runs",
         "host_timer": "median host perf_counter µs to issue one call, device synced before and after",
     }
-    write_rows(args.out, "bench_ops", rows, meta)
+    write_rows(args.out, "bench_iw" if args.iw else "bench_ops", rows, meta)
     return rows
 
 

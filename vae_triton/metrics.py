@@ -126,7 +126,8 @@ class IWEstimate(NamedTuple):
 def _log_weight_chunks(model, x, num_samples: int, chunk: int | None, generator):
     """Yield (log_w (k, B), recon_nll (k, B), kl (B,)) for successive chunks of the K importance samples.
 
-    log w = log p(x|z) + log p(z) − log q(z|x), z ~ q(z|x), in the compute dtype (fp64 for fp64 models).
+    log w = log p(x|z) − [log q(z|x) − log p(z)], z ~ q(z|x), in the compute dtype (fp64 for fp64 models);
+    the bracket is `ops.reparameterize_iw`'s log ratio, computed from ε itself in the same launch as z.
     """
     k_total = _check_count("num_samples", num_samples, "importance samples K per image")
     mu, logvar = model.encode(x)
@@ -138,18 +139,14 @@ def _log_weight_chunks(model, x, num_samples: int, chunk: int | None, generator)
     )
     clamp = _logvar_clamp(model)
     cdt = _compute_dtype(mu)
-    log_norm = dim * HALF_LOG_2PI
-    # log q(z|x) = −½‖ε‖² + log_q_rest; log_q_rest = −½ Σ log σ² − (D/2) log 2π with the op's clamp.
-    log_q_rest = -0.5 * logvar.to(cdt).clamp(*clamp).sum(dim=1) - log_norm
+    kl = kl_to_prior(mu, logvar, clamp).sum(dim=1)
     for start in range(0, k_total, step):
         k = min(step, k_total - start)
-        eps = _draw_eps((k * batch, dim), mu, generator)
-        z, kl = _sample_q(mu, logvar, k, clamp, eps)
-        recon = model.recon_nll(model.decode(z), _repeat_rows(x, k)).to(cdt).view(k, batch)
-        zc = z.to(cdt)
-        log_pz = (-0.5 * (zc * zc).sum(dim=1) - log_norm).view(k, batch)
-        log_q = -0.5 * (eps * eps).sum(dim=1).view(k, batch) + log_q_rest
-        yield -recon + log_pz - log_q, recon, kl.to(cdt)
+        eps = _draw_eps((k * batch, dim), mu, generator).view(k, batch, dim)
+        z, log_ratio = ops.reparameterize_iw(mu, logvar, k, eps=eps, logvar_clamp=clamp)
+        recon = model.recon_nll(model.decode(z.view(k * batch, dim)), _repeat_rows(x, k))
+        recon = recon.to(cdt).view(k, batch)
+        yield -recon - log_ratio.to(cdt), recon, kl
 
 
 @torch.no_grad()
@@ -164,12 +161,11 @@ def importance_weighted(
     """K = `num_samples` importance samples per image, streamed `chunk` at a time (running logsumexp).
 
     Memory is that of one decoder pass over chunk·B images, whatever K is (K = 5000 is fine). `chunk`
-    defaults to max(1, 1024 // B). Each chunk is one launch of the fused reparameterization for all of its
-    chunk·B rows.
-
-    log q(z|x) = −½‖ε‖² − ½ Σ_d log σ_d² − (D/2) log 2π needs ε itself. ε is drawn with torch.randn (from
-    `generator` if given) and injected into the op rather than drawn inside the kernel: recovering it as
-    (z − μ)/σ would cancel catastrophically where σ ≪ |μ| (σ = e⁻¹⁵ at the logvar clamp).
+    defaults to max(1, 1024 // B). Each chunk is one launch of `ops.reparameterize_iw` for its chunk·B
+    samples, which returns z and log q(z|x) − log p(z) = Σ_d [−½ε² − ½ log σ² + ½ z²] together, computed
+    from ε itself (recovering ε as (z − μ)/σ would cancel catastrophically where σ ≪ |μ|, σ = e⁻¹⁵ at the
+    logvar clamp). ε is drawn with torch.randn (from `generator` if given) and injected, so a generator
+    reproduces the estimate on any device. kl is the analytic KL[q ‖ N(0, I)] (`kl_to_prior`).
     Evaluation only (no gradients).
     """
     log_sum_w, recon_sum, kl = None, None, None

@@ -59,7 +59,8 @@ def reparameterize_iw(
     """K draws z_k = mu + exp(½·lv)·eps_k of q(z|x) = N(mu, diag exp(lv)), and log q(z_k|x) − log p(z_k).
 
     mu, logvar: (B, D); eps: (K, B, D). lv = clamp(logvar, *logvar_clamp) (`torch.clamp`'s gradient).
-    Returns z (K, B, D) in mu's dtype and log_ratio (K, B), float32 (float64 for float64 mu), in nats:
+    Returns z (K, B, D) in mu's dtype, contiguous, and log_ratio (K, B), float32 (float64 for float64 mu),
+    in nats:
         log N(z; mu, exp(lv)) − log N(z; 0, I) = Σ_d [−½ε² − ½ lv + ½ z²]
     (the ½ log 2π of the two densities cancel). The log importance weight of z_k is
     log p(x|z_k) − log_ratio_k (Burda et al. 2016).
@@ -71,7 +72,7 @@ def reparameterize_iw(
     m, e = mu.to(cdt), eps.to(cdt)
     z = m + torch.exp(0.5 * lv) * e
     log_ratio = 0.5 * (z * z - e * e).sum(dim=2) - 0.5 * lv.sum(dim=1)
-    return z.to(mu.dtype), log_ratio
+    return z.to(mu.dtype).contiguous(), log_ratio  # contiguous as the kernels', so z.view(K * B, D) works
 
 
 def _broadcast_log_sigma(log_sigma, like: torch.Tensor) -> torch.Tensor | float:

@@ -32,6 +32,16 @@ def kl_oracle(mu, logvar, eps, clamp=(-30.0, 20.0)):
     return z, kl
 
 
+def iw_oracle(mu, logvar, eps, clamp=(-30.0, 20.0)):
+    """z_k = mu + σ·ε_k (K, B, D) and log q(z_k|x) − log p(z_k) (K, B) from torch.distributions' Normal
+    log-probs, q = N(mu, σ²), p = N(0, I), float64, with torch.clamp's gradient on logvar."""
+    lv = logvar.double().clamp(*clamp)
+    q = Normal(mu.double(), torch.exp(0.5 * lv))
+    z = q.loc + q.scale * eps.double()
+    prior = Normal(torch.zeros_like(q.loc), torch.ones_like(q.scale))
+    return z, (q.log_prob(z) - prior.log_prob(z)).sum(dim=-1)
+
+
 def gaussian_oracle(mean, x, log_sigma):
     """−log N(x; mean, σ²) summed per image, float64, σ broadcast over dim 1 when per-channel."""
     if isinstance(log_sigma, torch.Tensor):

@@ -35,6 +35,7 @@ import torch
 try:  # Triton missing or broken (no driver, bad install) must not break the torch path.
     from ..kernels import bernoulli_nll as bernoulli_kernels
     from ..kernels import gaussian_nll as gaussian_kernels
+    from ..kernels import reparameterize_iw as iw_kernels
     from ..kernels import reparameterize_kl as reparameterize_kernels
     from ..kernels.common import INTERPRETED
 
@@ -42,7 +43,7 @@ try:  # Triton missing or broken (no driver, bad install) must not break the tor
 except Exception as err:  # noqa: BLE001 — any import failure means "no Triton here"
     TRITON_IMPORT_ERROR = err
     INTERPRETED = False
-    bernoulli_kernels = gaussian_kernels = reparameterize_kernels = None
+    bernoulli_kernels = gaussian_kernels = iw_kernels = reparameterize_kernels = None
 
 TRITON_AVAILABLE = TRITON_IMPORT_ERROR is None
 BACKEND_ENV = "VAE_TRITON_BACKEND"

@@ -7,13 +7,67 @@ from __future__ import annotations
 import numbers
 
 import torch
+from torch import Tensor
 
 from .. import reference
-from ._common import backend_for, check_float
-from .reparameterization import _check_clamp, _check_seed
+from . import _common
+from ._common import FusedOp, backend_for, check_float, fused, launching_on
+from .reparameterization import _SEED_HIGH, _check_clamp, _check_seed
 
-# z and ε are indexed with int32 on some paths of the kernels' callers; K·B·D beyond it is refused early
+# K·B·D beyond the int32 range is refused before any work: the backward kernel steps its Philox counters
+# by B·D in int32, and z that large (8 GiB in float32) means the samples should be taken in chunks.
 INDEX_LIMIT = 2**31 - 1
+
+
+def _forward(
+    mu: Tensor, logvar: Tensor, seed: Tensor | None, eps: Tensor | None, k: int, lo: float, hi: float
+) -> tuple[Tensor, Tensor]:
+    with launching_on(mu):
+        return _common.iw_kernels.reparameterize_iw_fwd(mu, logvar, seed, eps, k, lo, hi)
+
+
+def _backward(
+    grad_z: Tensor,
+    grad_ratio: Tensor,
+    mu: Tensor,
+    logvar: Tensor,
+    seed: Tensor | None,
+    eps: Tensor | None,
+    k: int,
+    lo: float,
+    hi: float,
+) -> tuple[Tensor, Tensor]:
+    with launching_on(grad_z):
+        return _common.iw_kernels.reparameterize_iw_bwd(grad_z, grad_ratio, mu, logvar, seed, eps, k, lo, hi)
+
+
+def _fake(mu, logvar, seed, eps, k, lo, hi):
+    return mu.new_empty((k, *mu.shape)), mu.new_empty((k, mu.shape[0]), dtype=torch.float32)
+
+
+def _backward_fake(grad_z, grad_ratio, mu, logvar, seed, eps, k, lo, hi):
+    return mu.new_empty(mu.shape), logvar.new_empty(logvar.shape)
+
+
+def _save(ctx, inputs, output=None):
+    mu, logvar, seed, eps, k, lo, hi = inputs
+    ctx.save_for_backward(mu, logvar, seed, eps)
+    ctx.k, ctx.clamp = k, (lo, hi)
+
+
+def _grads(backward, ctx, grad_z, grad_ratio):
+    mu, logvar, seed, eps = ctx.saved_tensors
+    lo, hi = ctx.clamp
+    grad_mu, grad_logvar = backward(grad_z, grad_ratio, mu, logvar, seed, eps, ctx.k, lo, hi)
+    grad_eps = None
+    if eps is not None and ctx.needs_input_grad[3]:  # rare (ε is noise): plain torch is fine here
+        sigma = torch.exp(0.5 * logvar.float().clamp(lo, hi))
+        e, g_r = eps.float(), grad_ratio.float()[..., None]
+        grad_eps = (sigma * (grad_z.float() + g_r * (mu.float() + sigma * e)) - g_r * e).to(eps.dtype)
+    return grad_mu, grad_logvar, None, grad_eps, None, None, None
+
+
+_fused = fused(FusedOp("reparameterize_iw", _forward, _backward, _fake, _backward_fake, _save, _grads))
 
 
 def reparameterize_iw(
@@ -30,9 +84,13 @@ def reparameterize_iw(
         is that of `reparameterize_kl` on K stacked copies of the rows with the same seed.
     eps: inject the noise instead, (K, B, D) (then `seed` must be None).
     logvar_clamp: as for `reparameterize_kl` ((low, high), high ≤ 88, or None).
-    Returns z (K, B, D) in mu's dtype and log_ratio (K, B) float32 (float64 for float64 input), nats.
+    Returns z (K, B, D) in mu's dtype, contiguous (so `z.view(K * B, D)` feeds a decoder), and log_ratio
+    (K, B) float32 (float64 for float64 input), nats.
     Gradients flow through both outputs into mu and logvar (and into an injected eps); first order on the
-    Triton path (double backward raises RuntimeError), any order on the torch path.
+    Triton path (double backward raises RuntimeError), any order on the torch path. Backward keeps only
+    mu, logvar and the seed (or the injected eps) and regenerates ε: nothing K×B×D is saved.
+    Bytes the Triton kernels move (s = dtype size; `vae_triton/kernels/reparameterize_iw.py`): forward
+    (K + 2)·B·D·s + 4·K·B, backward (K + 4)·B·D·s + 4·K·B, one launch each (a latent ≤ 8192 wide).
     Raises ValueError naming the argument for a bad K, a non-tensor, non-float, mismatched or out-of-range
     input.
     """
@@ -51,19 +109,32 @@ def reparameterize_iw(
             )
         if seed is not None:
             raise ValueError(f"{op}: pass `seed` or `eps`, not both (`eps` fixes the noise, `seed` draws it)")
-    _check_clamp(op, logvar_clamp)
+    lo, hi = _check_clamp(op, logvar_clamp)
     seed = _check_seed(op, seed, mu.device)
 
     tensors = (mu, logvar) if eps is None else (mu, logvar, eps)
-    backend_for(*tensors)  # validates VAE_TRITON_BACKEND; the Triton kernels come next
+    if backend_for(*tensors) == "torch":
+        if eps is None:
+            eps = _torch_noise(mu, k, seed)
+        return reference.reparameterize_iw(mu, logvar, eps, logvar_clamp=logvar_clamp)
+
     if eps is None:
-        generator = None
-        if seed is not None:
-            generator = torch.Generator(device=mu.device)
-            generator.manual_seed(int(seed.item()) if isinstance(seed, torch.Tensor) else seed)
-        cdt = torch.float64 if mu.dtype == torch.float64 else torch.float32
-        eps = torch.randn((k, *mu.shape), generator=generator, device=mu.device, dtype=cdt)
-    return reference.reparameterize_iw(mu, logvar, eps, logvar_clamp=logvar_clamp)
+        if seed is None:
+            seed = torch.randint(0, _SEED_HIGH, (1,), dtype=torch.int64, device=mu.device)
+        elif not isinstance(seed, torch.Tensor):
+            seed = torch.full((1,), seed, dtype=torch.int64, device=mu.device)  # a fill: no host sync
+    return _fused(mu, logvar, seed, eps, k, lo, hi)
+
+
+def _torch_noise(mu: Tensor, k: int, seed) -> Tensor:
+    """ε (K, B, D) for the torch path: `torch.randn`, from a generator seeded with `seed` when given (the
+    stream `reparameterize_kl`'s torch path draws for K stacked copies of the rows)."""
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=mu.device)
+        generator.manual_seed(int(seed.item()) if isinstance(seed, torch.Tensor) else seed)
+    cdt = torch.float64 if mu.dtype == torch.float64 else torch.float32
+    return torch.randn((k, *mu.shape), generator=generator, device=mu.device, dtype=cdt)
 
 
 def _check_num_samples(op: str, num_samples, mu: torch.Tensor) -> int:
