@@ -323,6 +323,23 @@ class RunConfig:
         at_least=0,
         why="nats per latent dimension",
     )
+    objective: str = flag(
+        "elbo",
+        "what the step maximises: elbo, the β-ELBO with one posterior sample per image, or iwae, the "
+        "importance-weighted bound with --iw-k samples per image (Burda et al. 2016; the decoder sees K·B "
+        "samples a step). With iwae, β tempers log q(z|x) − log p(z) in every importance weight (β = 1 is "
+        "the IW bound; the KL warm-up ramps it as for the elbo); --free-bits is elbo-only",
+        group=OPTIMISATION,
+        choices=("elbo", "iwae"),
+    )
+    iw_k: int | None = flag(
+        None,
+        "--objective iwae: importance samples K per image (K = 1 is the one-sample ELBO with a Monte Carlo "
+        "KL). Default: 5 with --objective iwae",
+        group=OPTIMISATION,
+        **_COUNT,
+        unit="of importance samples",
+    )
     grad_clip: float = flag(  # inf: no clipping
         200.0, "clip the global gradient norm", group=OPTIMISATION, **_POSITIVE
     )

@@ -24,7 +24,7 @@ from vae_triton.io import write_json_atomic, write_text_atomic
 from vae_triton.likelihoods import likelihood_for
 from vae_triton.model import VAE, VAEConfig
 
-from . import config, distributed, plan
+from . import config, distributed, objectives, plan
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .command_line import explicit_fields, reproduce_command, resume_config
 from .config import RunConfig, default_preset
@@ -200,6 +200,7 @@ def _prepare(cfg: RunConfig, info: distributed.DistInfo, argv) -> RunState:
         cfg, notices = resume_config(cfg, resume["run_config"], given)
         for line in notices:
             console.notice(line)
+    objectives.prepare(cfg)  # --objective iwae: its flags checked, --iw-k's default filled in
     threads = thread_controller(cfg.num_threads, info.device, compiled=cfg.compile, world=info.world)
 
     if resume is None:
@@ -218,6 +219,7 @@ def _prepare(cfg: RunConfig, info: distributed.DistInfo, argv) -> RunState:
     if ds.image_shape[1:] != (cfg.resolution, cfg.resolution):
         raise ValueError(f"dataset images are {ds.image_shape}, expected {cfg.resolution}×{cfg.resolution}")
     _refuse_batchnorm_of_one(cfg, model_cfg, info)
+    objectives.check_fits(cfg, model_cfg, info.world, info.device)  # K·B decoder rows fit the device
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = VAE(model_cfg).to(info.device)
@@ -781,7 +783,8 @@ def final_report(model, cfg, model_cfg, step, img_per_s, device, command, out: P
     """Evaluate on held-out images, save weights + metadata, grids and the model card."""
     eval_split, held_out = held_out_dataset(cfg, cfg.eval_images)
     x = held_out.tensor(range(len(held_out)), device)
-    final = {"step": step, "eval_split": eval_split, **evaluate_fixed(model, x), **(extra or {})}
+    final = {"step": step, "eval_split": eval_split, **evaluate_fixed(model, x)}
+    final.update(objectives.final_numbers(model, cfg, x), **(extra or {}))  # iwae: its held-out IW bound
     final.update(img_per_s=_median_img_per_s(out / "metrics.jsonl", img_per_s), device=_device_name(device))
     model.save_pretrained(
         out,

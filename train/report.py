@@ -48,10 +48,9 @@ library_name: vae-triton
 tags: [vae, variational-autoencoder, {run["dataset"]}]
 ---
 
-# β-VAE, `{run["preset"]}` preset, β = {run["beta"]:g}, trained on {run["dataset"]}
+# {objective_title(run)}, `{run["preset"]}` preset, β = {run["beta"]:g}, trained on {run["dataset"]}
 
-Trained with vae-triton's `python -m train`. Loss = mean over images of
-(reconstruction NLL + β · KL), both per-image sums in **nats**.
+Trained with vae-triton's `python -m train`. {objective_text(run)}
 
 ## Reproduce
 
@@ -68,7 +67,7 @@ step, with one posterior sample per image (the ELBO is a lower bound on log p(x)
 |---|---|
 | reconstruction NLL (nats/image) | {final["eval_recon"]:.2f} |
 | KL[q(z\\|x) ‖ p(z)] (nats/image) | {final["eval_kl"]:.2f} |
-| −ELBO (nats/image) | {final["eval_recon"] + final["eval_kl"]:.2f} |{bpd}
+| −ELBO (nats/image) | {final["eval_recon"] + final["eval_kl"]:.2f} |{iw_row(final)}{bpd}
 | active units (Var_x E_q[z] > {ACTIVE_UNIT_THRESHOLD:g}) | {final["active_units"]} / {latent_dim} |
 | training throughput (median over logging windows) | {final["img_per_s"]:.0f} img/s on {final["device"]} |
 | steps × batch | {final["step"]} × {run["batch_size"]} |
@@ -95,6 +94,30 @@ Files: `model.safetensors` + `config.json` (architecture and metadata), `run_con
 `metrics.jsonl` (training curves), `grids/` (reconstructions and samples during training).
 """
     return lines
+
+
+def objective_title(run: dict) -> str:
+    return f"IWAE (K = {run['iw_k']})" if run.get("objective") == "iwae" else "β-VAE"
+
+
+def objective_text(run: dict) -> str:
+    """The card's sentence on what the run maximised (`--objective`, train/objectives.py)."""
+    if run.get("objective") != "iwae":
+        return "Loss = mean over images of\n(reconstruction NLL + β · KL), both per-image sums in **nats**."
+    k = run["iw_k"]
+    return (
+        f"\nObjective: `--objective iwae --iw-k {k}`, the importance-weighted bound (Burda et al. 2016).\n"
+        f"Loss = −mean over images of log (1/K) Σ_k p(x|z_k) · (p(z_k) / q(z_k|x))^β with K = {k} samples\n"
+        "z_k ~ q(z|x) per image, in **nats** per image (β = 1: the IW bound on log p(x))."
+    )
+
+
+def iw_row(final: dict) -> str:
+    """The held-out IW bound row of an iwae run's card (`train.objectives.final_numbers`)."""
+    if "eval_iw_bound" not in final:
+        return ""
+    k = final["iw_k"]
+    return f"\n| −IW bound, K = {k} (nats/image, ≥ −log p(x)) | {-final['eval_iw_bound']:.2f} |"
 
 
 def splits_note(run: dict, final: dict) -> str:

@@ -5,6 +5,8 @@ One call, `step(batch_uint8, step_index)`, does: uint8 → [0, 1] float and chan
 autocast on CUDA (`--precision`), backward, gradient clipping, the skip guard (a non-finite loss or gradient
 leaves weights and AdamW moments untouched — decided on the device), the fused AdamW update, and adds the
 step's numbers to running sums on the device (`StepStats`) that the loop reads only when it logs.
+The loss is the run's `--objective` (train/objectives.py): the β-ELBO of the model's forward, or the
+importance-weighted bound over `--iw-k` samples per image (the same body, capture-safe as well).
 
 On CUDA (`--cuda-graph`, the default) that whole body is captured once in a CUDA graph and replayed: after
 `GRAPH_WARMUP_STEPS` real steps run eagerly on a side stream (as `torch.cuda.graph` requires), the next
@@ -42,7 +44,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from . import distributed
+from . import distributed, objectives
 from .config import RunConfig
 
 GRAPH_WARMUP_STEPS = 3  # eager steps on a side stream before the capture (torch.cuda.graph's recipe)
@@ -150,10 +152,11 @@ class TrainStep:
         # The step feeds uint8/255 images, in [0, 1] by construction: the model's input range check
         # (a host sync) has nothing to catch here.
         getattr(model, "_orig_mod", model).check_inputs = False
-        net: torch.nn.Module = model
+        # The ELBO is the model's own forward; --objective iwae wraps it (train/objectives.py).
+        net: torch.nn.Module = objectives.training_module(model, cfg)
         if self.dist_info.enabled:
             net = DistributedDataParallel(
-                model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+                net, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
         if cfg.compile:
             net = torch.compile(net)
