@@ -241,7 +241,7 @@ def _prepare(cfg: RunConfig, info: distributed.DistInfo, argv) -> RunState:
     )
     planned = cfg.steps is None and cfg.epochs is None
     if planned:  # no --steps / --epochs: the length follows the data (and --time-limit, once timed)
-        cfg.steps = config.plan_steps(len(ds), cfg.batch_size)
+        cfg.steps = config.plan_steps(len(ds), cfg.batch_size, model_cfg.likelihood)
     total = cfg.steps if cfg.steps is not None else math.ceil(cfg.epochs * batches.steps_per_epoch)
     # Rank 0 alone evaluates and keeps the model (the other ranks need not open the held-out splits).
     found = selection_split(cfg, limit=1) if info.is_main else ("valid", None)
@@ -257,7 +257,7 @@ def _prepare(cfg: RunConfig, info: distributed.DistInfo, argv) -> RunState:
         planned and cfg.time_limit is not None and total > config.PLAN_WARMUP_STEPS + config.PLAN_TIMED_STEPS
     )
     if not plan_by_time:
-        plan.resolve_schedule(cfg, total, planned)
+        plan.resolve_schedule(cfg, total, planned, len(ds))
     run = RunState(
         cfg,
         info,
@@ -276,7 +276,7 @@ def _prepare(cfg: RunConfig, info: distributed.DistInfo, argv) -> RunState:
     )
     run.command = _reproduce(cfg, run.length_plan)
     if planned:
-        run.plan = plan.plan_words(cfg, len(ds), plan_by_time)
+        run.plan = plan.plan_words(cfg, len(ds), plan_by_time, model_cfg.likelihood)
     return run
 
 
@@ -488,9 +488,10 @@ def _plan_to_time_limit(run: RunState, deadline: float) -> None:
     x = run.tracker.x if tracked else _fixed_images(run.ds, min(EVAL_IMAGES, cfg.eval_images), device)
     args = (run.model, run.optimizer, cfg, run.batches, run.total, x, run.info, deadline)
     total, per_step = plan.fit_to_time_limit(*args)
-    plan.resolve_schedule(cfg, total, planned=True)
+    plan.resolve_schedule(cfg, total, planned=True, images=len(run.ds))
     run.total, run.length_plan = total, "time-limit"
-    run.plan = plan.plan_words(cfg, len(run.ds), True) + f" ({1000 * per_step:.1f} ms/step → {total:,} steps)"
+    words = plan.plan_words(cfg, len(run.ds), True, run.model_cfg.likelihood)
+    run.plan = words + f" ({1000 * per_step:.1f} ms/step → {total:,} steps)"
     run.command = _reproduce(cfg, run.length_plan)
     if run.info.is_main:
         write_json_atomic(run.out / "run_config.json", _run_record(run), indent=2)

@@ -59,27 +59,32 @@ def resolve_validation_split(cfg: RunConfig, console: Console) -> None:
     )
 
 
-def resolve_schedule(cfg: RunConfig, total: int, planned: bool) -> None:
+def resolve_schedule(cfg: RunConfig, total: int, planned: bool, images: int) -> None:
     """Fix the length and what follows it: a planned run's steps, the `auto` learning-rate schedule
-    (cosine for a planned run shorter than DEFAULT_STEPS), --eval-every and the KL warm-up."""
+    (cosine for a planned run on at most SMALL_DATA training images, the data that over-fits), --eval-every
+    and the KL warm-up."""
     if planned:
         cfg.steps = total
     if cfg.lr_schedule == "auto":
-        cfg.lr_schedule = "cosine" if planned and total < config.DEFAULT_STEPS else "constant"
+        cfg.lr_schedule = "cosine" if planned and images <= config.SMALL_DATA else "constant"
     if cfg.eval_every is None:
         cfg.eval_every = config.default_eval_every(total)
     if cfg.kl_warmup_steps is None:
         cfg.kl_warmup_steps = default_kl_warmup_steps(total)
 
 
-def plan_words(cfg: RunConfig, images: int, by_time: bool) -> str:
+def plan_words(cfg: RunConfig, images: int, by_time: bool, likelihood: str) -> str:
     """The start block's words for a length planned from `images` training images."""
-    words = (
-        f"planned from the data: {config.plan_epochs(images):.3g} passes over {images:,} images at batch "
-        f"{cfg.batch_size}"
-        if config.plan_steps(images, cfg.batch_size) < config.DEFAULT_STEPS
-        else f"planned: {config.DEFAULT_STEPS:,} steps, the most a planned run takes ({images:,} images)"
-    )
+    steps = config.plan_steps(images, cfg.batch_size, likelihood)
+    if steps < config.DEFAULT_STEPS:
+        words = (
+            f"planned from the data: {config.plan_epochs(images):.3g} passes over {images:,} images at batch "
+            f"{cfg.batch_size}"
+        )
+    elif likelihood == "gaussian" and images <= config.SMALL_DATA:
+        words = f"planned: {steps:,} steps, as for all small data with a Gaussian decoder (σ learns slowly)"
+    else:
+        words = f"planned: {config.DEFAULT_STEPS:,} steps, the most a planned run takes ({images:,} images)"
     if by_time:
         words += f"; fitted to --time-limit {cfg.time_limit:g} s on the first steps"
     return words

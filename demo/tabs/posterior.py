@@ -170,6 +170,29 @@ def _clicked_pixel(evt) -> tuple[float, float]:
     return px, py
 
 
+def _inputs(examples: list[str], label: str):
+    """The image upload with its examples, and the sketchpad: (image, button, sketch, draw_button)."""
+    with gr.Column(scale=1, min_width=200):
+        image = image_input("your image", examples[0] if examples else None, 200, "posterior-input")
+        gr.Examples(examples=[[p] for p in examples], inputs=[image], label=label, cache_examples=False)
+        button = gr.Button("Explore the posterior", variant="primary")
+    with gr.Column(scale=1, min_width=200):
+        sketch = gr.Sketchpad(
+            label="or draw a digit (brush ✎)",
+            type="numpy",
+            image_mode="RGB",
+            canvas_size=(280, 280),
+            fixed_canvas=True,
+            brush=gr.Brush(default_size=18, colors=["#000000"], color_mode="fixed"),
+            layers=False,
+            transforms=(),
+            height=260,
+            elem_id="posterior-sketch",
+        )
+        draw_button = gr.Button("Explore the drawing", elem_id="posterior-sketch-button")
+    return image, button, sketch, draw_button
+
+
 def layout(page: Page) -> Tab | None:
     """The tab's layout, its drawing, model-switch and click-to-decode events. Without a 2-latent model
     it is only a message."""
@@ -191,24 +214,7 @@ def layout(page: Page) -> Tab | None:
             elem_id="posterior-model",
         )
     with gr.Row():
-        with gr.Column(scale=1, min_width=200):
-            image = image_input("your image", examples[0] if examples else None, 200, "posterior-input")
-            gr.Examples(examples=[[p] for p in examples], inputs=[image], label=label, cache_examples=False)
-            button = gr.Button("Explore the posterior", variant="primary")
-        with gr.Column(scale=1, min_width=200):
-            sketch = gr.Sketchpad(
-                label="or draw a digit (brush ✎)",
-                type="numpy",
-                image_mode="RGB",
-                canvas_size=(280, 280),
-                fixed_canvas=True,
-                brush=gr.Brush(default_size=18, colors=["#000000"], color_mode="fixed"),
-                layers=False,
-                transforms=(),
-                height=260,
-                elem_id="posterior-sketch",
-            )
-            draw_button = gr.Button("Explore the drawing", elem_id="posterior-sketch-button")
+        image, button, sketch, draw_button = _inputs(examples, label)
         seen = image_output("what the model sees", height=200, elem_id="posterior-seen")
     # The figures carry their own titles: Gradio's label box would sit on top of them.
     figure = gr.Plot(label="p(z|x), q(z|x) and q*", show_label=False, elem_id="posterior-plot")

@@ -81,6 +81,10 @@ def test_the_plan_is_passes_over_the_data_capped_for_large_data():
     assert plan_steps(CELEBA_TRAIN, 256) == DEFAULT_STEPS
     assert default_batch_size("cpu", DSPRITES_TRAIN) == 64 and default_batch_size("cuda", 4000) == 256
     assert default_batch_size("cpu", 4000) == 100 and default_batch_size("cpu") == 64
+    assert default_batch_size("cpu", 64) == 64  # a folder smaller than the batch: all of it at once
+    # A Gaussian decoder on small data plans the longest run (its σ learns slowly; the best model is kept).
+    assert plan_steps(1438, 100, "gaussian") == DEFAULT_STEPS and plan_steps(1438, 100, "bernoulli") < 3000
+    assert plan_steps(DSPRITES_TRAIN, 64, "gaussian") == DEFAULT_STEPS
     # --eval-every follows the length: 20 evaluations, 50 to 500 steps apart (10,000 steps: every 500).
     assert [default_eval_every(n) for n in (6, 1000, 3600, 10_000, 10**6)] == [50, 50, 180, 500, 500]
 
