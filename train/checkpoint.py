@@ -61,11 +61,21 @@ def set_rng_state(state: torch.Tensor, device: torch.device | str = "cpu") -> No
 
 
 def save_checkpoint(
-    out_dir: Path, model: torch.nn.Module, optimizer, step: int, run_config: dict, *, rng=None, extra=None
+    out_dir: Path,
+    model: torch.nn.Module,
+    optimizer,
+    step: int,
+    run_config: dict,
+    *,
+    rng=None,
+    extra=None,
+    best_model: dict | None = None,
 ) -> Path:
     """Write the checkpoint for `step` under `out_dir/checkpoints` and drop the older ones.
 
     `rng`: every rank's random state, (world, n) uint8 (default: this process's, as world 1).
+    `best_model`: the weights of the best held-out evaluation so far (`--keep-best`), a state dict kept in
+    the trainer state so that `--resume` continues the selection.
     Raises `vae_triton.io.DiskFullError` (an OSError) when the pair does not fit; the previous checkpoint
     is then still the one `latest.json` names, and no part of the new one is left on disk.
     """
@@ -85,6 +95,8 @@ def save_checkpoint(
         "run_config": json.dumps(run_config),
         "extra": json.dumps(extra or {}),
     }
+    if best_model is not None:
+        state["best_model"] = {k: v.detach().contiguous().cpu() for k, v in best_model.items()}
     buffer = io.BytesIO()
     torch.save(state, buffer)
     state_bytes = buffer.getbuffer()
@@ -135,7 +147,8 @@ def find_checkpoint(path: Path) -> Path:
 def load_checkpoint(path: Path, map_location="cpu") -> dict:
     """Read and validate a checkpoint.
 
-    Returns {"step", "model" (state dict), "optimizer", "rng", "run_config", "extra"}.
+    Returns {"step", "model" (state dict), "optimizer", "rng", "run_config", "extra", "best_model" (the
+    best held-out weights, a state dict, or None)}.
     """
     ckpt_dir = find_checkpoint(path)
     remove_stale_temps(ckpt_dir)  # temp files of a writer killed mid-checkpoint
@@ -167,6 +180,7 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
         "rng": state["rng"],
         "run_config": json.loads(state["run_config"]),
         "extra": json.loads(state["extra"]),
+        "best_model": state.get("best_model"),
     }
 
 

@@ -8,6 +8,7 @@ Each field is a flag, declared once (`train.flags.flag`): its help and `--help` 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -22,11 +23,35 @@ from .datasets import DATASETS, NAMES
 from .flags import flag
 from .imagecache import BINARIZE_CHOICES, CHANNEL_CHOICES
 
-DEFAULT_STEPS = 10_000
 LIKELIHOOD_CHOICES = tuple(LIKELIHOODS)
 # Grey images up to this side get the `mlp` preset by default (MNIST-like data); larger or colour
 # images get the dataset's conv preset.
 MLP_MAX_SIZE = 32
+# ---- the run plan: what a run without --steps / --epochs does (`plan_steps`, `train.loop`) ----
+# The longest planned run: data of dSprites or CelebA size (100 passes would be 10^5-10^6 steps) keep the
+# length they always had.
+DEFAULT_STEPS = 10_000
+# Passes over the training split a planned run makes. BENCHMARKS.md §4 (4,000 binarized digits, `mlp`):
+# 100 cosine epochs 90.0 nats, 150 90.4, 250 constant-rate epochs 112.8; the defaults' constant rate for
+# ~99 epochs gave 97-98. Passes, not steps: a data set 4× smaller trains 4× fewer steps.
+PLAN_EPOCHS = 100
+# The batch a CPU run gets on data of at most SMALL_DATA images (BENCHMARKS.md §4's recipe: batch 100);
+# larger data keeps DEFAULT_BATCH_SIZE.
+SMALL_DATA = 60_000
+SMALL_DATA_BATCH = {"cpu": 100}
+# Evaluations a planned run makes (`--eval-every` follows the run's length, between EVAL_EVERY_MIN and
+# EVAL_EVERY_MAX steps): enough points to pick the best model from and to see the held-out curve turn.
+EVALS_PER_RUN = 20
+EVAL_EVERY_MIN, EVAL_EVERY_MAX = 50, 500
+# A validation split of a folder: this fraction of its training files (seeded by --split-seed), at least
+# MIN_VAL_IMAGES of them; a default split needs that many, an explicit --val-fraction is refused below it.
+VAL_FRACTION = 0.1
+MIN_VAL_IMAGES = 10
+# --time-limit planning: steps timed before the plan (after STEP_WARMUP untimed ones: allocator, caches,
+# CUDA graph capture), and the share of the remaining time the planned steps may fill (evaluations,
+# checkpoints and a slower neighbour take the rest).
+PLAN_TIMED_STEPS, PLAN_WARMUP_STEPS = 20, 5
+PLAN_TIME_SHARE = 0.9
 # KL warm-up (Sønderby et al. 2016, "Ladder VAEs"; NVAE warms up over 30 % of training): β ramps from 0
 # over this share of the steps unless --kl-warmup-steps says otherwise (bench/bench_digits.py measures it).
 KL_WARMUP_FRACTION = 0.1
@@ -46,6 +71,19 @@ def default_kl_warmup_steps(total_steps: int) -> int:
     return round(KL_WARMUP_FRACTION * total_steps)
 
 
+def plan_steps(images: int, batch_size: int) -> int:
+    """The steps of a run planned from its data: PLAN_EPOCHS passes over `images` training images at
+    `batch_size` (whole batches per pass), at most DEFAULT_STEPS, at least 1."""
+    per_epoch = max(1, images // batch_size)
+    return max(1, min(DEFAULT_STEPS, PLAN_EPOCHS * per_epoch))
+
+
+def default_eval_every(total_steps: int) -> int:
+    """--eval-every when it is not given: EVALS_PER_RUN evaluations over the run, EVAL_EVERY_MIN to
+    EVAL_EVERY_MAX steps apart (a 10,000-step run evaluates every 500 steps)."""
+    return min(EVAL_EVERY_MAX, max(EVAL_EVERY_MIN, math.ceil(total_steps / EVALS_PER_RUN)))
+
+
 def default_preset(dataset: str, image_shape: tuple[int, int, int]) -> str:
     """The preset `--preset` defaults to for data of shape (C, H, W): `mlp` for grey images of at most
     MLP_MAX_SIZE px a side, else the dataset's conv preset (`train.datasets`)."""
@@ -55,13 +93,17 @@ def default_preset(dataset: str, image_shape: tuple[int, int, int]) -> str:
     return DATASETS[dataset].preset
 
 
-def default_batch_size(device: str) -> int:
-    """The batch size a run on `device` ("auto", "cpu", "cuda", "cuda:1", ...) gets when none is given."""
+def default_batch_size(device: str, images: int | None = None) -> int:
+    """The batch size a run on `device` ("auto", "cpu", "cuda", "cuda:1", ...) gets when none is given;
+    `images`: the training split's size, when known (small data on a CPU gets SMALL_DATA_BATCH)."""
     if device == "auto":
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return DEFAULT_BATCH_SIZE.get(device.split(":")[0], DEFAULT_BATCH_SIZE["cpu"])
+    kind = device.split(":")[0]
+    if images is not None and images <= SMALL_DATA and kind in SMALL_DATA_BATCH:
+        return SMALL_DATA_BATCH[kind]
+    return DEFAULT_BATCH_SIZE.get(kind, DEFAULT_BATCH_SIZE["cpu"])
 
 
 def _device_problem(name: str) -> str | None:
@@ -112,9 +154,20 @@ class RunConfig:
         below=1,
         why="e.g. 0.2",
     )
+    val_fraction: float | None = flag(
+        None,
+        "folder: hold out this fraction of the training files as the validation split, chosen by a fixed "
+        "seed (--split-seed); the evaluations at --eval-every pick the model on it, and the test split stays "
+        f"for the reported numbers. Default: {VAL_FRACTION:g} when the folder has no valid/ subfolder and "
+        f"that is at least {MIN_VAL_IMAGES} images (smaller data trains without one)",
+        group=DATA,
+        above=0,
+        at_most=0.5,
+        why="e.g. 0.1",
+    )
     split_seed: int = flag(
         0,
-        "seed of the --test-fraction split (independent of --seed)",
+        "seed of the --test-fraction and --val-fraction splits (independent of --seed)",
         group=DATA,
         at_least=0,
         at_most=MAX_SEED,
@@ -194,7 +247,9 @@ class RunConfig:
     # ---- optimisation ----
     steps: int | None = flag(
         None,
-        f"optimizer steps to train for (default: {DEFAULT_STEPS}, unless --epochs is given)",
+        f"optimizer steps to train for. Default: planned from the data, {PLAN_EPOCHS} passes over the "
+        f"training split and at most {DEFAULT_STEPS}, planned to end at --time-limit when that comes first "
+        "(timed on the first steps); the plan is written to run_config.json",
         group=OPTIMISATION,
         resumable=True,
         **_COUNT,
@@ -219,10 +274,11 @@ class RunConfig:
     lr: float = flag(1e-3, "AdamW learning rate", group=OPTIMISATION, finite=True, **_POSITIVE)
     weight_decay: float = flag(0.0, "AdamW weight decay", group=OPTIMISATION, finite=True, at_least=0)
     lr_schedule: str = flag(
-        "constant",
-        "cosine decays the rate to 0 over the run",
+        "auto",
+        "cosine decays the rate to 0 over the run. auto: cosine for a run planned shorter than "
+        f"{DEFAULT_STEPS} steps (small data or a --time-limit; BENCHMARKS.md §4), else constant",
         group=OPTIMISATION,
-        choices=("constant", "cosine"),
+        choices=("auto", "constant", "cosine"),
     )
     beta: float = flag(
         1.0,
@@ -326,20 +382,22 @@ class RunConfig:
     )
     checkpoint_every: int = flag(1000, "steps between checkpoints", group=OUTPUT, resumable=True, **_COUNT)
     log_every: int = flag(50, "steps between metrics.jsonl lines", group=OUTPUT, resumable=True, **_COUNT)
-    eval_every: int = flag(
-        500,
-        "steps between evaluations: held-out ELBO on the test split (no gradient, fixed noise), per-dim KL "
-        "and active units on training images, and PNG grids",
+    eval_every: int | None = flag(
+        None,
+        "steps between evaluations: held-out ELBO on the validation split (else the test split; no "
+        "gradient, fixed noise), per-dim KL and active units on training images, and PNG grids. Default: "
+        f"{EVALS_PER_RUN} per run, {EVAL_EVERY_MIN} to {EVAL_EVERY_MAX} steps apart",
         group=OUTPUT,
         resumable=True,
         **_COUNT,
     )
-    keep_best: bool = flag(
-        False,
-        "also save the model with the best held-out (test split) ELBO seen at the --eval-every evaluations "
-        "to OUT/best/ (selected on the test split: its test numbers are optimistic)",
+    keep_best: bool | None = flag(
+        None,
+        "the model written to OUT/ is the one with the best held-out ELBO at the --eval-every evaluations "
+        "(on the validation split; without one, on the test split, whose numbers are then optimistic), "
+        "not the last step's; the card says which step was kept and why",
         group=OUTPUT,
-        negatable=False,
+        default_text="on when the data has a validation split (a folder, CelebA), off otherwise",
     )
     eval_images: int = flag(
         2048,
@@ -387,8 +445,9 @@ class RunConfig:
                 # Faces are left-right symmetric; elsewhere a flip can change what an image is (a mirrored
                 # digit, dSprites' labelled posX), so flips are on by the dataset's spec only.
                 self.hflip = spec.hflip
-        if self.steps is None and self.epochs is None:
-            self.steps = DEFAULT_STEPS
+        # No --steps / --epochs: `train.loop` plans the length from the data (`plan_steps`) and writes it.
+        # A defaulted batch may still follow the data's size there (`default_batch_size`).
+        self.batch_defaulted = self.batch_size is None
         if self.batch_size is None:
             self.batch_size = default_batch_size(self.device)
         self.channels = str(self.channels)
@@ -405,15 +464,18 @@ class RunConfig:
             raise ValueError(f"{flags.option(name)} {value!r}: {fix}")
 
         flags.check_fields(self, bad)
-        if (self.steps is None) == (self.epochs is None):
-            bad("epochs", self.epochs, "give --steps or --epochs, not both")
+        if self.steps is not None and self.epochs is not None:
+            bad("epochs", self.epochs, f"give --steps or --epochs, not both (--steps {self.steps} was given)")
         spec = DATASETS[self.dataset]
         if spec.channels_problem(self.channels):
             bad("channels", self.channels, spec.channels_problem(self.channels))
         if spec.resolution_problem(self.resolution):
             bad("resolution", self.resolution, spec.resolution_problem(self.resolution))
-        if self.test_fraction is not None and self.dataset != "folder":
-            bad("test_fraction", self.test_fraction, "applies to --dataset folder only")
+        for name in ("test_fraction", "val_fraction"):
+            if getattr(self, name) is not None and self.dataset != "folder":
+                bad(name, getattr(self, name), "applies to --dataset folder only")
+        if self.val_fraction is not None and self.split != "train":
+            bad("val_fraction", self.val_fraction, "carves the validation split out of --split train only")
         self.check_resolution()
 
     def check_resolution(self) -> None:

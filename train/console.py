@@ -45,6 +45,23 @@ def cache_summary(images, cache_dir: Path) -> str:
     return f"no cache file for this data (held in memory); {cache_dir} holds {human_bytes(total)}"
 
 
+def kept_words(final: dict) -> str:
+    """Which model the final block's numbers are for: the kept step, the split that chose it, and what
+    the held-out curve did after it."""
+    if final.get("kept_by") != "best":
+        return f"the last step's ({final['step']:,})"
+    text = (
+        f"step {final['kept_step']:,}, the best ELBO on the {final['heldout_split']} split "
+        f"({final['best_heldout_elbo']:.2f})"
+    )
+    if final.get("after_kept_evaluations"):
+        share = 100 * final["after_kept_change"] / abs(final["best_heldout_elbo"])
+        text += f"; after it {share:+.1f} % by step {final['after_kept_last_step']:,}"
+    else:
+        text += "; still improving at the last evaluation"
+    return text
+
+
 class Console:
     """stdout for the story of a run, stderr for warnings; `quiet` keeps only warnings and errors."""
 
@@ -70,7 +87,19 @@ class Console:
         for key, value in rows:
             self.say(f"  {key:<{width}}  {value}")
 
-    def start_block(self, *, cfg, dataset, model, device: str, total: int, start: int, cache: str) -> None:
+    def start_block(
+        self,
+        *,
+        cfg,
+        dataset,
+        model,
+        device: str,
+        total: int,
+        start: int,
+        cache: str,
+        plan: str = "",
+        selection: str = "",
+    ) -> None:
         c = model.config
         steps = f"{total:,}" if not start else f"{start:,} → {total:,} (resumed)"
         epochs = total * cfg.batch_size / max(len(dataset), 1)
@@ -89,7 +118,9 @@ class Console:
                     f"{model.num_parameters():,} parameters",
                 ),
                 ("batch", f"{cfg.batch_size}, β = {cfg.beta:g}, lr {cfg.lr:g}"),
-                ("steps", f"{steps} ({epochs:.3g} epochs)"),
+                ("steps", f"{steps} ({epochs:.3g} epochs, {cfg.lr_schedule} learning rate)"),
+                *([("plan", plan)] if plan else []),
+                *([("kept", selection)] if selection else []),
                 ("output", str(Path(cfg.out).resolve())),
                 ("cache", cache),
             ],
@@ -136,6 +167,7 @@ class Console:
             ("elapsed", human_seconds(elapsed)),
             ("throughput", f"{final['img_per_s']:,.0f} img/s (median over logging windows)"),
         ]
+        rows.append(("kept", kept_words(final)))
         self.table(f"done: {final['step']:,} steps", rows)
         if not held_out:
             self.warn(

@@ -51,6 +51,7 @@ def get_dataset(
     binarize: str = "none",
     test_fraction: float | None = None,
     split_seed: int = 0,
+    val_fraction: float | None = None,
     progress: bool = True,
 ) -> ImageDataset:
     """Load a dataset as uint8 images, building its memory-mapped cache on first use.
@@ -63,7 +64,8 @@ def get_dataset(
     - `folder`: every readable image under `data_dir` (recursively); splits from `train/`, `test/`,
       `valid/` subfolders or `test_fraction` (see `train.folder`); largest centered square (or `crop` px)
       → resize unless already `resolution` (None: the images' own size when square and ≤ 128 px, else
-      64). Unreadable files are skipped and counted.
+      64). Unreadable files are skipped and counted. `val_fraction` carves a seeded `valid` split out of
+      `train`.
     channels: "auto" (grey data stays grey), "1" or "3". binarize: "none", "threshold" or "stochastic"
     (see `ImageDataset`). `limit` keeps only the first N images of the split (quick runs, tests).
     `split` may also be "validation" or "val" (both mean "valid").
@@ -96,6 +98,7 @@ def get_dataset(
         test_fraction,
         split_seed,
         progress,
+        val_fraction,
     )
     ds = spec.load(request)
     if limit is not None and limit < len(ds):
@@ -106,8 +109,9 @@ def get_dataset(
 
 def dataset_for_split(run_config: dict, split: str, *, limit: int | None = None, **overrides) -> ImageDataset:
     """The `split` of the data a run trained on, from its run_config.json (a dict): same folder (an
-    absolute path), split rule (subfolders or test fraction and its seed), resolution, channels, crop,
-    binarization and cache. `overrides` replace get_dataset arguments (e.g. cache_dir, progress)."""
+    absolute path), split rule (subfolders, or test and validation fractions and their seed), resolution,
+    channels, crop, binarization and cache. `overrides` replace get_dataset arguments (e.g. cache_dir,
+    progress)."""
     rc = run_config
     kwargs = dict(
         data_dir=rc.get("data_dir"),
@@ -119,6 +123,7 @@ def dataset_for_split(run_config: dict, split: str, *, limit: int | None = None,
         binarize=rc.get("binarize", "none"),
         test_fraction=rc.get("test_fraction"),
         split_seed=rc.get("split_seed", 0),
+        val_fraction=rc.get("val_fraction"),
     )
     kwargs.update(overrides)
     return get_dataset(rc.get("dataset", "dsprites"), split, **kwargs)

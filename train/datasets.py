@@ -35,6 +35,7 @@ class LoadRequest:
     test_fraction: float | None
     split_seed: int
     progress: bool
+    val_fraction: float | None = None
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,7 @@ def _folder(r: LoadRequest) -> ImageDataset:
         crop=r.crop,
         test_fraction=r.test_fraction,
         split_seed=r.split_seed,
+        val_fraction=r.val_fraction,
         progress=r.progress,
     )
 

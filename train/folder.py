@@ -8,6 +8,10 @@ Splits, in order:
   default, independent of the training seed), whose first round(F·N) files are `test` and the rest
   `train`. The same folder and F give the same split on every machine and every run.
 - otherwise the whole folder is `train` (and `all`); there is no test split.
+Then, with `--val-fraction F` (a folder without a `valid/` subfolder), a second fixed-seed shuffle of the
+`train` files (seeded by `split_seed`, a stream apart from the test split's) makes its first round(F·N)
+files the `valid` split and leaves the rest as `train`: the validation split that picks the model, apart
+from the test split that reports it.
 Each image goes through `vae_triton.images.decode` (the app's decoder): largest centered square (or `crop`
 px), resized to the resolution only when it differs, grey or RGB by `channels`. Resolution None means the
 data's own size: the most common image size (among up to 1,000 files spread over the sorted list, from
@@ -50,12 +54,13 @@ def load_folder(
     crop: int | None = None,
     test_fraction: float | None = None,
     split_seed: int = 0,
+    val_fraction: float | None = None,
     progress: bool = True,
 ) -> ImageDataset:
     root = Path(data_dir)
     if not root.is_dir():
         raise DataUnavailableError(f"--data-dir {root} is not a directory of images")
-    files, rule = split_files(root, split, test_fraction, split_seed)
+    files, rule = split_files(root, split, test_fraction, split_seed, val_fraction)
     if resolution is None:
         native = typical_size(files)
         resolution = native if native is not None and native <= NATIVE_MAX else DEFAULT_RESOLUTION
@@ -95,10 +100,21 @@ def load_folder(
     return ImageDataset(open_cache(path), None, [], [], name="folder", split=split, info=info)
 
 
-def split_files(root: Path, split: str, test_fraction: float | None, split_seed: int = 0):
-    """The sorted files of `split` under `root` and a sentence saying which rule chose them."""
+def split_files(
+    root: Path,
+    split: str,
+    test_fraction: float | None,
+    split_seed: int = 0,
+    val_fraction: float | None = None,
+):
+    """The sorted files of `split` under `root` and a sentence saying which rule chose them.
+
+    Raises ValueError naming --val-fraction when the folder has a valid/ subfolder already, or when its
+    training files are too few to hold out round(F·N) ≥ 1 of them and keep one."""
     if split not in FOLDER_SPLITS:
         raise ValueError(f"--split {split!r}: a folder has splits {FOLDER_SPLITS}")
+    if val_fraction and split in ("train", "valid"):
+        return _validation_split(root, split, test_fraction, split_seed, val_fraction)
     found = {name: _split_dir(root, name) for name in SPLIT_DIRS}
     found = {name: d for name, d in found.items() if d is not None}
     if found:
@@ -140,6 +156,36 @@ def split_files(root: Path, split: str, test_fraction: float | None, split_seed:
         f"folders. Add train/ and {split}/ subfolders, or pass --test-fraction 0.2 to hold out 20 % "
         f"of the files (fixed seed), or use --split all for every file"
     )
+
+
+def validation_size(train_files: int, val_fraction: float) -> int:
+    """How many of `train_files` training files --val-fraction holds out: round(F·N)."""
+    return round(train_files * val_fraction)
+
+
+def has_valid_dir(root: Path) -> bool:
+    return _split_dir(Path(root), "valid") is not None
+
+
+def _validation_split(root: Path, split: str, test_fraction, split_seed: int, val_fraction: float):
+    if has_valid_dir(root):
+        raise ValueError(
+            f"--val-fraction {val_fraction}: --data-dir {root} has a {_split_dir(root, 'valid').name}/ "
+            "folder, which is its validation split: drop --val-fraction"
+        )
+    files, rule = split_files(root, "train", test_fraction, split_seed)
+    n_val = validation_size(len(files), val_fraction)
+    if not 1 <= n_val < len(files):
+        raise ValueError(
+            f"--val-fraction {val_fraction}: the {len(files)} training files of {root} are too few to hold "
+            f"out {n_val} for validation and train on the rest: add images, or raise --val-fraction"
+        )
+    # A stream apart from the test split's (which draws from `split_seed` alone): the same seed must not
+    # pick the same positions twice.
+    order = np.random.default_rng([split_seed, 1]).permutation(len(files))
+    chosen = order[:n_val] if split == "valid" else order[n_val:]
+    rule = f"{rule}, less --val-fraction {val_fraction} (seed {split_seed}): {len(chosen)} of {len(files)}"
+    return [files[i] for i in sorted(chosen)], rule
 
 
 def typical_size(files: list[Path], sample: int = 1000) -> int | None:

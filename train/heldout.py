@@ -1,6 +1,7 @@
 """Held-out numbers during training: the ELBO terms on fixed images with fixed noise (`evaluate_fixed`),
-the held-out ELBO curve and the best model by it (`HeldOutTracker`, `--eval-every`, `--keep-best`), the
-split they are measured on (`held_out_dataset`), and the reconstruction/sample grids."""
+the held-out ELBO curve and the model kept by it (`HeldOutTracker`, `--eval-every`, `--keep-best`), the
+splits they are measured on (`selection_split` picks the model, `held_out_dataset` reports it), and the
+reconstruction/sample grids."""
 
 from __future__ import annotations
 
@@ -73,22 +74,27 @@ def save_grids(model: VAE, x: torch.Tensor, out: Path, step: int | None) -> None
 
 
 class HeldOutTracker:
-    """The held-out ELBO during training (`--eval-every`), and the best model by it (`--keep-best`).
+    """The held-out ELBO during training (`--eval-every`), and the model kept by it (`--keep-best`).
 
-    Evaluates the first `eval_images` images of the run's test split in batches, without gradients,
-    with a fixed noise seed (`evaluate_fixed`), outside the training step. With no test split it
-    tracks nothing (a training-split number is not held out).
+    Evaluates the first `eval_images` images of the run's selection split (`selection_split`: the
+    validation split, else the test split) in batches, without gradients, with a fixed noise seed
+    (`evaluate_fixed`), outside the training step. With no held-out split it tracks nothing (a
+    training-split number is not held out). With `cfg.keep_best`, each new best ELBO copies the weights
+    (`best_state`, on the device: no host sync); `train.loop` checkpoints them and writes them to OUT/.
     """
 
-    def __init__(self, cfg: RunConfig, model: VAE, out: Path, device):
-        self.cfg, self.model, self.out = cfg, model, out
-        split, ds = held_out_dataset(cfg, cfg.eval_images)
-        self.split = split
-        self.x = ds.tensor(range(len(ds)), device) if split != cfg.split else None
+    def __init__(self, cfg: RunConfig, model: VAE, device):
+        self.cfg, self.model = cfg, model
+        found = selection_split(cfg, cfg.eval_images)
+        self.split = found[0] if found else None
+        self.x = found[1].tensor(range(len(found[1])), device) if found else None
+        self.select = bool(cfg.keep_best) and self.x is not None
         self.best: dict | None = None
-        self.last: dict | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.evaluations = 0
 
-    def evaluate(self, step: int, metadata: dict) -> dict | None:
+    def evaluate(self, step: int) -> dict | None:
+        """The held-out record of `step` (also kept as the best when it beats the best so far), or None."""
         if self.x is None:
             return None
         r = evaluate_fixed(self.model, self.x)
@@ -100,14 +106,26 @@ class HeldOutTracker:
             "heldout_recon": r["eval_recon"],
             "heldout_kl": r["eval_kl"],
         }
-        self.last = record
+        self.evaluations += 1
         if self.best is None or record["heldout_elbo"] > self.best["heldout_elbo"]:
             self.best = record
-            if self.cfg.keep_best:
-                self.model.save_pretrained(
-                    self.out / "best", metadata={**metadata, "selected_by": f"{self.split} ELBO", **record}
-                )
+            if self.select:
+                self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         return record
+
+    def restore(self, best: dict | None, weights: dict | None, evaluations: int, device) -> None:
+        """Continue from a checkpoint's best record, its weights (when selecting) and evaluation count."""
+        self.best, self.evaluations = best, evaluations
+        if self.select and best is not None and weights is not None:
+            self.best_state = {k: v.to(device) for k, v in weights.items()}
+
+    def keep_best_weights(self) -> dict | None:
+        """Load the best weights into the model; returns the best record, or None when selection is off or
+        nothing was evaluated (the model keeps the last step's weights)."""
+        if not self.select or self.best_state is None:
+            return None
+        self.model.load_state_dict(self.best_state)
+        return self.best
 
     def describe(self, record: dict) -> str:
         return (
@@ -115,25 +133,51 @@ class HeldOutTracker:
             f"images (recon {record['heldout_recon']:.2f}, KL {record['heldout_kl']:.2f})"
         )
 
-    def summary(self) -> dict:
-        """Numbers for the final metadata and model card (empty when nothing was tracked)."""
+    def summary(self, last_step: int) -> dict:
+        """Numbers for the final metadata and model card: the best evaluation and the kept model."""
+        kept = {"kept_step": last_step, "kept_by": "last"}
         if self.best is None:
-            return {}
+            return kept
         best = {f"best_{k}": v for k, v in self.best.items() if k not in ("heldout_split", "heldout_images")}
-        return {"heldout_split": self.split, **best, "best_saved": self.cfg.keep_best}
+        if self.select and self.best_state is not None:
+            kept = {"kept_step": self.best["step"], "kept_by": "best"}
+        return {
+            "heldout_split": self.split,
+            "heldout_images": self.best["heldout_images"],
+            "heldout_evaluations": self.evaluations,
+            **best,
+            **kept,
+        }
+
+
+def _load(cfg: RunConfig, split: str, limit: int | None) -> ImageDataset | None:
+    """`split` of the run's data, or None when the data has no such split (a loader without splits hands
+    back everything under its own name: that is no such split either)."""
+    try:
+        ds = dataset_for_split(cfg.to_dict(), split, limit=limit, progress=cfg.progress and not cfg.quiet)
+    except (DataUnavailableError, ValueError):
+        return None
+    return ds if ds.split == split else None
+
+
+def selection_split(cfg: RunConfig, limit: int | None = None) -> tuple[str, ImageDataset] | None:
+    """The split the evaluations at --eval-every measure and pick the model on: `valid` (a folder's
+    valid/ subfolder or --val-fraction, CelebA's official one), else `test`; never the training split.
+    Returns (split name, first `limit` images) or None."""
+    for split in ("valid", "test"):
+        ds = _load(cfg, split, limit) if split != cfg.split else None
+        if ds is not None:
+            return split, ds
+    return None
 
 
 def held_out_dataset(cfg: RunConfig, limit: int | None = None) -> tuple[str, ImageDataset]:
-    """The run's test split (first `limit` images), or its training split when the data has no test
-    split (e.g. a local CelebA copy without one): returns (split name, dataset)."""
-
-    def load(split: str) -> ImageDataset:
-        return dataset_for_split(cfg.to_dict(), split, limit=limit, progress=cfg.progress and not cfg.quiet)
-
-    try:
-        ds = load("test")
-        if ds.split == "test":  # a loader without splits hands back everything under its own name
-            return "test", ds
-    except (DataUnavailableError, ValueError):
-        pass
-    return cfg.split, load(cfg.split)
+    """The split of the run's reported numbers (first `limit` images): the test split, else the validation
+    split, else the training split (e.g. a folder without either): returns (split name, dataset)."""
+    for split in ("test", "valid"):
+        ds = _load(cfg, split, limit) if split == "test" or split != cfg.split else None
+        if ds is not None:
+            return split, ds
+    return cfg.split, dataset_for_split(
+        cfg.to_dict(), cfg.split, limit=limit, progress=cfg.progress and not cfg.quiet
+    )

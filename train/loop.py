@@ -20,19 +20,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from vae_triton.io import write_text_atomic
+from vae_triton.io import write_json_atomic, write_text_atomic
 from vae_triton.likelihoods import likelihood_for
 from vae_triton.model import VAE, VAEConfig
 
-from . import distributed
+from . import config, distributed, plan
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .command_line import explicit_fields, reproduce_command, resume_config
-from .config import RunConfig, default_kl_warmup_steps, default_preset
+from .config import RunConfig, default_preset
 from .console import Console, cache_summary
 from .data import DEFAULT_CACHE, BatchSource, ImageDataset, dataset_for_split
-from .heldout import GRID, HeldOutTracker, evaluate_fixed, held_out_dataset, save_grids
+from .heldout import GRID, HeldOutTracker, evaluate_fixed, held_out_dataset, save_grids, selection_split
 from .paths import check_output_dir, lock_run_folder
-from .report import failure_card, heldout_trend, read_metrics, write_model_card
+from .report import after_kept, failure_card, heldout_trend, read_metrics, write_model_card
 from .step import (
     StepResult,
     StepStats,
@@ -121,6 +121,10 @@ class RunState:
     batches: BatchSource
     total: int  # the planned number of steps
     command: str  # the command line that reproduces the run
+    plan: str = ""  # how the length was chosen, for the start block (empty: given by --steps / --epochs)
+    plan_by_time: bool = False  # the length is planned from the data and still to be fitted to --time-limit
+    # "data" or "time-limit" when the run planned its --steps (run_config.json's `length_plan`), else None
+    length_plan: str | None = None
     start: int = 0  # the step this process started from (the checkpoint's step on resume)
     step: int = 0  # steps completed
     end: int = 0  # the step this process stops at (`stop_at` or `total`)
@@ -144,6 +148,7 @@ class RunState:
     loop_seconds: float = 0.0
     out_of_time: bool = False
     planned_steps: int = 0  # the steps planned before --time-limit cut the run short
+    last_eval: int | None = None  # the step of the latest --eval-every evaluation
 
     @property
     def out(self) -> Path:
@@ -196,7 +201,11 @@ def _prepare(cfg: RunConfig, info: distributed.DistInfo, argv) -> RunState:
         for line in notices:
             console.notice(line)
 
+    if resume is None:
+        plan.resolve_validation_split(cfg, console)
     ds = _load_dataset(cfg, info)
+    if resume is None and cfg.batch_defaulted:
+        cfg.batch_size = config.default_batch_size(cfg.device, len(ds))
     if cfg.resolution is None:  # a folder's own image size (train.folder)
         cfg.resolution = ds.image_shape[1]
     if cfg.preset is None:
@@ -218,10 +227,25 @@ def _prepare(cfg: RunConfig, info: distributed.DistInfo, argv) -> RunState:
     batches = BatchSource(
         ds, cfg.batch_size, info.device, seed=cfg.seed, hflip=cfg.hflip, rank=info.rank, world=info.world
     )
+    planned = cfg.steps is None and cfg.epochs is None
+    if planned:  # no --steps / --epochs: the length follows the data (and --time-limit, once timed)
+        cfg.steps = config.plan_steps(len(ds), cfg.batch_size)
     total = cfg.steps if cfg.steps is not None else math.ceil(cfg.epochs * batches.steps_per_epoch)
-    if cfg.kl_warmup_steps is None:
-        cfg.kl_warmup_steps = default_kl_warmup_steps(total)
-    return RunState(
+    # Rank 0 alone evaluates and keeps the model (the other ranks need not open the held-out splits).
+    found = selection_split(cfg, limit=1) if info.is_main else ("valid", None)
+    if cfg.keep_best is None:  # pick the model where a validation split can pick it without bias
+        cfg.keep_best = found is not None and found[0] == "valid"
+    if cfg.keep_best and found is None:
+        raise ValueError(
+            "--keep-best: the data has no held-out split to pick the model on; add a valid/ or test/ "
+            "subfolder, pass --val-fraction 0.1, or drop --keep-best"
+        )
+    plan_by_time = (
+        planned and cfg.time_limit is not None and total > config.PLAN_WARMUP_STEPS + config.PLAN_TIMED_STEPS
+    )
+    if not plan_by_time:
+        plan.resolve_schedule(cfg, total, planned)
+    run = RunState(
         cfg,
         info,
         console,
@@ -233,8 +257,29 @@ def _prepare(cfg: RunConfig, info: distributed.DistInfo, argv) -> RunState:
         optimizer,
         batches,
         total,
-        command=reproduce_command(cfg),
+        command="",
+        plan_by_time=plan_by_time,
+        length_plan="data" if planned else resume and resume["run_config"].get("length_plan"),
     )
+    run.command = _reproduce(cfg, run.length_plan)
+    if planned:
+        run.plan = plan.plan_words(cfg, len(ds), plan_by_time)
+    return run
+
+
+def _run_record(run: RunState) -> dict:
+    """run_config.json (and the checkpoint's copy): every flag's value, and how a planned length was
+    planned (`length_plan`: "data" or "time-limit")."""
+    record = run.cfg.to_dict()
+    if run.length_plan:
+        record["length_plan"] = run.length_plan
+    return record
+
+
+def _reproduce(cfg: RunConfig, length_plan: str | None) -> str:
+    """The command that trains this run again. A length fitted to --time-limit is in its --steps: the
+    limit is left out, so that a slower machine trains the same steps instead of stopping earlier."""
+    return reproduce_command(replace(cfg, time_limit=None) if length_plan == "time-limit" else cfg)
 
 
 def _already_finished(run: RunState) -> dict | None:
@@ -317,7 +362,7 @@ def _restore(run: RunState) -> None:
                 file=sys.stderr,
             )
         out.mkdir(parents=True, exist_ok=True)
-        cfg.save(out / "run_config.json")
+        write_json_atomic(out / "run_config.json", _run_record(run), indent=2)
     run.log = MetricsLog(out / "metrics.jsonl", info.is_main, run.start if run.resume is not None else None)
 
 
@@ -333,6 +378,8 @@ def _begin_loop(run: RunState, stop_at: int | None) -> None:
         total=run.total,
         start=run.start,
         cache=cache,
+        plan=run.plan,
+        selection=_selection_words(run),
     )
     # Running sums on the device, added by the step itself (inside its CUDA graph) and read back only when
     # logging: loss, recon, kl, grad-norm (good steps), then good steps, skipped steps, the current run of
@@ -348,7 +395,6 @@ def _begin_loop(run: RunState, stop_at: int | None) -> None:
         note=run.console.say,
     )
     run.fixed = _fixed_images(run.ds, min(EVAL_IMAGES, cfg.eval_images), device)
-    run.tracker = HeldOutTracker(cfg, run.model, run.out, device) if info.is_main else None
     run.run_t0 = time.perf_counter()
     if info.is_main and cfg.progress and not cfg.quiet:
         from tqdm.auto import tqdm
@@ -364,9 +410,13 @@ def _loop(run: RunState, stop_at: int | None) -> dict | None:
 
     Returns None when the run reached its planned steps (or its time limit), {"step": n} when it stopped
     at `stop_at`; raises `train.stop.Interrupted`/`Terminated` after the checkpoint on a signal."""
+    _make_tracker(run)
+    planned_t0 = time.perf_counter()  # a length fitted to --time-limit: timing the steps counts in it
+    if run.plan_by_time:
+        _plan_to_time_limit(run, planned_t0 + run.cfg.time_limit)
     _begin_loop(run, stop_at)
     interrupted, signum = False, None
-    loop_t0 = time.perf_counter()
+    loop_t0 = planned_t0 if run.plan_by_time else time.perf_counter()
     deadline = None if run.cfg.time_limit is None else loop_t0 + run.cfg.time_limit
     run.model.train()
     try:
@@ -390,6 +440,45 @@ def _loop(run: RunState, stop_at: int | None) -> dict | None:
             run.progress.close()
     run.loop_seconds = time.perf_counter() - loop_t0
     return _end_loop(run, interrupted, signum)
+
+
+def _make_tracker(run: RunState) -> None:
+    """The held-out tracker on rank 0, continuing the checkpoint's best evaluation on --resume."""
+    if not run.info.is_main:
+        return
+    run.tracker = HeldOutTracker(run.cfg, run.model, run.device)
+    if run.resume is not None:
+        extra = run.resume["extra"]
+        run.tracker.restore(
+            extra.get("best"), run.resume.get("best_model"), extra.get("evaluations", 0), run.device
+        )
+        run.last_eval = extra.get("last_eval")
+
+
+def _selection_words(run: RunState) -> str:
+    """The start block's line on which model is kept."""
+    tracker, cfg = run.tracker, run.cfg
+    if tracker is None or tracker.split is None:
+        return "the last step's (no held-out split)"
+    every = f"every {cfg.eval_every:,} steps"
+    if tracker.select:
+        return f"the one with the best ELBO on the {tracker.split} split, evaluated {every}"
+    return f"the last step's; the ELBO on the {tracker.split} split is evaluated {every}"
+
+
+def _plan_to_time_limit(run: RunState, deadline: float) -> None:
+    """Fit the planned length to --time-limit (`train.plan.fit_to_time_limit`) and write the plan."""
+    cfg, device = run.cfg, run.device
+    tracked = run.tracker is not None and run.tracker.x is not None
+    x = run.tracker.x if tracked else _fixed_images(run.ds, min(EVAL_IMAGES, cfg.eval_images), device)
+    args = (run.model, run.optimizer, cfg, run.batches, run.total, x, run.info, deadline)
+    total, per_step = plan.fit_to_time_limit(*args)
+    plan.resolve_schedule(cfg, total, planned=True)
+    run.total, run.length_plan = total, "time-limit"
+    run.plan = plan.plan_words(cfg, len(run.ds), True) + f" ({1000 * per_step:.1f} ms/step → {total:,} steps)"
+    run.command = _reproduce(cfg, run.length_plan)
+    if run.info.is_main:
+        write_json_atomic(run.out / "run_config.json", _run_record(run), indent=2)
 
 
 def _train_step(run: RunState) -> bool:
@@ -477,20 +566,26 @@ def _between_steps(run: RunState) -> None:
     cfg, step = run.cfg, run.step
     paused = time.perf_counter()
     if run.info.is_main and (step % cfg.eval_every == 0 or step == run.total):
-        run.log.write({"step": step, "eval_split": cfg.split, **evaluate_fixed(run.model, run.fixed)})
-        held_out = run.tracker.evaluate(step, _metadata(cfg, run.model_cfg, step, {}, partial=True))
-        if held_out:
-            run.log.write(held_out)
-            if run.progress is not None:
-                run.progress.set_postfix_str(f"{run.tracker.split} ELBO {held_out['heldout_elbo']:.1f}")
-            else:
-                where = f"step {step:>{len(str(run.end))}}/{run.end}"
-                run.console.say(f"{where}  {run.tracker.describe(held_out)}")
-        save_grids(run.model, run.fixed, run.out, step)
+        _evaluate(run, step)
     if step % cfg.checkpoint_every == 0 and step != run.total:
         _checkpoint(run)
         run.last_good = step
     run.window_t0 += time.perf_counter() - paused
+
+
+def _evaluate(run: RunState, step: int) -> None:
+    """The --eval-every numbers (training images, the held-out split) and grids of `step` (rank 0)."""
+    run.log.write({"step": step, "eval_split": run.cfg.split, **evaluate_fixed(run.model, run.fixed)})
+    held_out = run.tracker.evaluate(step)
+    if held_out:
+        run.log.write(held_out)
+        if run.progress is not None:
+            run.progress.set_postfix_str(f"{run.tracker.split} ELBO {held_out['heldout_elbo']:.1f}")
+        else:
+            where = f"step {step:>{len(str(run.end))}}/{run.end}"
+            run.console.say(f"{where}  {run.tracker.describe(held_out)}")
+    save_grids(run.model, run.fixed, run.out, step)
+    run.last_eval = step
 
 
 def _stop_signal(run: RunState, synced: bool) -> int | None:
@@ -510,7 +605,21 @@ def _checkpoint(run: RunState, extra: dict | None = None) -> None:
     distributed.check_in_sync(run.model, run.info)
     rng = distributed.all_gather_rows(rng_state(run.device), run.info)
     if run.info.is_main:
-        save_checkpoint(run.out, run.model, run.optimizer, run.step, run.cfg.to_dict(), rng=rng, extra=extra)
+        tracker, best = run.tracker, None
+        if tracker is not None:  # the selection so far, so that --resume continues it
+            extra = {**(extra or {}), "best": tracker.best, "evaluations": tracker.evaluations}
+            extra["last_eval"] = run.last_eval
+            best = tracker.best_state if tracker.select else None
+        save_checkpoint(
+            run.out,
+            run.model,
+            run.optimizer,
+            run.step,
+            _run_record(run),
+            rng=rng,
+            extra=extra,
+            best_model=best,
+        )
     run.saved_step = run.step
 
 
@@ -521,6 +630,8 @@ def _end_loop(run: RunState, interrupted: bool, signum: int | None) -> dict | No
         distributed.barrier(info)
         if info.is_main:
             print(f"--time-limit {cfg.time_limit:g} s reached at step {step}/{run.total}", file=sys.stderr)
+            if run.last_eval != step:  # the last step is a candidate for the kept model too
+                _evaluate(run, step)
         run.planned_steps, run.total = run.end, step  # finish like a complete run
     finished = not interrupted and signum is None and step >= run.total
     failure = None
@@ -567,10 +678,17 @@ def _finish(run: RunState) -> dict:
         extra = {"num_threads": run.num_threads}
         if run.step > run.start:  # this process trained (not only finishing a stopped report)
             extra["train_seconds"] = round(run.loop_seconds, 2)
-        extra.update(run.tracker.summary() if run.tracker else {})
-        extra.update(heldout_trend(read_metrics(out / "metrics.jsonl")))
+        if run.tracker is not None:
+            run.tracker.keep_best_weights()  # OUT/ gets the kept model: the best held-out one, or the last
+            extra.update(run.tracker.summary(run.step))
+        records = read_metrics(out / "metrics.jsonl")
+        extra.update(heldout_trend(records))
+        if "kept_step" in extra:
+            extra.update(after_kept(records, extra["kept_step"]))
         if run.out_of_time:
             extra.update(time_limit_s=cfg.time_limit, planned_steps=run.planned_steps)
+        if run.length_plan:
+            extra["length_plan"] = run.length_plan
         final = final_report(
             run.model, cfg, run.model_cfg, run.step, run.img_per_s, run.device, run.command, out, extra=extra
         )

@@ -16,6 +16,8 @@ from vae_triton.likelihoods import likelihood_for
 from vae_triton.metrics import ACTIVE_UNIT_THRESHOLD
 from vae_triton.model import VAEConfig
 
+from . import config
+
 
 def save_grid(images: torch.Tensor, path: Path, cols: int = 8, scale: int = 1) -> Path:
     """Float images (N, C, H, W) in [0, 1] → one PNG with `cols` columns (N must be a multiple)."""
@@ -103,18 +105,10 @@ def splits_note(run: dict, final: dict) -> str:
         "",
         f"Splits: the table above is on the `{final['eval_split']}` split; the training curves in "
         f"`metrics.jsonl` (`loss`, `recon`, `kl`) are on training batches of the `{run['split']}` split, "
-        "its `eval_*` lines on fixed training images and its `heldout_*` lines on the test split.",
+        f"its `eval_*` lines on fixed training images and its `heldout_*` lines on the "
+        f"{final.get('heldout_split', 'test')} split.",
     ]
-    if "best_heldout_elbo" in final:
-        where = (
-            " (saved in `best/`; chosen on that split, so its number there is optimistic)"
-            if final.get("best_saved")
-            else ""
-        )
-        lines.append(
-            f"Best held-out ELBO during training: {final['best_heldout_elbo']:.2f} nats/image on the "
-            f"`{final['heldout_split']}` split at step {final['best_step']}{where}."
-        )
+    lines.append(kept_note(run, final))
     if "heldout_trend_change" in final:
         start, change = final["heldout_trend_from"], final["heldout_trend_change"]
         lines.append(
@@ -123,12 +117,92 @@ def splits_note(run: dict, final: dict) -> str:
             f"a change of {change:+.2f} nats ({100 * change / abs(start):+.1f} %). This is the convergence "
             "check: the closer to 0, the flatter the end of the run."
         )
+    if final.get("length_plan"):
+        how = {
+            "data": f"{config.PLAN_EPOCHS} passes over the training split, at most {config.DEFAULT_STEPS} "
+            "steps",
+            "time-limit": f"{config.PLAN_EPOCHS} passes over the training split, fitted to `--time-limit "
+            f"{run.get('time_limit')}` by timing the first steps",
+        }.get(final["length_plan"], final["length_plan"])
+        lines.append(
+            f"Length: {run.get('steps')} steps, planned ({how}), with a {run.get('lr_schedule')} learning "
+            "rate over them; the reproduce line gives them as `--steps`."
+        )
     if "time_limit_s" in final:
         lines.append(
             f"Stopped by `--time-limit {final['time_limit_s']:g}` after {final['step']} of "
             f"{final['planned_steps']} planned steps."
         )
     return "\n".join(lines)
+
+
+def kept_note(run: dict, final: dict) -> str:
+    """The card's sentence on which model OUT/ holds: the step, the split that chose it, why, and what the
+    held-out curve did after it (`after_kept`)."""
+    step, last = final.get("kept_step", final["step"]), final["step"]
+    split = final.get("heldout_split")
+    if final.get("kept_by") != "best":
+        why = (
+            "`--no-keep-best`"
+            if run.get("keep_best") is False and split == "valid"
+            else "the data has no held-out split to choose on"
+            if split is None
+            else f"the data has no validation split (`--keep-best` would choose on the `{split}` split)"
+        )
+        text = f"**Model kept: the last step's ({last})**, not chosen by a held-out number: {why}."
+        if "best_heldout_elbo" in final:
+            text += (
+                f" Its best held-out ELBO during training was {final['best_heldout_elbo']:.2f} nats/image on "
+                f"the `{split}` split at step {final['best_step']}."
+            )
+        return text
+    where = _split_words(run, split, final)
+    text = (
+        f"**Model kept: step {step} of {last}**, the best held-out ELBO ({final['best_heldout_elbo']:.2f} "
+        f"nats/image) of {final.get('heldout_evaluations', '?')} evaluations (every {run.get('eval_every')} "
+        f"steps) on {where}."
+    )
+    if final.get("after_kept_evaluations"):
+        change = final["after_kept_change"]
+        share = 100 * change / abs(final["best_heldout_elbo"])
+        text += (
+            f" After it the held-out ELBO {'fell' if change < 0 else 'moved'} to "
+            f"{final['after_kept_last']:.2f} at step {final['after_kept_last_step']} ({share:+.1f} % over "
+            f"{final['after_kept_evaluations']} evaluations): the later weights were not better."
+        )
+    else:
+        text += " It was the last evaluation: the held-out ELBO was still improving at the end of the run."
+    return text
+
+
+def _split_words(run: dict, split: str, final: dict) -> str:
+    images = f"{final.get('heldout_images', '?')} images of the `{split}` split"
+    if split == "valid" and run.get("val_fraction"):
+        return f"{images} (held out of the training files by `--val-fraction {run['val_fraction']:g}`)"
+    if split == "valid":
+        return f"{images} (the data's own validation split)"
+    if split == final.get("eval_split"):
+        return f"{images}, the split of the table above: its numbers there are optimistic"
+    return images
+
+
+def after_kept(records: list[dict], kept_step: int) -> dict:
+    """What the held-out ELBO did after the kept step, from the `heldout_*` lines of metrics.jsonl: the
+    number of later evaluations, the last one's step and ELBO, and its change from the kept step's (nats).
+    Empty when the kept step has no held-out line."""
+    points = [(r["step"], r["heldout_elbo"]) for r in records if "heldout_elbo" in r]
+    kept = [e for s, e in points if s == kept_step]
+    if not kept:
+        return {}
+    later = [(s, e) for s, e in points if s > kept_step]
+    if not later:
+        return {"after_kept_evaluations": 0}
+    return {
+        "after_kept_evaluations": len(later),
+        "after_kept_last_step": later[-1][0],
+        "after_kept_last": later[-1][1],
+        "after_kept_change": later[-1][1] - kept[-1],
+    }
 
 
 def heldout_trend(records: list[dict], last_share: float = 0.2) -> dict:

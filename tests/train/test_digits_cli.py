@@ -129,13 +129,19 @@ def test_eval_every_reports_the_test_split_and_keep_best_saves_the_best(tmp_path
     for r in held:
         assert r["heldout_elbo"] == pytest.approx(-(r["heldout_recon"] + r["heldout_kl"]))
     best = max(held, key=lambda r: r["heldout_elbo"])
-    saved = VAE.from_pretrained(out / "best")
-    assert saved.metadata["step"] == best["step"] and saved.metadata["heldout_elbo"] == best["heldout_elbo"]
-    final = VAE.from_pretrained(out).metadata
+    # OUT/ holds the best model (on the test split here: dSprites has no validation split).
+    from train.data import get_dataset
+    from train.heldout import evaluate_fixed
+
+    kept = VAE.from_pretrained(out)
+    test_x = get_dataset("dsprites", "test", limit=32).tensor(range(32))
+    assert evaluate_fixed(kept, test_x)["eval_elbo"] == pytest.approx(best["heldout_elbo"], rel=1e-5)
+    final = kept.metadata
     assert final["best_step"] == best["step"] and final["heldout_split"] == "test"
+    assert final["kept_step"] == best["step"] and final["kept_by"] == "best"
     card = (out / "README.md").read_text()
     assert "the table above is on the `test` split" in card and "`heldout_*` lines on the test split" in card
-    assert f"at step {best['step']} (saved in `best/`" in card
+    assert f"**Model kept: step {best['step']} of 6**" in card and "numbers there are optimistic" in card
     # The convergence check: the held-out ELBO over the last 20 % of the steps (the evaluation at step ≤ 4.8).
     change = held[2]["heldout_elbo"] - held[1]["heldout_elbo"]
     assert final["heldout_trend_from_step"] == 4 and final["heldout_trend_change"] == pytest.approx(change)

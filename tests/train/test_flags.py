@@ -91,9 +91,9 @@ def test_every_run_config_field_is_exactly_one_flag_with_help_and_a_group():
 
 def test_switches_keep_their_no_form_and_store_true_flags_do_not_gain_one():
     options = {o for a in _options(build_parser()) for o in a.option_strings}
-    for name in ("hflip", "compile", "channels-last", "cuda-graph", "progress"):
+    for name in ("hflip", "compile", "channels-last", "cuda-graph", "progress", "keep-best"):
         assert {f"--{name}", f"--no-{name}"} <= options, name
-    assert "--no-quiet" not in options and "--no-keep-best" not in options
+    assert "--no-quiet" not in options
     assert parse_args(["--no-channels-last", "--quiet"]).channels_last is False
 
 
