@@ -63,8 +63,10 @@ def test_peer_scores_the_runs_test_images_binarized_once_as_train_evaluate_does(
 
 
 def test_tiny_recipe_replaces_epochs_by_steps():
-    flags = ["--batch-size", "100", "--epochs", "300", "--lr-schedule", "cosine"]
-    assert bsd.tiny_recipe(flags) == ["--batch-size", "100", "--lr-schedule", "cosine", "--steps", "4"]
+    flags = ["--batch-size", "100", "--epochs", "300", "--keep-best", "--lr-schedule", "cosine"]
+    tiny = ["--batch-size", "100", "--keep-best", "--lr-schedule", "cosine", "--steps", "4"]
+    assert bsd.tiny_recipe(flags) == tiny
+    assert bsd.tiny_recipe(["--keep-best"]) == ["--keep-best", "--steps", "4"]
 
 
 def _row(value, **extra):
@@ -129,7 +131,7 @@ def test_help_names_the_modes(capsys):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--time-limit", "0"], "--time-limit must be > 0"),
+        (["--time-limit", "-1"], "--time-limit must be ≥ 0"),
         (["--iw-samples", "0"], "--iw-samples must be ≥ 1"),
     ],
 )
