@@ -55,6 +55,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # `python bench/bench_small_data.py` from anywhere
 
 from bench.bench_digits import SPLIT_SEED, TEST_FRACTION, _display, load_average, run  # noqa: E402
+from train.threads import default_num_threads  # noqa: E402
 from vae_triton.io import write_json_atomic, write_text_atomic  # noqa: E402
 from vae_triton.metrics import bits_per_dim  # noqa: E402
 
@@ -197,30 +198,37 @@ def trained_images(data: Path, run_config: dict) -> int:
     return files
 
 
-def peer(name: str, data: Path, out: Path, budget: str, threads: int, k: int, test_from: Path) -> dict:
+def peer(name: str, data: Path, out: Path, budget: str, threads: int, k: int) -> dict:
     """pythae's stock VAE in its own process (threads, clean timing); see `peer_worker`."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--peer-worker", name, str(data), str(out)]
-    cmd += [budget, str(threads), str(k), str(test_from)]
+    cmd += [budget, str(threads), str(k)]
     load_before = load_average()
     wall = run(cmd, out.with_suffix(".log"))
     result = json.loads(out.with_suffix(".json").read_text())
     return {**result, "commands": [_display(cmd)], "process_wall_s": wall, "load_before": load_before}
 
 
-def test_images(run_config_path: Path) -> np.ndarray:
-    """The test images exactly as `train.evaluate` scores the run (binarized as the run was): float32
-    (n, 1, H, W) in [0, 1], read through the toolkit's own loader (`dataset_for_split`)."""
+def data_config(name: str, data: Path) -> dict:
+    """The run_config.json fields that say which test images `train.evaluate` scores for our runs on
+    `data` (the folder's test/ split, binarized as the data set's flags say)."""
+    binarize = "stochastic" if "--binarize" in DATA_FLAGS[name] else "none"
+    return {"dataset": "folder", "data_dir": str(data), "binarize": binarize}
+
+
+def test_images(run_config: dict) -> np.ndarray:
+    """The test images exactly as `train.evaluate` scores a run with this run_config (binarized as the run
+    was: "stochastic" → the toolkit's one fixed draw): float32 (n, 1, H, W) in [0, 1], read through the
+    toolkit's own loader (`dataset_for_split`)."""
     from train.data import dataset_for_split
 
-    cfg = json.loads(run_config_path.read_text())
-    ds = dataset_for_split({**cfg, "progress": False}, "test")
+    ds = dataset_for_split(run_config, "test", progress=False)
     return ds.uint8(range(len(ds))).float().div(255.0).numpy()
 
 
-def peer_worker(name: str, data: Path, out: Path, budget: str, threads: int, k: int, test_from: Path):
+def peer_worker(name: str, data: Path, out: Path, budget: str, threads: int, k: int):
     """Train pythae's stock VAE on data/train for a `budget` of "SECONDSs" (stopped at the first epoch end
-    past it) or "EPOCHSe" epochs, and score it on the test images of the run in `test_from` with its
-    `get_nll` at K = k."""
+    past it) or "EPOCHSe" epochs, and score it with its `get_nll` at K = k on the test images our runs
+    are scored on (`test_images`)."""
     seconds = float(budget[:-1]) if budget.endswith("s") else math.inf
     epochs = int(budget[:-1]) if budget.endswith("e") else 100_000
     import importlib.metadata
@@ -235,7 +243,7 @@ def peer_worker(name: str, data: Path, out: Path, budget: str, threads: int, k: 
     torch.set_num_threads(threads)
     files = sorted((data / "train").glob("*.png"))
     train = np.stack([np.asarray(Image.open(f), dtype=np.float32)[None] / 255.0 for f in files])
-    test = test_images(test_from / "run_config.json")
+    test = test_images(data_config(name, data))
 
     class OutOfTime(Exception):
         pass
@@ -380,6 +388,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--iw-samples", type=int, default=1000, help="K of the IW bound for every row")
     p.add_argument(
+        "--num-threads",
+        type=int,
+        default=None,
+        help="threads for pythae when none of our rows ran first (default: the thread count our defaults "
+        "row used; our rows always use the CLI's own default)",
+    )
+    p.add_argument(
         "--tiny",
         action="store_true",
         help=f"smoke run: {TINY['train']} train / {TINY['test']} test images, {TINY['seconds']:g} s, "
@@ -397,6 +412,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error(f"--iw-samples must be ≥ 1, got {args.iw_samples}")
     if args.defaults_only:
         args.rows = ["defaults"]
+    if args.time_limit == 0 and "pythae" in args.rows and "defaults" not in args.rows:
+        p.error("--time-limit 0 trains pythae for as many epochs as our defaults row: add defaults to --rows")
     if args.tiny:
         args.time_limit, args.iw_samples = TINY["seconds"], TINY["k"]
     return args
@@ -419,13 +436,10 @@ def run_dataset(name: str, args: argparse.Namespace, doc: dict, out: Path) -> No
         if r not in args.rows:
             continue
         if r == "pythae":
-            ref = out / name / ("defaults" if "defaults" in rows else "recipe")
-            if not (ref / "run_config.json").is_file():  # scored on the test images our runs are scored on
-                rows["defaults"] = ours(name, data, out / name / "defaults", [], seconds, k)
-                ref = out / name / "defaults"
-            mine = rows.get("defaults", rows.get("recipe"))
-            budget = f"{seconds:g}s" if seconds else f"{max(1, round(mine['epochs']))}e"
-            rows[r] = peer(name, data, out / name / "pythae", budget, mine["threads"], k, ref)
+            mine = rows.get("defaults", rows.get("recipe"))  # our rows' threads and epochs, when run
+            threads = mine["threads"] if mine else args.num_threads or default_num_threads()
+            budget = f"{seconds:g}s" if seconds else f"{max(1, round(rows['defaults']['epochs']))}e"
+            rows[r] = peer(name, data, out / name / "pythae", budget, threads, k)
         else:
             rows[r] = ours(name, data, out / name / r, [] if r == "defaults" else recipe, seconds, k)
         save(doc, out)
@@ -435,8 +449,8 @@ def run_dataset(name: str, args: argparse.Namespace, doc: dict, out: Path) -> No
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--peer-worker":
-        name, data, out, seconds, threads, k, ref = argv[1:8]
-        peer_worker(name, Path(data), Path(out), seconds, int(threads), int(k), Path(ref))
+        name, data, out, budget, threads, k = argv[1:7]
+        peer_worker(name, Path(data), Path(out), budget, int(threads), int(k))
         return 0
     args = parse_args(argv)
     out = Path(args.out).resolve()

@@ -50,11 +50,11 @@ def test_peer_scores_the_runs_test_images_binarized_once_as_train_evaluate_does(
     """The stochastic data set's test images: one fixed Bernoulli draw, the same on every call."""
     grey, _ = bsd.load_images("digits-dynamic")
     bsd.write_split(grey, tmp_path / "data", {"train": 8, "test": 6})
-    cfg = {"dataset": "folder", "data_dir": str(tmp_path / "data"), "binarize": "stochastic"}
-    cfg.update(cache_dir=str(tmp_path / "cache"), resolution=28, channels="auto", split="train")
-    (tmp_path / "run_config.json").write_text(json.dumps(cfg))
-    a = bsd.test_images(tmp_path / "run_config.json")
-    b = bsd.test_images(tmp_path / "run_config.json")
+    cfg = bsd.data_config("digits-dynamic", tmp_path / "data")
+    assert cfg["binarize"] == "stochastic" and bsd.data_config("digits", tmp_path)["binarize"] == "none"
+    cache = {"cache_dir": str(tmp_path / "cache")}
+    a = bsd.test_images({**cfg, **cache})
+    b = bsd.test_images({**cfg, **cache})
     assert a.shape == (6, 1, 28, 28)
     assert set(np.unique(a)) <= {0.0, 1.0}
     np.testing.assert_array_equal(a, b)
@@ -133,6 +133,7 @@ def test_help_names_the_modes(capsys):
     [
         (["--time-limit", "-1"], "--time-limit must be ≥ 0"),
         (["--iw-samples", "0"], "--iw-samples must be ≥ 1"),
+        (["--time-limit", "0", "--rows", "pythae"], "add defaults to --rows"),
     ],
 )
 def test_bad_numbers_are_one_line_naming_the_flag(argv, message, capsys):
