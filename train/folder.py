@@ -167,6 +167,11 @@ def has_valid_dir(root: Path) -> bool:
     return _split_dir(Path(root), "valid") is not None
 
 
+def has_test_split(root: Path, test_fraction: float | None) -> bool:
+    """Whether the folder has a test split: a test/ subfolder, or --test-fraction."""
+    return bool(test_fraction) or _split_dir(Path(root), "test") is not None
+
+
 def _validation_split(root: Path, split: str, test_fraction, split_seed: int, val_fraction: float):
     if has_valid_dir(root):
         raise ValueError(

@@ -18,15 +18,16 @@ from . import config, distributed
 from .checkpoint import rng_state, set_rng_state
 from .config import RunConfig, default_kl_warmup_steps
 from .console import Console
-from .folder import has_valid_dir, split_files, validation_size
+from .folder import has_test_split, has_valid_dir, split_files, validation_size
 from .heldout import evaluate_fixed
 from .step import StepStats, make_train_step
 
 
 def resolve_validation_split(cfg: RunConfig, console: Console) -> None:
-    """A new run on a folder: check --val-fraction against the folder, or choose the default one (a
-    VAL_FRACTION share of the training files when that is at least MIN_VAL_IMAGES of them and leaves a
-    batch). From the file list alone: a refusal comes before any image is decoded or written.
+    """A new run on a folder: check --val-fraction against the folder, or choose the default one: for a
+    folder with no test split, a VAL_FRACTION share of the training files when that is at least
+    MIN_VAL_IMAGES of them and leaves a batch. From the file list alone: a refusal comes before any image
+    is decoded or written.
 
     Raises ValueError naming --val-fraction when an explicit fraction holds out fewer than MIN_VAL_IMAGES
     files or leaves fewer than --batch-size; a default one that does is dropped with a notice."""
@@ -36,6 +37,8 @@ def resolve_validation_split(cfg: RunConfig, console: Console) -> None:
     if not root.is_dir() or has_valid_dir(root):
         return  # a missing folder is the loader's error; a valid/ folder is the validation split
     given = cfg.val_fraction is not None
+    if not given and has_test_split(root, cfg.test_fraction):
+        return  # the test split picks the model: carving one from train costs more (config.VAL_FRACTION)
     fraction = cfg.val_fraction if given else config.VAL_FRACTION
     files = len(split_files(root, "train", cfg.test_fraction, cfg.split_seed)[0])
     held = validation_size(files, fraction)

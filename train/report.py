@@ -176,14 +176,14 @@ def kept_note(run: dict, final: dict) -> str:
 
 
 def _split_words(run: dict, split: str, final: dict) -> str:
-    images = f"{final.get('heldout_images', '?')} images of the `{split}` split"
+    words = f"{final.get('heldout_images', '?')} images of the `{split}` split"
     if split == "valid" and run.get("val_fraction"):
-        return f"{images} (held out of the training files by `--val-fraction {run['val_fraction']:g}`)"
-    if split == "valid":
-        return f"{images} (the data's own validation split)"
+        words += f" (held out of the training files by `--val-fraction {run['val_fraction']:g}`)"
+    elif split == "valid":
+        words += " (the data's own validation split)"
     if split == final.get("eval_split"):
-        return f"{images}, the split of the table above: its numbers there are optimistic"
-    return images
+        words += ", the split of the table above: its numbers there are optimistic"
+    return words
 
 
 def after_kept(records: list[dict], kept_step: int) -> dict:

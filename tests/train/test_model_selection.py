@@ -57,13 +57,30 @@ def test_the_validation_split_is_seeded_disjoint_and_leaves_the_test_split_alone
     assert len(test) == 40 and len(valid) == 16 and not test & valid
 
 
+def test_which_split_picks_the_model_by_default(tmp_path):
+    """A folder with a test split picks on it (no carve: the training images are worth more); one without
+    gets a seeded validation split; dSprites-sized data keeps the last model (next test)."""
+    args = ["--batch-size", "10", "--steps", "4", "--eval-every", "2"]
+    for n_test, val_fraction, picked, reported in ((20, None, "test", "test"), (0, 0.1, "valid", "valid")):
+        data = digits_folder(tmp_path / f"d{n_test}", 200, n_test=n_test)
+        out = tmp_path / f"run{n_test}"
+        assert main([*common(data), *args, "--out", str(out)]) == 0
+        rc = json.loads((out / "run_config.json").read_text())
+        assert rc["val_fraction"] == val_fraction and rc["keep_best"] is True
+        meta = VAE.from_pretrained(out).metadata
+        assert (
+            meta["heldout_split"] == picked and meta["eval_split"] == reported and meta["kept_by"] == "best"
+        )
+        assert "numbers there are optimistic" in (out / "README.md").read_text()  # chosen where reported
+
+
 def test_the_model_kept_is_the_best_on_the_validation_split_and_the_card_says_so(tmp_path, capsys):
     data = digits_folder(tmp_path / "d", 200)
     out = tmp_path / "run"
     args = [*common(data), "--batch-size", "10", "--steps", "40", "--eval-every", "8", "--lr", "3e-3"]
-    assert main([*args, "--out", str(out)]) == 0
+    assert main([*args, "--val-fraction", "0.1", "--out", str(out)]) == 0
     rc = json.loads((out / "run_config.json").read_text())
-    assert rc["val_fraction"] == 0.1 and rc["keep_best"] is True  # the defaults for a folder
+    assert rc["val_fraction"] == 0.1 and rc["keep_best"] is True
     held = [r for r in records(out) if "heldout_elbo" in r]
     assert [r["step"] for r in held] == [8, 16, 24, 32, 40] and {r["heldout_split"] for r in held} == {
         "valid"
@@ -179,7 +196,8 @@ def test_after_kept_measures_the_curve_after_the_kept_step():
 
 def test_dsprites_keeps_the_last_model_and_says_why(tmp_path):
     out = tmp_path / "run"
-    args = "--dataset dsprites --limit 64 --batch-size 16 --no-progress --eval-images 32 --preset mlp".split()
+    # The whole training split (rendered on demand): 700,416 images, too many to over-fit.
+    args = "--dataset dsprites --batch-size 16 --no-progress --eval-images 32 --preset mlp".split()
     assert main([*args, "--steps", "4", "--eval-every", "2", "--out", str(out)]) == 0
     rc = json.loads((out / "run_config.json").read_text())
     assert rc["keep_best"] is False and rc["val_fraction"] is None and rc["lr_schedule"] == "constant"
@@ -216,7 +234,7 @@ def test_bad_lengths_and_splits_are_one_line_naming_the_flag_and_write_nothing(
 
 
 def test_a_tiny_folder_trains_without_a_validation_split_and_says_so(tmp_path, capsys):
-    data = digits_folder(tmp_path / "d", 40)  # 0.1 × 40 = 4 images: too few to choose on
+    data = digits_folder(tmp_path / "d", 40, n_test=0)  # 0.1 × 40 = 4 images: too few to choose on
     out = tmp_path / "run"
     assert main([*common(data), "--batch-size", "10", "--steps", "4", "--out", str(out)]) == 0
     assert (
