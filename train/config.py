@@ -31,10 +31,15 @@ MLP_MAX_SIZE = 32
 # The longest planned run: data of dSprites or CelebA size (100 passes would be 10^5-10^6 steps) keep the
 # length they always had.
 DEFAULT_STEPS = 10_000
-# Passes over the training split a planned run makes. BENCHMARKS.md §4 (4,000 binarized digits, `mlp`):
-# 100 cosine epochs 90.0 nats, 150 90.4, 250 constant-rate epochs 112.8; the defaults' constant rate for
-# ~99 epochs gave 97-98. Passes, not steps: a data set 4× smaller trains 4× fewer steps.
+# Passes over the training split a planned run makes: PLAN_EPOCHS at PLAN_REFERENCE_IMAGES images or more,
+# PLAN_EPOCHS·sqrt(PLAN_REFERENCE_IMAGES / N) below, at most PLAN_MAX_EPOCHS. On BENCHMARKS.md §4's binarized
+# digits (`mlp`, batch 100, cosine, the best held-out model kept; test NLL at K = 200): N = 4,000: 50 epochs
+# 96.1 nats, 100 90.1, 150 90.4; N = 1,000: 100 epochs 112.6, 200 108.7, 400 108.5 (its held-out ELBO
+# peaks at 70-80 epochs whatever the plan; its last model at 400 epochs is 137.3). So a data set 4× smaller
+# gets 2× the passes and half the steps, never 4× the passes.
 PLAN_EPOCHS = 100
+PLAN_REFERENCE_IMAGES = 4_000
+PLAN_MAX_EPOCHS = 400
 # The batch a CPU run gets on data of at most SMALL_DATA images (BENCHMARKS.md §4's recipe: batch 100);
 # larger data keeps DEFAULT_BATCH_SIZE.
 SMALL_DATA = 60_000
@@ -74,11 +79,17 @@ def default_kl_warmup_steps(total_steps: int) -> int:
     return round(KL_WARMUP_FRACTION * total_steps)
 
 
+def plan_epochs(images: int) -> float:
+    """Passes over `images` training images a planned run makes (see PLAN_EPOCHS)."""
+    scaled = PLAN_EPOCHS * math.sqrt(PLAN_REFERENCE_IMAGES / max(images, 1))
+    return min(PLAN_MAX_EPOCHS, max(PLAN_EPOCHS, scaled))
+
+
 def plan_steps(images: int, batch_size: int) -> int:
-    """The steps of a run planned from its data: PLAN_EPOCHS passes over `images` training images at
-    `batch_size` (whole batches per pass), at most DEFAULT_STEPS, at least 1."""
+    """The steps of a run planned from its data: `plan_epochs(images)` passes over `images` training images
+    at `batch_size` (whole batches per pass), at most DEFAULT_STEPS, at least 1."""
     per_epoch = max(1, images // batch_size)
-    return max(1, min(DEFAULT_STEPS, PLAN_EPOCHS * per_epoch))
+    return max(1, min(DEFAULT_STEPS, round(plan_epochs(images) * per_epoch)))
 
 
 def default_eval_every(total_steps: int) -> int:
@@ -244,16 +255,19 @@ class RunConfig:
     latent_dim: int | None = flag(None, "latent size (default: the preset's)", group=MODEL, **_COUNT)
     sigma: str | None = flag(
         None,
-        "Gaussian decoder σ: fixed at 1, or learned (scalar / per channel) (default: the preset's)",
+        "Gaussian decoder σ: fixed at 1, or learned (scalar / per channel). Default: the preset's; scalar "
+        "when --likelihood gaussian replaces a Bernoulli preset's likelihood (BENCHMARKS.md, 8×8 digits: a "
+        "fixed σ = 1 collapses the posterior)",
         group=MODEL,
         choices=Gaussian.SIGMA_MODES,
     )
     # ---- optimisation ----
     steps: int | None = flag(
         None,
-        f"optimizer steps to train for. Default: planned from the data, {PLAN_EPOCHS} passes over the "
-        f"training split and at most {DEFAULT_STEPS}, planned to end at --time-limit when that comes first "
-        "(timed on the first steps); the plan is written to run_config.json",
+        f"optimizer steps to train for. Default: planned from the data, {PLAN_EPOCHS} passes over a "
+        f"training split of {PLAN_REFERENCE_IMAGES:,} images or more (more passes, fewer steps on smaller "
+        f"data, at most {PLAN_MAX_EPOCHS}) and at most {DEFAULT_STEPS} steps, planned to end at --time-limit "
+        "when that comes first (timed on the first steps); the plan is written to run_config.json",
         group=OPTIMISATION,
         resumable=True,
         **_COUNT,
@@ -501,6 +515,11 @@ class RunConfig:
             overrides["latent_dim"] = self.latent_dim
         if self.sigma is not None:
             overrides["sigma"] = self.sigma
+        elif self.likelihood == "gaussian" and VAEConfig.preset(self.preset).likelihood != "gaussian":
+            # A Bernoulli preset's σ is a placeholder (fixed at 1): on real pixels it is far too wide, the
+            # KL is not worth paying and the posterior collapses (sklearn's 8×8 digits: 9.38 → 7.20 bits/dim
+            # with a learned scalar σ).
+            overrides["sigma"] = "scalar"
         if self.likelihood is not None:
             overrides["likelihood"] = self.likelihood
         try:

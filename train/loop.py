@@ -689,7 +689,7 @@ def _finish(run: RunState) -> dict:
         if run.out_of_time:
             extra.update(time_limit_s=cfg.time_limit, planned_steps=run.planned_steps)
         if run.length_plan:
-            extra["length_plan"] = run.length_plan
+            extra.update(length_plan=run.length_plan, plan=run.plan or f"planned ({run.length_plan})")
         final = final_report(
             run.model, cfg, run.model_cfg, run.step, run.img_per_s, run.device, run.command, out, extra=extra
         )

@@ -75,7 +75,8 @@ def resolve_schedule(cfg: RunConfig, total: int, planned: bool) -> None:
 def plan_words(cfg: RunConfig, images: int, by_time: bool) -> str:
     """The start block's words for a length planned from `images` training images."""
     words = (
-        f"planned from the data: {config.PLAN_EPOCHS} passes over {images:,} images at batch {cfg.batch_size}"
+        f"planned from the data: {config.plan_epochs(images):.3g} passes over {images:,} images at batch "
+        f"{cfg.batch_size}"
         if config.plan_steps(images, cfg.batch_size) < config.DEFAULT_STEPS
         else f"planned: {config.DEFAULT_STEPS:,} steps, the most a planned run takes ({images:,} images)"
     )

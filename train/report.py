@@ -16,8 +16,6 @@ from vae_triton.likelihoods import likelihood_for
 from vae_triton.metrics import ACTIVE_UNIT_THRESHOLD
 from vae_triton.model import VAEConfig
 
-from . import config
-
 
 def save_grid(images: torch.Tensor, path: Path, cols: int = 8, scale: int = 1) -> Path:
     """Float images (N, C, H, W) in [0, 1] → one PNG with `cols` columns (N must be a multiple)."""
@@ -117,15 +115,9 @@ def splits_note(run: dict, final: dict) -> str:
             f"a change of {change:+.2f} nats ({100 * change / abs(start):+.1f} %). This is the convergence "
             "check: the closer to 0, the flatter the end of the run."
         )
-    if final.get("length_plan"):
-        how = {
-            "data": f"{config.PLAN_EPOCHS} passes over the training split, at most {config.DEFAULT_STEPS} "
-            "steps",
-            "time-limit": f"{config.PLAN_EPOCHS} passes over the training split, fitted to `--time-limit "
-            f"{run.get('time_limit')}` by timing the first steps",
-        }.get(final["length_plan"], final["length_plan"])
+    if final.get("plan"):
         lines.append(
-            f"Length: {run.get('steps')} steps, planned ({how}), with a {run.get('lr_schedule')} learning "
+            f"Length: {run.get('steps')} steps, {final['plan']}, with a {run.get('lr_schedule')} learning "
             "rate over them; the reproduce line gives them as `--steps`."
         )
     if "time_limit_s" in final:

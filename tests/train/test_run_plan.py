@@ -20,6 +20,7 @@ from train.config import (
     default_batch_size,
     default_eval_every,
     parse_args,
+    plan_epochs,
     plan_steps,
 )
 
@@ -68,9 +69,13 @@ def common(data: Path) -> list[str]:
 
 
 def test_the_plan_is_passes_over_the_data_capped_for_large_data():
-    # Passes, not steps: a data set 4× smaller trains 4× fewer steps, never 4× more passes.
-    assert plan_steps(4000, 100) == config.PLAN_EPOCHS * 40
-    assert plan_steps(1000, 100) == config.PLAN_EPOCHS * 10 == plan_steps(4000, 100) // 4
+    # A data set 4× smaller gets 2× the passes and half the steps, never 4× the passes.
+    assert plan_epochs(4000) == plan_epochs(40_000) == config.PLAN_EPOCHS == 100
+    assert (
+        plan_epochs(1000) == pytest.approx(2 * plan_epochs(4000))
+        and plan_epochs(10) == config.PLAN_MAX_EPOCHS
+    )
+    assert plan_steps(4000, 100) == 4000 and plan_steps(1000, 100) == 2000 == plan_steps(4000, 100) // 2
     # dSprites and CelebA keep today's length and batch.
     assert plan_steps(DSPRITES_TRAIN, 64) == DEFAULT_STEPS == 10_000
     assert plan_steps(CELEBA_TRAIN, 256) == DEFAULT_STEPS
@@ -80,8 +85,10 @@ def test_the_plan_is_passes_over_the_data_capped_for_large_data():
     assert [default_eval_every(n) for n in (6, 1000, 3600, 10_000, 10**6)] == [50, 50, 180, 500, 500]
 
 
-def test_two_data_sizes_get_the_same_passes_and_a_cosine_rate_that_ends_with_the_run(tmp_path, monkeypatch):
-    monkeypatch.setattr(config, "PLAN_EPOCHS", 3)  # the rule, at a test's length
+def test_two_data_sizes_get_their_passes_and_a_cosine_rate_that_ends_with_the_run(tmp_path, monkeypatch):
+    # The rule at a test's length: 3 passes over 400 images or more, 3·sqrt(400 / N) below.
+    monkeypatch.setattr(config, "PLAN_EPOCHS", 3)
+    monkeypatch.setattr(config, "PLAN_REFERENCE_IMAGES", 400)
     steps = {}
     for n in (400, 100):
         data = digits_folder(tmp_path / f"d{n}", n)
@@ -89,7 +96,8 @@ def test_two_data_sizes_get_the_same_passes_and_a_cosine_rate_that_ends_with_the
         assert main([*common(data), "--batch-size", "10", "--out", str(out)]) == 0
         rc = run_config(out)
         # A folder with a test split picks its model there: no validation split is carved out of train/.
-        assert rc["val_fraction"] is None and rc["keep_best"] is True and rc["steps"] == 3 * (n // 10)
+        passes = 3 * (400 / n) ** 0.5
+        assert rc["val_fraction"] is None and rc["keep_best"] is True and rc["steps"] == passes * (n // 10)
         assert rc["epochs"] is None and rc["length_plan"] == "data" and rc["lr_schedule"] == "cosine"
         assert rc["kl_warmup_steps"] == round(0.1 * rc["steps"]) and rc["eval_every"] == 50
         lrs = [
@@ -98,15 +106,18 @@ def test_two_data_sizes_get_the_same_passes_and_a_cosine_rate_that_ends_with_the
         last = rc["steps"] - 1  # the rate of the last step: cosine over the planned steps, near 0
         assert lrs[-1] == pytest.approx(1e-3 * 0.5 * (1 + np.cos(np.pi * last / rc["steps"])), rel=1e-5)
         card = (out / "README.md").read_text()
-        assert f"Length: {rc['steps']} steps, planned (3 passes over the training split" in card
+        assert (
+            f"Length: {rc['steps']} steps, planned from the data: {passes:g} passes over {n} images" in card
+        )
         assert f"--steps {rc['steps']}" in card  # the reproduce line names the planned length
         steps[n] = rc["steps"]
-    assert steps == {400: 120, 100: 30}  # 4× less data: 4× fewer steps, the same 3 passes
+    assert steps == {400: 120, 100: 60}  # 4× less data: half the steps, twice the passes
 
 
 def test_a_length_fitted_to_the_time_limit_reproduces_bit_exactly(tmp_path, monkeypatch, capsys):
     """The first steps are timed and rewound: the run is the one its reproduce line (`--steps N`) trains."""
     monkeypatch.setattr(config, "PLAN_EPOCHS", 10**6)  # the time limit comes first
+    monkeypatch.setattr(config, "PLAN_MAX_EPOCHS", 10**6)
     monkeypatch.setattr(config, "PLAN_TIME_SHARE", 0.25)  # room for a busy machine: no cut by the limit
     data = digits_folder(tmp_path / "d", 200)
     out = tmp_path / "timed"
@@ -131,6 +142,7 @@ def test_a_length_fitted_to_the_time_limit_reproduces_bit_exactly(tmp_path, monk
 
 def test_a_planned_run_stopped_and_resumed_equals_the_straight_run(tmp_path, monkeypatch):
     monkeypatch.setattr(config, "PLAN_EPOCHS", 4)
+    monkeypatch.setattr(config, "PLAN_REFERENCE_IMAGES", 200)
     data = digits_folder(tmp_path / "d", 200)
     args = [*common(data), "--batch-size", "10", "--eval-every", "9", "--checkpoint-every", "10"]
     straight, split = tmp_path / "straight", tmp_path / "split"
