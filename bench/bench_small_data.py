@@ -81,7 +81,7 @@ RECIPES = {
 }
 # pythae's reconstruction loss per data set: Bernoulli for binary pixels, its default otherwise.
 PEER_LOSS = {"digits": "bce", "digits-dynamic": "bce", "digits8": "mse"}
-TINY = {"train": 64, "test": 16, "seconds": 2.0, "k": 4, "recipe": ["--steps", "4"]}
+TINY = {"train": 128, "test": 16, "seconds": 2.0, "k": 4, "recipe": ["--steps", "4"]}
 
 
 # ---- data -----------------------------------------------------------------------------------------

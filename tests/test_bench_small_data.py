@@ -151,7 +151,7 @@ def test_defaults_only_runs_only_our_defaults_rows():
 
 
 def test_tiny_run_writes_json_and_table(tmp_path):
-    """End to end in seconds: our defaults row and pythae's on 64 of the 8×8 digits."""
+    """End to end in seconds: our defaults row and pythae's on 128 of the 8×8 digits."""
     pytest.importorskip("pythae")
     pytest.importorskip("sklearn")
     out = tmp_path / "bsd"
@@ -161,8 +161,8 @@ def test_tiny_run_writes_json_and_table(tmp_path):
     doc = json.loads((out / "bench_small_data.json").read_text())
     rows = doc["results"]["digits8"]
     assert set(rows) == {"defaults", "pythae"}
-    assert doc["data"]["digits8"]["train_images"] == 64 and doc["k"] == 4
+    assert doc["data"]["digits8"]["train_images"] == 128 and doc["k"] == 4
     for row in rows.values():
         assert np.isfinite(row["test_bpd_iw"]) and row["test_images"] == 16
     assert rows["defaults"]["run_config"]["likelihood"] == "gaussian"
-    assert "| digits8 | 64 / 16 | defaults |" in (out / "bench_small_data.md").read_text()
+    assert "| digits8 | 128 / 16 | defaults |" in (out / "bench_small_data.md").read_text()
