@@ -486,7 +486,7 @@ def _plan_to_time_limit(run: RunState, deadline: float) -> None:
     cfg, device = run.cfg, run.device
     tracked = run.tracker is not None and run.tracker.x is not None
     x = run.tracker.x if tracked else _fixed_images(run.ds, min(EVAL_IMAGES, cfg.eval_images), device)
-    args = (run.model, run.optimizer, cfg, run.batches, run.total, x, run.info, deadline)
+    args = (run.model, run.optimizer, cfg, run.batches, run.total, x, run.info, deadline, run.threads)
     total, per_step = plan.fit_to_time_limit(*args)
     plan.resolve_schedule(cfg, total, planned=True, images=len(run.ds))
     run.total, run.length_plan = total, "time-limit"

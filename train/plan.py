@@ -91,30 +91,47 @@ def plan_words(cfg: RunConfig, images: int, by_time: bool, likelihood: str) -> s
 
 
 def fit_to_time_limit(
-    model, optimizer, cfg: RunConfig, batches, total: int, x_eval: torch.Tensor, info, deadline: float
+    model,
+    optimizer,
+    cfg: RunConfig,
+    batches,
+    total: int,
+    x_eval: torch.Tensor,
+    info,
+    deadline: float,
+    threads,
 ) -> tuple[int, float]:
     """The steps (at most `total`) that end a run by `deadline` (a `time.perf_counter()` time), and the
     seconds per step they were planned with.
 
-    Times PLAN_TIMED_STEPS training steps (after PLAN_WARMUP_STEPS untimed ones) and one evaluation of
-    `x_eval`, then rewinds the weights, AdamW state and noise streams to where they were: the run is then
-    the one `--steps N` trains from scratch (its reproduce line), bit for bit. The steps fill PLAN_TIME_SHARE
-    of the time left, less EVALS_PER_RUN evaluations. Host syncs: only the two around the timed steps (and
-    under DDP one all-reduce, so that every rank plans the same steps)."""
+    Times PLAN_TIMED_STEPS training steps (after PLAN_WARMUP_STEPS untimed ones) at each thread count an
+    adaptive `threads` (`vae_triton.cpu_threads.AdaptiveThreads`) may use, keeps the fastest count (the
+    run's speed, not the start's guess, sets the plan), and times one evaluation of `x_eval`; then rewinds
+    the weights, AdamW state and noise streams to where they were: the run is then the one `--steps N`
+    trains from scratch (its reproduce line), bit for bit (an adaptive count never changes the bits). The
+    steps fill PLAN_TIME_SHARE of the time left, less EVALS_PER_RUN evaluations. Host syncs: only those
+    around the timed steps (and under DDP one all-reduce, so that every rank plans the same steps)."""
     device = info.device
     weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
     moments, noise = copy.deepcopy(optimizer.state_dict()), rng_state(device)
     step = make_train_step(
         model, optimizer, cfg, dist_info=info, total_steps=total, stats=StepStats(device), note=lambda _: None
     )
-    warm, timed = config.PLAN_WARMUP_STEPS, config.PLAN_TIMED_STEPS
-    for i in range(warm + timed):
-        if i == warm:
-            _sync(device)
-            t0 = time.perf_counter()
-        step(batches.batch(i, out=getattr(step, "input", None)), i)
-    _sync(device)
-    per_step = (time.perf_counter() - t0) / timed
+    counts = threads.candidates if threads.adapt else (threads.threads,)
+    per_count, i = {}, 0
+    for count in counts:
+        threads.use(count)
+        for j in range(config.PLAN_WARMUP_STEPS + config.PLAN_TIMED_STEPS):
+            if j == config.PLAN_WARMUP_STEPS:
+                _sync(device)
+                t0 = time.perf_counter()
+            step(batches.batch(i, out=getattr(step, "input", None)), i)
+            i += 1
+        _sync(device)
+        per_count[count] = (time.perf_counter() - t0) / config.PLAN_TIMED_STEPS
+    best = min(per_count, key=per_count.get)
+    threads.use(best)
+    per_step = per_count[best]
     del step
     model.load_state_dict(weights)
     optimizer.load_state_dict(moments)

@@ -195,6 +195,17 @@ class AdaptiveThreads:
             self.inexact = True
         return self.adapt
 
+    def use(self, count: int) -> None:
+        """Run at `count` (one of `candidates`) from now on, e.g. the fastest count of a timed start; a new
+        measuring window begins. Raises ValueError for a count outside `candidates`."""
+        if count not in self.candidates:
+            raise ValueError(f"the thread count {count} is not one of the candidates {self.candidates}")
+        if count != self.threads:
+            self.threads = count
+            self._set(count)
+            self.switches.append((self.elapsed, count))
+            self._new_window()
+
     def _counts_to_check(self) -> tuple[int, ...]:
         return (self.threads, *(c for c in self.candidates if c != self.threads))
 

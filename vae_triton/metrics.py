@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from . import ops
 from .likelihoods import DEQUANTIZED, DISCRETE_BINARY, BpdConvention, Gaussian, Likelihood, likelihood_for
 from .posterior import GapDecomposition, PosteriorGrid, gap_decomposition, posterior_on_grid  # noqa: F401
-from .reference import DEFAULT_LOGVAR_CLAMP, HALF_LOG_2PI
+from .reference import DEFAULT_LOGVAR_CLAMP
 
 # One decoder pass of the IW bound decodes about this many (image, sample) pairs when chunk=None.
 ROWS_PER_PASS = 1024

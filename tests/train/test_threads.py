@@ -142,6 +142,8 @@ def test_evaluate_with_an_adaptive_count_that_switches_every_batch_reports_the_s
     assert fixed["metrics"] == adaptive["metrics"]
     assert (fixed["num_threads_adaptive"], adaptive["num_threads_adaptive"]) == (False, True)
     capsys.readouterr()
+
+
 def test_a_default_cpu_run_adapts_only_where_the_bits_allow(tmp_path):
     base = "--dataset dsprites --limit 32 --batch-size 16 --steps 2 --latent-dim 4 --eval-images 16".split()
     several = min(threads.TORCH_DEFAULT_THREADS, threads.available_cores()) > 1  # else nothing to switch
