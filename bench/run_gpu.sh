@@ -131,7 +131,7 @@ step ops-bf16-64 80 "$PY" -m bench.bench_ops "${OPS[@]}" --size 64 --dtype bfloa
 step ops-logits-bf16-64 45 "$PY" -m bench.bench_ops "${OPS[@]}" --size 64 --dtype bfloat16 --logits --no-compile \
   --sigma channel --channels-last \
   --out "$DIR/ops-logits-bf16-64"
-step ops-iw 40 "$PY" -m bench.bench_ops --iw 5 50 --latent 16 128 "${IW[@]}" --out "$DIR/ops-iw"
+step ops-iw 60 "$PY" -m bench.bench_ops --iw 5 50 --latent 16 128 "${IW[@]}" --out "$DIR/ops-iw"
 step host-overhead 30 "$PY" -m bench.bench_ops --host-overhead --reps 5 --out "$DIR/host"
 step train 140 "$PY" -m bench.bench_train "${TRAIN[@]}" --out "$DIR/train"
 # What a user gets: a real `python -m train` dSprites run with the CLI's defaults (B=256 and the CUDA graph
