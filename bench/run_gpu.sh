@@ -17,6 +17,8 @@
 # DIR/<step>.log    each step's full output
 # DIR/ops-*/        bench_ops.csv/.json (B=1024: 3×128² fp32, 3×64² bf16, and the model's loss as celeba64
 #                   trains it: logits, σ per channel, channels_last, bf16 3×64²)
+# DIR/ops-iw/      bench_iw.csv/.json: reparameterize_iw (the IW bound's latent step, K = 5 and 50, D = 16 and
+#                   128, B = 128 and 1024, fp32 and bf16) beside eager torch and torch.compile
 # DIR/host/         host_overhead.csv/.json (this machine's CPU cost per op call, launches stubbed)
 # DIR/train/        bench_train.json/.csv and profiler tables (B=256: baseline, cli = what `python -m train`
 #                   runs, cli-compile, default = --no-cuda-graph, step-graph; as many as its time limit allows)
@@ -112,11 +114,13 @@ step() {
 
 if [[ $MODE == gpu || $MODE == dry ]]; then
   OPS=(--batch 1024)
+  IW=(--batch 128 1024 --dtype float32 bfloat16)
   # the reference baseline, the CLI's step, our default eager step, the whole step in one CUDA graph
   TRAIN=(--batch-sizes 256 --configs baseline cli cli-compile default step-graph --skip-eval --time-limit 110)
   CLI=(--steps 3000)
 else  # CPU sizes: the same steps and flags shape, seconds each
   OPS=(--device cpu --batch 4 --reps 2)
+  IW=(--device cpu --batch 4 --reps 2 --dtype float32)
   TRAIN=(--device cpu --quick --batch-sizes 4 --configs baseline cli --skip-eval --time-limit 30)
   CLI=(--steps 4 --batch-size 8 --eval-images 16 --preset small --resolution 64)
 fi
@@ -127,6 +131,7 @@ step ops-bf16-64 80 "$PY" -m bench.bench_ops "${OPS[@]}" --size 64 --dtype bfloa
 step ops-logits-bf16-64 45 "$PY" -m bench.bench_ops "${OPS[@]}" --size 64 --dtype bfloat16 --logits --no-compile \
   --sigma channel --channels-last \
   --out "$DIR/ops-logits-bf16-64"
+step ops-iw 60 "$PY" -m bench.bench_ops --iw 5 50 --latent 16 128 "${IW[@]}" --out "$DIR/ops-iw"
 step host-overhead 30 "$PY" -m bench.bench_ops --host-overhead --reps 5 --out "$DIR/host"
 step train 140 "$PY" -m bench.bench_train "${TRAIN[@]}" --out "$DIR/train"
 # What a user gets: a real `python -m train` dSprites run with the CLI's defaults (B=256 and the CUDA graph
