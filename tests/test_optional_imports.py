@@ -85,6 +85,6 @@ def test_run_gpu_dry_run_passes_without_the_apps_packages(bare_gpu_env, tmp_path
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     summary = (out_dir / "summary.txt").read_text().splitlines()
     steps = [line for line in summary if " rc=" in line]
-    assert len(steps) == 7 and all(" rc=0 " in line for line in steps), summary
+    assert len(steps) == 8 and all(" rc=0 " in line for line in steps), summary
     assert "bench.bench_train imports and parses its flags" in (out_dir / "train.log").read_text()
     assert "tests collected" in (out_dir / "pytest-gpu.log").read_text()

@@ -304,8 +304,8 @@ class RunConfig:
     weight_decay: float = flag(0.0, "AdamW weight decay", group=OPTIMISATION, finite=True, at_least=0)
     lr_schedule: str = flag(
         "auto",
-        "cosine decays the rate to 0 over the run. auto: cosine for a run planned shorter than "
-        f"{DEFAULT_STEPS} steps (small data or a --time-limit; BENCHMARKS.md §4), else constant",
+        "cosine decays the rate to 0 over the run. auto: cosine for a planned run (no --steps / --epochs) on "
+        f"at most {SMALL_DATA:,} training images, the data that over-fits (BENCHMARKS.md §4), else constant",
         group=OPTIMISATION,
         choices=("auto", "constant", "cosine"),
     )
