@@ -28,7 +28,8 @@ TAB_FORMULAS = {
     "interpolate": r"$$z_t = (1-t)\,\mu_\phi(x_a) + t\,\mu_\phi(x_b), \quad t \in [0, 1]"
     r" \quad\text{(or along the great circle)}$$",
     "traverse": r"$$\mathcal{L}_\beta(x) = \mathbb{E}_{q_\phi(z\mid x)}[\log p_\theta(x\mid z)]"
-    r" - \beta\,\mathrm{KL}[q_\phi(z\mid x)\,\|\,p(z)], \qquad z = \mu_\phi(x) + v\,e_d$$",
+    r" - \beta\,\mathrm{KL}[q_\phi(z\mid x)\,\|\,p(z)], \qquad z_d = v,\;"
+    r" z_{j \ne d} = \mu_\phi(x)_j$$",
 }
 
 

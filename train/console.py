@@ -57,6 +57,8 @@ def kept_words(final: dict) -> str:
     if final.get("after_kept_evaluations"):
         share = 100 * final["after_kept_change"] / abs(final["best_heldout_elbo"])
         text += f"; after it {share:+.2f} % by step {final['after_kept_last_step']:,}"
+    elif final.get("heldout_evaluations") == 1:
+        text += "; one evaluation: no trend to choose by"
     else:
         text += "; still improving at the last evaluation"
     return text

@@ -60,8 +60,8 @@ Trained with vae-triton's `python -m train`. {objective_text(run)}
 
 ## Final numbers
 
-Measured on the first {final["eval_images"]} images of the `{final["eval_split"]}` split after the last
-step, with one posterior sample per image (the ELBO is a lower bound on log p(x)).
+Measured on the first {final["eval_images"]} images of the `{final["eval_split"]}` split with the model kept
+({_kept_words(final)}), with one posterior sample per image (the ELBO is a lower bound on log p(x)).
 
 | quantity | value |
 |---|---|
@@ -172,10 +172,11 @@ def kept_note(run: dict, final: dict) -> str:
             )
         return text
     where = _split_words(run, split, final)
+    count = final.get("heldout_evaluations", "?")
+    evaluations = "its only evaluation" if count == 1 else f"{count} evaluations"
     text = (
         f"**Model kept: step {step} of {last}**, the best held-out ELBO ({final['best_heldout_elbo']:.2f} "
-        f"nats/image) of {final.get('heldout_evaluations', '?')} evaluations (every {run.get('eval_every')} "
-        f"steps) on {where}."
+        f"nats/image) of {evaluations} (every {run.get('eval_every')} steps) on {where}."
     )
     if final.get("after_kept_evaluations"):
         change = final["after_kept_change"]
@@ -185,9 +186,17 @@ def kept_note(run: dict, final: dict) -> str:
             f"{final['after_kept_last']:.2f} at step {final['after_kept_last_step']} ({share:+.2f} % over "
             f"{final['after_kept_evaluations']} evaluations): the later weights were not better."
         )
+    elif count == 1:
+        text += " One evaluation shows no trend: give a longer run or a smaller `--eval-every` to choose."
     else:
         text += " It was the last evaluation: the held-out ELBO was still improving at the end of the run."
     return text
+
+
+def _kept_words(final: dict) -> str:
+    if final.get("kept_by") == "best" and final.get("kept_step") is not None:
+        return f"step {final['kept_step']}, the best held-out step"
+    return f"the last step, {final.get('step', '?')}"
 
 
 def _split_words(run: dict, split: str, final: dict) -> str:
