@@ -30,4 +30,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # The run is over and its files are written: a Ctrl-C or SIGTERM during interpreter shutdown (torch's
+    # teardown takes a while) has nothing left to stop, and must not turn a finished run into a signal death.
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    sys.exit(code)
