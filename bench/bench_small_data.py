@@ -54,7 +54,14 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # `python bench/bench_small_data.py` from anywhere
 
-from bench.bench_digits import SPLIT_SEED, TEST_FRACTION, _display, load_average, run  # noqa: E402
+from bench.bench_digits import (  # noqa: E402
+    SPLIT_SEED,
+    TEST_FRACTION,
+    _display,
+    load_average,
+    run,
+    train_and_score_pythae,
+)
 from train.threads import default_num_threads  # noqa: E402
 from vae_triton.io import write_json_atomic, write_text_atomic  # noqa: E402
 from vae_triton.metrics import bits_per_dim  # noqa: E402
@@ -235,52 +242,15 @@ def peer_worker(name: str, data: Path, out: Path, budget: str, threads: int, k: 
 
     import torch
     from PIL import Image
-    from pythae.models import VAE, VAEConfig
-    from pythae.pipelines import TrainingPipeline
-    from pythae.trainers import BaseTrainerConfig
-    from pythae.trainers.training_callbacks import TrainingCallback
 
     torch.set_num_threads(threads)
     files = sorted((data / "train").glob("*.png"))
     train = np.stack([np.asarray(Image.open(f), dtype=np.float32)[None] / 255.0 for f in files])
     test = test_images(data_config(name, data))
-
-    class OutOfTime(Exception):
-        pass
-
-    class Budget(TrainingCallback):
-        def __init__(self):
-            self.t0, self.epochs = time.perf_counter(), 0
-
-        def on_epoch_end(self, training_config, **kwargs):
-            self.epochs += 1
-            if time.perf_counter() - self.t0 >= seconds or self.epochs >= epochs:
-                raise OutOfTime
-
-    torch.manual_seed(0)
     shape = tuple(train.shape[1:])
-    model = VAE(VAEConfig(input_dim=shape, latent_dim=16, reconstruction_loss=PEER_LOSS[name]))
-    config = BaseTrainerConfig(
-        output_dir=str(out),
-        num_epochs=100_000,
-        learning_rate=1e-3,
-        per_device_train_batch_size=100,
-        per_device_eval_batch_size=100,
-        no_cuda=True,
-        seed=0,
-        steps_saving=None,
+    log_px, train_s, trained_epochs, eval_s = train_and_score_pythae(
+        train, test, out, PEER_LOSS[name], k, seconds, epochs
     )
-    budget = Budget()
-    try:
-        TrainingPipeline(training_config=config, model=model)(train_data=train, callbacks=[budget])
-    except OutOfTime:
-        pass
-    train_s = time.perf_counter() - budget.t0
-    model.eval()
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        # get_nll returns the mean IW estimate of log p(x) (despite its name): negate it for the NLL.
-        log_px = float(model.get_nll(torch.from_numpy(test), n_samples=k, batch_size=k))
     dims = int(np.prod(shape))
     result = {
         "library": f"pythae {importlib.metadata.version('pythae')}",
@@ -290,8 +260,8 @@ def peer_worker(name: str, data: Path, out: Path, budget: str, threads: int, k: 
         "test_images": len(test),
         "num_dims": dims,
         "train_seconds": round(train_s, 2),
-        "epochs": budget.epochs,
-        "eval_wall_s": round(time.perf_counter() - t0, 1),
+        "epochs": trained_epochs,
+        "eval_wall_s": round(eval_s, 1),
         "threads": threads,
         "estimator": f"pythae VAE.get_nll(n_samples={k}): IW bound with K={k} samples per image",
     }
