@@ -10,8 +10,8 @@ import math
 
 import pytest
 import torch
-from torch import nn
-from torch.distributions import MultivariateNormal, Normal, kl_divergence
+from test_metrics import LinearGaussianVAE
+from torch.distributions import MultivariateNormal, kl_divergence
 
 from vae_triton import metrics
 from vae_triton.posterior import gap_decomposition as direct
@@ -19,23 +19,8 @@ from vae_triton.posterior import gap_decomposition as direct
 F64 = torch.float64
 
 
-class LinearDecoderVAE(nn.Module):
-    """The model protocol with a linear decoder and a linear amortised q(z|x) = N(A(x − b) + c, diag e^lv)."""
-
-    def __init__(self, W, b, sigma, A, c, logvar):
-        super().__init__()
-        self.W, self.b, self.sigma = nn.Parameter(W), nn.Parameter(b), sigma
-        self.A, self.c, self.q_logvar = nn.Parameter(A), nn.Parameter(c), nn.Parameter(logvar)
-
-    def encode(self, x):
-        mu = (x - self.b) @ self.A.T + self.c
-        return mu, self.q_logvar.expand_as(mu)
-
-    def decode(self, z):
-        return z @ self.W.T + self.b
-
-    def recon_nll(self, output, x):
-        return -Normal(output, self.sigma).log_prob(x).sum(-1)
+class LinearDecoderVAE(LinearGaussianVAE):
+    """test_metrics' PPCA model with its posterior N(m, S) and marginal as torch.distributions objects."""
 
     def posterior(self, x) -> MultivariateNormal:
         eye = torch.eye(self.W.shape[1], dtype=F64)
